@@ -1,0 +1,1 @@
+"""One module per `baton` subcommand; see `baton/cli.py`."""
