@@ -1,0 +1,1 @@
+"""Generated from proto/baton/v1 by baton_pb.regenerate."""
