@@ -1,0 +1,5 @@
+import sys
+
+from serving.launch import main
+
+sys.exit(main("decode"))

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by the router and both worker kinds (servers, engine loop, conversions)."""

@@ -1,0 +1,124 @@
+"""Starting a worker process (`python -m prefill_worker` / `python -m decode_worker`) or an
+in-process worker (Ray actors, tests): gRPC server + engine + transfer backend, SIGTERM drains."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from baton_pb.v1 import worker_pb2_grpc
+from serving import grpc_server
+from serving.config import Role, WorkerConfig, worker_config_from_args
+from serving.worker_control import WorkerControlServicer
+from serving.worker_core import WorkerCore
+
+log = logging.getLogger(__name__)
+DRAIN_TIMEOUT_S = 120.0
+SERVICE_NAMES = {
+    "prefill": ("baton.v1.WorkerControl", "baton.v1.PrefillService"),
+    "decode": ("baton.v1.WorkerControl", "baton.v1.DecodeService"),
+}
+
+
+@dataclass
+class RunningWorker:
+    config: WorkerConfig
+    core: WorkerCore
+    server: grpc.Server
+    health: object
+    address: str
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def drain_and_stop(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Stop taking requests, finish running ones, leave the index, stop. True if drained."""
+        self.core.draining.set()
+        grpc_server.set_not_serving(self.health, SERVICE_NAMES[self.config.role])
+        drained = self.core.wait_idle(timeout_s)
+        self.stop(grace_s=1.0)
+        return drained
+
+    def stop(self, grace_s: float = 0.5) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        self.server.stop(grace_s).wait(grace_s + 1)
+        self.core.close()
+
+
+def start_worker(config: WorkerConfig) -> RunningWorker:
+    core = WorkerCore(config)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max(32, 2 * config.max_queue + 16), thread_name_prefix="rpc"),
+        options=grpc_server.CHANNEL_OPTIONS,
+    )
+    worker_pb2_grpc.add_WorkerControlServicer_to_server(WorkerControlServicer(core), server)
+    if config.role == "prefill":
+        from prefill_worker.worker import PrefillServicer
+
+        worker_pb2_grpc.add_PrefillServiceServicer_to_server(PrefillServicer(core), server)
+    else:
+        from decode_worker.worker import DecodeServicer
+
+        worker_pb2_grpc.add_DecodeServiceServicer_to_server(DecodeServicer(core), server)
+    health = grpc_server.add_health_and_reflection(server, SERVICE_NAMES[config.role])
+    port = grpc_server.bind(server, config.listen, config.tls)
+    server.start()
+    host = config.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
+    address = config.advertise or f"{host}:{port}"
+    running = RunningWorker(config, core, server, health, address)
+    core.config = _with_address(config, address)
+    _start_index_publisher(running)
+    if config.metrics_port:
+        from serving.metrics import start_metrics_server
+
+        start_metrics_server(config.metrics_port, worker=running)
+    if config.ready_file:
+        _write_atomically(Path(config.ready_file), address)
+    log.info("%s worker %s serving on %s", config.role, config.worker_id, address)
+    return running
+
+
+def _with_address(config: WorkerConfig, address: str) -> WorkerConfig:
+    from dataclasses import replace
+
+    return replace(config, advertise=address)
+
+
+def _start_index_publisher(running: RunningWorker) -> None:
+    spec = running.config.index
+    if spec and spec != "embedded":
+        from serving.index_publisher import IndexPublisher
+
+        running.core.publisher = IndexPublisher(spec, running.core).start()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(role: Role, argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("BATON_LOG_LEVEL", "INFO"),
+        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    config = worker_config_from_args(role, argv)
+    running = start_worker(config)
+    done = threading.Event()
+
+    def on_sigterm(signum, frame):  # drain in a thread: signal handlers must return quickly
+        threading.Thread(target=lambda: (running.drain_and_stop(), done.set()), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
+    done.wait()
+    log.info("worker %s stopped", config.worker_id)
+    return 0

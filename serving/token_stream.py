@@ -1,0 +1,53 @@
+"""Streaming one engine request's outputs to a gRPC client as TokenChunks."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+
+import grpc
+
+from baton_pb.v1 import worker_pb2
+from serving.convert import logprobs_to_proto
+from serving.engine_loop import EngineStopped
+from serving.worker_core import WorkerCore
+
+OUTPUT_POLL_S = 0.25
+STALL_LIMIT_S = 600.0
+
+
+def stream_tokens(
+    core: WorkerCore, request_id: str, outputs: queue.Queue, context: grpc.ServicerContext
+) -> Iterator[worker_pb2.TokenChunk]:
+    """Yields the request's new tokens until it finishes; aborts it if the client goes away."""
+    waited = 0.0
+    finished = False
+    try:
+        while not finished:
+            if not context.is_active():
+                return
+            try:
+                output = outputs.get(timeout=OUTPUT_POLL_S)
+            except queue.Empty:
+                waited += OUTPUT_POLL_S
+                if waited > STALL_LIMIT_S:
+                    raise TimeoutError(f"request {request_id} produced nothing for {STALL_LIMIT_S:.0f} s") from None
+                continue
+            waited = 0.0
+            if isinstance(output, BaseException):
+                raise EngineStopped(str(output)) from output
+            finished = bool(output.finished)
+            chunk = worker_pb2.TokenChunk(
+                token_ids=list(output.new_token_ids),
+                finish_reason=(output.finish_reason or "") if finished else "",
+                logprobs=logprobs_to_proto(getattr(output, "logprobs", None)),
+            )
+            if finished:
+                chunk.prompt_tokens = int(getattr(output, "num_prompt_tokens", 0) or 0)
+                chunk.cached_tokens = int(getattr(output, "num_cached_tokens", 0) or 0)
+            if chunk.token_ids or finished:
+                yield chunk
+    finally:
+        core.loop.close_stream(request_id)
+        if not finished:
+            core.loop.call(lambda engine: engine.abort(request_id))

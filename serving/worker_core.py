@@ -1,0 +1,123 @@
+"""What both worker kinds are made of: one engine (owned by an `EngineLoop` thread), one transfer
+backend registered on the engine's cache tensors, a KV event hub, admission control and drain."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from baton_pb.v1 import admin_pb2
+from serving.config import WorkerConfig
+from serving.engine_loop import EngineLoop
+from serving.kv_events import KvEventHub
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionRejected(RuntimeError):
+    """The worker is full (RESOURCE_EXHAUSTED) or draining (UNAVAILABLE)."""
+
+    def __init__(self, message: str, draining: bool = False, retry_after_ms: int = 200) -> None:
+        super().__init__(message)
+        self.draining = draining
+        self.retry_after_ms = retry_after_ms
+
+
+def build_engine(config: WorkerConfig, on_kv_event):
+    from engine.engine_config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    options = {"block_size": config.block_size, "enable_prefix_cache": True}
+    if config.max_pages:
+        options["num_pages"] = config.max_pages
+    else:
+        options["memory_budget_bytes"] = int(config.memory_gb * (1 << 30))
+    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
+
+
+class WorkerCore:
+    def __init__(self, config: WorkerConfig) -> None:
+        from kvtransfer.factory import create_backend
+
+        self.config = config
+        self.epoch = time.time_ns() // 1_000_000
+        self.model_id = Path(config.model).resolve().name
+        self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
+        self.engine = build_engine(config, self.hub.on_engine_event)
+        self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
+        self.backend = create_backend(config.transfer)
+        self.backend.register(self.engine.cache.regions())
+        self.draining = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.counters = {"computed_tokens": 0, "fetched_tokens": 0, "fetch_failures": 0, "transfer_bytes": 0}
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        with self._lock:
+            if self.draining.is_set():
+                raise AdmissionRejected(f"worker {self.config.worker_id} is draining", draining=True)
+            if self._in_flight >= self.config.max_queue:
+                raise AdmissionRejected(
+                    f"worker {self.config.worker_id} is full ({self._in_flight} requests in flight)"
+                )
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def count(self, name: str, amount: int) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + amount
+
+    def worker_info(self) -> admin_pb2.WorkerInfo:
+        metrics = self.loop.call(lambda engine: engine.metrics(), timeout_s=10)
+        load = admin_pb2.WorkerLoad(
+            running_requests=int(metrics.get("running_requests", 0)),
+            waiting_requests=int(metrics.get("waiting_requests", 0)),
+            queued_tokens=int(metrics.get("queued_tokens", 0)),
+            free_pages=int(metrics.get("free_pages", 0)),
+            total_pages=int(metrics.get("total_pages", 0)),
+            free_slots=int(metrics.get("free_slots", 0)),
+            total_slots=int(metrics.get("total_slots", 0)),
+            cached_blocks=int(metrics.get("cached_blocks", 0)),
+            checkpoints=int(metrics.get("checkpoints", 0)),
+            hit_rate=float(metrics.get("hit_rate", 0.0)),
+            prompt_tokens=int(metrics.get("prompt_tokens", 0)),
+            cached_tokens=int(metrics.get("cached_tokens", 0)),
+            computed_tokens=self.counters["computed_tokens"],
+            fetched_tokens=self.counters["fetched_tokens"],
+            pending_transfers=int(metrics.get("reservations", 0)),
+        )
+        return admin_pb2.WorkerInfo(
+            worker_id=self.config.worker_id,
+            role=self.config.role,
+            address=self.config.address,
+            epoch=self.epoch,
+            draining=self.draining.is_set(),
+            healthy=self.loop.last_error is None,
+            load=load,
+        )
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.in_flight == 0
+
+    def close(self) -> None:
+        self.hub.close()
+        self.loop.stop()
+        with contextlib.suppress(Exception):
+            self.backend.close()
