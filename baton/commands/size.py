@@ -1,0 +1,127 @@
+"""`baton size`: per-session KV + DeltaNet-state memory and sessions per B200, from a config.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from baton import sizing
+
+DEFAULT_CONTEXTS = "32768,131072,1048576"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "size", help="memory per session and sessions per B200 for a model config.json")
+    parser.add_argument("--config", required=True, help="path to a Hugging Face config.json")
+    parser.add_argument("--context", default=DEFAULT_CONTEXTS,
+                        help=f"comma-separated context lengths in tokens (default {DEFAULT_CONTEXTS})")
+    parser.add_argument("--dtype", default="bf16", help="model dtype of weights, KV and conv state")
+    parser.add_argument("--weight-dtype", default=None, help="weights dtype if different (fp8, fp4)")
+    parser.add_argument("--ssm-dtype", default=None,
+                        help="recurrent-state dtype (default: the config's mamba_ssm_dtype, fp32)")
+    parser.add_argument("--block-size", type=int, default=16, help="KV page size in tokens")
+    parser.add_argument("--checkpoints", type=int, default=1,
+                        help="state checkpoints held per session (end of turn = 1)")
+    parser.add_argument("--gpus", type=int, default=1, help="B200s one model replica spans")
+    parser.add_argument("--hbm-gb", type=float, default=192.0, help="HBM per GPU in GB (1e9 bytes)")
+    parser.add_argument("--reserve-gb", type=float, default=16.0,
+                        help="per-GPU reserve for activations, CUDA graphs, comm buffers (GB)")
+    parser.set_defaults(func=run)
+
+
+def parse_contexts(text: str) -> list[int]:
+    try:
+        contexts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise sizing.SizingConfigError(f"--context must be comma-separated integers, got {text!r}") from None
+    if not contexts or any(c <= 0 for c in contexts):
+        raise sizing.SizingConfigError(f"--context needs positive token counts, got {text!r}")
+    return contexts
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def context_label(tokens: int) -> str:
+    if tokens % (1 << 20) == 0:
+        return f"{tokens >> 20}M"
+    if tokens % 1024 == 0:
+        return f"{tokens >> 10}K"
+    return str(tokens)
+
+
+def format_report(raw: dict, args: argparse.Namespace, name: str) -> str:
+    shape = sizing.shape_from_config(raw)
+    weight_dtype = args.weight_dtype or args.dtype
+    params = sizing.param_counts(shape)
+    weight_bytes = params.total * sizing.dtype_bytes(weight_dtype)
+    ssm_dtype = args.ssm_dtype or shape.mamba_ssm_dtype
+    model_bytes = sizing.dtype_bytes(args.dtype)
+    ssm_bytes = sizing.dtype_bytes(ssm_dtype)
+    slot = sizing.state_slot_bytes(shape, model_bytes, ssm_bytes)
+    hbm, reserve = args.hbm_gb * 1e9, args.reserve_gb * 1e9
+    free = args.gpus * (hbm - reserve) - weight_bytes
+    b = 1e9
+    lines = [
+        f"model: {name} ({shape.model_type}): {len(shape.layer_types)} layers = "
+        f"{shape.num_full_layers} full attention + {shape.num_linear_layers} Gated DeltaNet; "
+        f"MTP layers: {shape.mtp_num_hidden_layers}",
+        f"weights ({weight_dtype}): {params.total / b:.2f} B params = {human_bytes(weight_bytes)}  "
+        f"[embeddings {params.embeddings / b:.2f} B, attention {params.attention / b:.2f} B, "
+        f"linear attention {params.linear_attention / b:.2f} B, routed experts "
+        f"{params.routed_experts / b:.2f} B, shared experts {params.shared_experts / b:.2f} B, "
+        f"dense MLP {params.dense_mlp / b:.2f} B, norms+routers {params.norms_and_routers / b:.3f} B, "
+        f"lm_head {params.lm_head / b:.2f} B, MTP {params.mtp / b:.2f} B]",
+        f"KV per token ({args.dtype}): {human_bytes(sizing.kv_bytes_per_token(shape, model_bytes))} "
+        f"= {shape.num_full_layers} layers x 2 x {shape.num_key_value_heads} kv heads x "
+        f"{shape.head_dim} head_dim; pages of {args.block_size} tokens",
+        f"DeltaNet state per slot: {human_bytes(slot)} = {shape.num_linear_layers} layers x (conv "
+        f"{human_bytes(sizing.conv_state_bytes_per_layer(shape, model_bytes))} {args.dtype} + "
+        f"recurrent {human_bytes(sizing.recurrent_state_bytes_per_layer(shape, ssm_bytes))} "
+        f"{ssm_dtype}); one checkpoint = one slot",
+        f"HBM for sessions: {args.gpus} x B200 ({args.hbm_gb:g} GB) - weights "
+        f"{human_bytes(weight_bytes)} - reserve {args.gpus} x {args.reserve_gb:g} GB = "
+        f"{human_bytes(max(free, 0.0))}" + ("  (weights do not fit)" if free <= 0 else ""),
+        "",
+        f"| context | KV | DeltaNet state | checkpoints ({args.checkpoints}) | per session "
+        f"| sessions per {args.gpus} x B200 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for tokens in parse_contexts(args.context):
+        mem = sizing.session_memory(shape, tokens, block_size=args.block_size, dtype=args.dtype,
+                                    ssm_dtype=ssm_dtype, num_checkpoints=args.checkpoints)
+        fits = sizing.sessions_that_fit(mem.total_bytes, weight_bytes=weight_bytes, gpus=args.gpus,
+                                        hbm_bytes_per_gpu=hbm, reserve_bytes_per_gpu=reserve)
+        lines.append(f"| {context_label(tokens)} | {human_bytes(mem.kv_bytes)} | "
+                     f"{human_bytes(mem.state_bytes)} | {human_bytes(mem.checkpoint_bytes)} | "
+                     f"{human_bytes(mem.total_bytes)} | {fits} |")
+    return "\n".join(lines)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    if args.block_size < 1 or args.gpus < 1 or args.checkpoints < 0:
+        raise sizing.SizingConfigError("--block-size and --gpus must be >= 1, --checkpoints >= 0")
+    if args.hbm_gb <= 0 or args.reserve_gb < 0:
+        raise sizing.SizingConfigError("--hbm-gb must be positive and --reserve-gb non-negative")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    try:
+        validate_args(args)
+        raw = json.loads(path.read_text())
+        print(format_report(raw, args, path.parent.name if path.name == "config.json" else path.stem))
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"baton size: cannot read {path}: {error}", file=sys.stderr)
+        return 2
+    except sizing.SizingConfigError as error:
+        print(f"baton size: {error}", file=sys.stderr)
+        return 2
+    return 0
