@@ -16,8 +16,16 @@ import math
 from dataclasses import dataclass
 
 DTYPE_BYTES: dict[str, float] = {
-    "fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
-    "fp8": 1, "float8": 1, "fp4": 0.5, "nvfp4": 0.5,
+    "fp32": 4,
+    "float32": 4,
+    "bf16": 2,
+    "bfloat16": 2,
+    "fp16": 2,
+    "float16": 2,
+    "fp8": 1,
+    "float8": 1,
+    "fp4": 0.5,
+    "nvfp4": 0.5,
 }
 B200_HBM_BYTES = 192 * 10**9
 
@@ -91,14 +99,17 @@ def _layer_types(text: dict, num_layers: int) -> tuple[str, ...]:
     if "layer_types" in text:
         types = tuple(text["layer_types"])
         if len(types) != num_layers or set(types) - {"full_attention", "linear_attention"}:
-            raise SizingConfigError("config.json: layer_types must list num_hidden_layers entries, "
-                                    "each 'full_attention' or 'linear_attention'")
+            raise SizingConfigError(
+                "config.json: layer_types must list num_hidden_layers entries, "
+                "each 'full_attention' or 'linear_attention'"
+            )
         return types
     interval = text.get("full_attention_interval", 4)
     if not isinstance(interval, int) or interval < 1:
         raise SizingConfigError(f"config.json: full_attention_interval must be >= 1, got {interval!r}")
-    return tuple("full_attention" if (i + 1) % interval == 0 else "linear_attention"
-                 for i in range(num_layers))
+    return tuple(
+        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(num_layers)
+    )
 
 
 def _moe_layer_ids(text: dict, num_layers: int) -> tuple[int, ...]:
@@ -146,6 +157,7 @@ def shape_from_config(raw: dict) -> HybridShape:
 
 # --- per-session memory -------------------------------------------------------------------------
 
+
 def kv_bytes_per_token(shape: HybridShape, kv_dtype_bytes: float) -> float:
     return shape.num_full_layers * 2 * shape.num_key_value_heads * shape.head_dim * kv_dtype_bytes
 
@@ -163,14 +175,19 @@ def conv_state_bytes_per_layer(shape: HybridShape, state_dtype_bytes: float) -> 
 
 
 def recurrent_state_bytes_per_layer(shape: HybridShape, ssm_dtype_bytes: float) -> float:
-    return (shape.linear_num_value_heads * shape.linear_key_head_dim * shape.linear_value_head_dim
-            * ssm_dtype_bytes)
+    return (
+        shape.linear_num_value_heads
+        * shape.linear_key_head_dim
+        * shape.linear_value_head_dim
+        * ssm_dtype_bytes
+    )
 
 
 def state_slot_bytes(shape: HybridShape, state_dtype_bytes: float, ssm_dtype_bytes: float) -> float:
     """One DeltaNet state slot: conv + recurrent state of every linear layer (= one checkpoint)."""
-    per_layer = (conv_state_bytes_per_layer(shape, state_dtype_bytes)
-                 + recurrent_state_bytes_per_layer(shape, ssm_dtype_bytes))
+    per_layer = conv_state_bytes_per_layer(shape, state_dtype_bytes) + recurrent_state_bytes_per_layer(
+        shape, ssm_dtype_bytes
+    )
     return shape.num_linear_layers * per_layer
 
 
@@ -187,8 +204,15 @@ class SessionMemory:
         return self.kv_bytes + self.state_bytes + self.checkpoint_bytes
 
 
-def session_memory(shape: HybridShape, context_tokens: int, *, block_size: int, dtype: str,
-                   ssm_dtype: str | None = None, num_checkpoints: int = 1) -> SessionMemory:
+def session_memory(
+    shape: HybridShape,
+    context_tokens: int,
+    *,
+    block_size: int,
+    dtype: str,
+    ssm_dtype: str | None = None,
+    num_checkpoints: int = 1,
+) -> SessionMemory:
     model_bytes = dtype_bytes(dtype)
     ssm_bytes = dtype_bytes(ssm_dtype or shape.mamba_ssm_dtype)
     slot = state_slot_bytes(shape, model_bytes, ssm_bytes)
@@ -202,6 +226,7 @@ def session_memory(shape: HybridShape, context_tokens: int, *, block_size: int, 
 
 
 # --- weights --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class ParamCounts:
@@ -217,9 +242,17 @@ class ParamCounts:
 
     @property
     def total(self) -> int:
-        return (self.embeddings + self.attention + self.linear_attention + self.routed_experts
-                + self.shared_experts + self.dense_mlp + self.norms_and_routers + self.lm_head
-                + self.mtp)
+        return (
+            self.embeddings
+            + self.attention
+            + self.linear_attention
+            + self.routed_experts
+            + self.shared_experts
+            + self.dense_mlp
+            + self.norms_and_routers
+            + self.lm_head
+            + self.mtp
+        )
 
 
 def _attention_layer_params(s: HybridShape) -> int:
@@ -255,8 +288,16 @@ def param_counts(s: HybridShape) -> ParamCounts:
     dense_mlp = (num_layers - num_moe) * 3 * s.hidden_size * s.intermediate_size
     # An MTP layer: fc over [embedding; hidden], two pre-fc norms, one full-attention MoE decoder
     # layer and a final norm; it shares the embeddings and lm_head with the main model.
-    mtp_layer = (2 * s.hidden_size * s.hidden_size + 2 * s.hidden_size + _attention_layer_params(s)
-                 + routed + shared + gates + 2 * s.hidden_size + s.hidden_size)
+    mtp_layer = (
+        2 * s.hidden_size * s.hidden_size
+        + 2 * s.hidden_size
+        + _attention_layer_params(s)
+        + routed
+        + shared
+        + gates
+        + 2 * s.hidden_size
+        + s.hidden_size
+    )
     return ParamCounts(
         embeddings=s.vocab_size * s.hidden_size,
         attention=s.num_full_layers * _attention_layer_params(s),
@@ -272,9 +313,15 @@ def param_counts(s: HybridShape) -> ParamCounts:
 
 # --- capacity ---------------------------------------------------------------------------------------
 
-def sessions_that_fit(session_bytes: float, *, weight_bytes: float, gpus: int = 1,
-                      hbm_bytes_per_gpu: float = B200_HBM_BYTES,
-                      reserve_bytes_per_gpu: float = 16 * 10**9) -> int:
+
+def sessions_that_fit(
+    session_bytes: float,
+    *,
+    weight_bytes: float,
+    gpus: int = 1,
+    hbm_bytes_per_gpu: float = B200_HBM_BYTES,
+    reserve_bytes_per_gpu: float = 16 * 10**9,
+) -> int:
     """Whole sessions that fit in what HBM is left after weights and a per-GPU reserve
     (activations, CUDA graphs, communication buffers). 0 when the weights alone do not fit."""
     free = gpus * (hbm_bytes_per_gpu - reserve_bytes_per_gpu) - weight_bytes

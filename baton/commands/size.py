@@ -14,21 +14,33 @@ DEFAULT_CONTEXTS = "32768,131072,1048576"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "size", help="memory per session and sessions per B200 for a model config.json")
+        "size", help="memory per session and sessions per B200 for a model config.json"
+    )
     parser.add_argument("--config", required=True, help="path to a Hugging Face config.json")
-    parser.add_argument("--context", default=DEFAULT_CONTEXTS,
-                        help=f"comma-separated context lengths in tokens (default {DEFAULT_CONTEXTS})")
+    parser.add_argument(
+        "--context",
+        default=DEFAULT_CONTEXTS,
+        help=f"comma-separated context lengths in tokens (default {DEFAULT_CONTEXTS})",
+    )
     parser.add_argument("--dtype", default="bf16", help="model dtype of weights, KV and conv state")
     parser.add_argument("--weight-dtype", default=None, help="weights dtype if different (fp8, fp4)")
-    parser.add_argument("--ssm-dtype", default=None,
-                        help="recurrent-state dtype (default: the config's mamba_ssm_dtype, fp32)")
+    parser.add_argument(
+        "--ssm-dtype",
+        default=None,
+        help="recurrent-state dtype (default: the config's mamba_ssm_dtype, fp32)",
+    )
     parser.add_argument("--block-size", type=int, default=16, help="KV page size in tokens")
-    parser.add_argument("--checkpoints", type=int, default=1,
-                        help="state checkpoints held per session (end of turn = 1)")
+    parser.add_argument(
+        "--checkpoints", type=int, default=1, help="state checkpoints held per session (end of turn = 1)"
+    )
     parser.add_argument("--gpus", type=int, default=1, help="B200s one model replica spans")
     parser.add_argument("--hbm-gb", type=float, default=192.0, help="HBM per GPU in GB (1e9 bytes)")
-    parser.add_argument("--reserve-gb", type=float, default=16.0,
-                        help="per-GPU reserve for activations, CUDA graphs, comm buffers (GB)")
+    parser.add_argument(
+        "--reserve-gb",
+        type=float,
+        default=16.0,
+        help="per-GPU reserve for activations, CUDA graphs, comm buffers (GB)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -95,13 +107,26 @@ def format_report(raw: dict, args: argparse.Namespace, name: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for tokens in parse_contexts(args.context):
-        mem = sizing.session_memory(shape, tokens, block_size=args.block_size, dtype=args.dtype,
-                                    ssm_dtype=ssm_dtype, num_checkpoints=args.checkpoints)
-        fits = sizing.sessions_that_fit(mem.total_bytes, weight_bytes=weight_bytes, gpus=args.gpus,
-                                        hbm_bytes_per_gpu=hbm, reserve_bytes_per_gpu=reserve)
-        lines.append(f"| {context_label(tokens)} | {human_bytes(mem.kv_bytes)} | "
-                     f"{human_bytes(mem.state_bytes)} | {human_bytes(mem.checkpoint_bytes)} | "
-                     f"{human_bytes(mem.total_bytes)} | {fits} |")
+        mem = sizing.session_memory(
+            shape,
+            tokens,
+            block_size=args.block_size,
+            dtype=args.dtype,
+            ssm_dtype=ssm_dtype,
+            num_checkpoints=args.checkpoints,
+        )
+        fits = sizing.sessions_that_fit(
+            mem.total_bytes,
+            weight_bytes=weight_bytes,
+            gpus=args.gpus,
+            hbm_bytes_per_gpu=hbm,
+            reserve_bytes_per_gpu=reserve,
+        )
+        lines.append(
+            f"| {context_label(tokens)} | {human_bytes(mem.kv_bytes)} | "
+            f"{human_bytes(mem.state_bytes)} | {human_bytes(mem.checkpoint_bytes)} | "
+            f"{human_bytes(mem.total_bytes)} | {fits} |"
+        )
     return "\n".join(lines)
 
 

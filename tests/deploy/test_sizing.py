@@ -16,11 +16,23 @@ CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
 
 # hidden 8; 4 layers with a full-attention layer every 2nd (layers 1, 3 full; 0, 2 linear).
 TINY = {
-    "model_type": "qwen3_next", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 4,
-    "full_attention_interval": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
-    "linear_num_key_heads": 1, "linear_num_value_heads": 2, "linear_key_head_dim": 2,
-    "linear_value_head_dim": 3, "linear_conv_kernel_dim": 3, "num_experts": 2,
-    "moe_intermediate_size": 4, "shared_expert_intermediate_size": 6, "tie_word_embeddings": False,
+    "model_type": "qwen3_next",
+    "vocab_size": 10,
+    "hidden_size": 8,
+    "num_hidden_layers": 4,
+    "full_attention_interval": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 4,
+    "linear_num_key_heads": 1,
+    "linear_num_value_heads": 2,
+    "linear_key_head_dim": 2,
+    "linear_value_head_dim": 3,
+    "linear_conv_kernel_dim": 3,
+    "num_experts": 2,
+    "moe_intermediate_size": 4,
+    "shared_expert_intermediate_size": 6,
+    "tie_word_embeddings": False,
 }
 
 
@@ -60,13 +72,18 @@ def test_tied_embeddings_and_ssm_dtype_override():
 
 
 def test_sessions_that_fit():
-    assert sizing.sessions_that_fit(10.0, weight_bytes=50, gpus=2, hbm_bytes_per_gpu=100,
-                                    reserve_bytes_per_gpu=10) == 13
+    assert (
+        sizing.sessions_that_fit(
+            10.0, weight_bytes=50, gpus=2, hbm_bytes_per_gpu=100, reserve_bytes_per_gpu=10
+        )
+        == 13
+    )
     assert sizing.sessions_that_fit(10.0, weight_bytes=500, hbm_bytes_per_gpu=100) == 0
 
 
-@pytest.mark.parametrize("bad", [{"num_hidden_layers": None}, {"layer_types": ["full_attention"]},
-                                 {"linear_conv_kernel_dim": -1}])
+@pytest.mark.parametrize(
+    "bad", [{"num_hidden_layers": None}, {"layer_types": ["full_attention"]}, {"linear_conv_kernel_dim": -1}]
+)
 def test_bad_config_raises_clear_error(bad):
     with pytest.raises(sizing.SizingConfigError):
         sizing.shape_from_config({**TINY, **bad})
@@ -75,9 +92,13 @@ def test_bad_config_raises_clear_error(bad):
 def test_real_configs_match_published_parameter_counts():
     # Public model cards: Qwen3-Next-80B-A3B has 80B parameters; Qwen3.5-397B-A17B 397B
     # (text + vision, without the MTP draft layer). The vision tower is ~0.4B.
-    next80 = sizing.param_counts(sizing.shape_from_config(json.loads((CONFIGS / "qwen3-next-80b-a3b.json").read_text())))
+    next80 = sizing.param_counts(
+        sizing.shape_from_config(json.loads((CONFIGS / "qwen3-next-80b-a3b.json").read_text()))
+    )
     assert 79.0e9 < next80.total < 81.0e9
-    q35 = sizing.param_counts(sizing.shape_from_config(json.loads((CONFIGS / "qwen3.5-397b-a17b.json").read_text())))
+    q35 = sizing.param_counts(
+        sizing.shape_from_config(json.loads((CONFIGS / "qwen3.5-397b-a17b.json").read_text()))
+    )
     assert 395.5e9 < q35.total - q35.mtp < 397.5e9
 
 
