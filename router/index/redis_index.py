@@ -1,0 +1,216 @@
+"""`RedisPrefixIndex`: the index shared by many routers and workers, kept in Redis.
+
+Every call is one round trip (a Lua script, see `redis_scripts.py`). Short socket timeouts and a
+single retry make an unreachable Redis show up fast: lookups raise `IndexUnavailable` so the router
+routes by affinity + load. Publishing never raises for that: the client keeps a record of what each
+of its workers published (`PublishedRecords`) and, once Redis answers again, republishes a worker's
+whole record — after a failed publish, or when a heartbeat finds the lease gone (Redis restarted,
+or the lease lapsed and lookups cleaned the entries up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from router.index import redis_scripts
+from router.index.base import (
+    IndexEvent,
+    IndexUnavailable,
+    PrefixHit,
+    PrefixIndex,
+    StaleEpoch,
+    check_hash,
+    check_namespace,
+    check_ttl,
+    check_worker,
+)
+from router.index.records import PublishedRecords
+
+HASHES_PER_CALL = 16384  # bounds one script's run time when (re)publishing large records
+CLEAR_BATCH = 4096
+
+
+def pack_hashes(hashes: Sequence[int]) -> bytes:
+    try:
+        return struct.pack(f">{len(hashes)}Q", *hashes)
+    except struct.error:
+        for h in hashes:
+            check_hash(h)
+        raise
+
+
+class RedisPrefixIndex(PrefixIndex):
+    """`url` (redis:// or rediss:// for TLS) and `password` default to BATON_REDIS_URL and
+    BATON_REDIS_PASSWORD. `ssl_*` go to redis-py for rediss:// URLs."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        password: str | None = None,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_cert_reqs: str = "required",
+        key_prefix: str = "baton",
+        connect_timeout_s: float = 0.25,
+        socket_timeout_s: float = 2.0,
+    ) -> None:
+        url = url or os.environ.get("BATON_REDIS_URL")
+        if not url or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"RedisPrefixIndex needs a redis:// or rediss:// URL (or BATON_REDIS_URL), got {url!r}")
+        options: dict[str, Any] = {
+            "password": password or os.environ.get("BATON_REDIS_PASSWORD") or None,
+            "socket_connect_timeout": connect_timeout_s,
+            "socket_timeout": socket_timeout_s,
+            # One immediate retry absorbs a pooled connection that died with a restarted server.
+            "retry": Retry(NoBackoff(), 1),
+        }
+        if url.startswith("rediss://"):
+            options.update(ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                           ssl_cert_reqs=ssl_cert_reqs)
+        options = {k: v for k, v in options.items() if v is not None}
+        self._client = redis.Redis.from_url(url, **options)
+        self._prefix = key_prefix
+        self._registry = f"{key_prefix}:epoch"
+        self._publish = self._client.register_script(redis_scripts.PUBLISH)
+        self._heartbeat = self._client.register_script(redis_scripts.HEARTBEAT)
+        self._clear = self._client.register_script(redis_scripts.CLEAR_BATCH)
+        self._lookup = self._client.register_script(redis_scripts.LOOKUP)
+        self._lock = threading.Lock()
+        self._records = PublishedRecords()
+        self._dirty: set[str] = set()  # workers whose record Redis may not reflect
+
+    # -- keys ---------------------------------------------------------------------------------
+    def _lease_key(self, worker_id: str) -> str:
+        return f"{self._prefix}:lease:{worker_id}"
+
+    def _keyset_key(self, worker_id: str) -> str:
+        return f"{self._prefix}:keys:{worker_id}"
+
+    def _block_prefix(self, namespace: str) -> bytes:
+        return f"{self._prefix}:b:{namespace}:".encode()
+
+    # -- worker side --------------------------------------------------------------------------
+    def publish(self, worker_id: str, epoch: int, namespace: str, events: Sequence[IndexEvent]) -> bool:
+        check_worker(worker_id, epoch)
+        check_namespace(namespace)
+        with self._lock:
+            if not self._records.apply(worker_id, epoch, namespace, events):
+                return False
+            try:
+                with _unavailable_as_error():
+                    if worker_id in self._dirty:
+                        self._resync(worker_id)
+                    else:
+                        self._send(worker_id, epoch, [(namespace, e) for e in events])
+                return True
+            except IndexUnavailable:
+                self._dirty.add(worker_id)
+                return False
+
+    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float) -> bool:
+        check_worker(worker_id, epoch)
+        check_ttl(ttl_s)
+        with self._lock, _unavailable_as_error():
+            keys = [self._registry, self._lease_key(worker_id)]
+            state = self._heartbeat(keys=keys, args=[worker_id, epoch, max(1, int(ttl_s * 1000))])
+            if state < 0 or not self._records.renew_epoch(worker_id, epoch):
+                raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
+            if state == 0 or worker_id in self._dirty:
+                self._resync(worker_id)
+            return state == 1
+
+    def clear_worker(self, worker_id: str) -> None:
+        check_worker(worker_id)
+        with self._lock:
+            self._records.clear(worker_id)
+            try:
+                with _unavailable_as_error():
+                    self._clear_remote(worker_id)
+                    self._client.delete(self._lease_key(worker_id))
+                    self._client.hdel(self._registry, worker_id)
+                self._dirty.discard(worker_id)
+            except IndexUnavailable:
+                self._dirty.add(worker_id)  # its lease lapses meanwhile, so nothing stale matches
+
+    # -- router side --------------------------------------------------------------------------
+    def lookup(self, namespace: str, block_hashes: Sequence[int]) -> dict[str, PrefixHit]:
+        check_namespace(namespace)
+        if not block_hashes:
+            return {}
+        args = [self._block_prefix(namespace), f"{self._prefix}:lease:", pack_hashes(block_hashes)]
+        with _unavailable_as_error():
+            flat = self._lookup(keys=[], args=args)
+        return {
+            worker.decode(): PrefixHit(worker.decode(), int(blocks), int(ckpt))
+            for worker, blocks, ckpt in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
+        }
+
+    def workers(self) -> dict[str, int]:
+        with _unavailable_as_error():
+            registry = {w.decode(): e.decode() for w, e in self._client.hgetall(self._registry).items()}
+            names = sorted(registry)
+            leases = self._client.mget([self._lease_key(w) for w in names]) if names else []
+        return {w: int(registry[w]) for w, lease in zip(names, leases, strict=True)
+                if lease is not None and lease.decode() == registry[w]}
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _send(self, worker_id: str, epoch: int, events: list[tuple[str, IndexEvent]]) -> None:
+        """All events in one pipelined round trip, split into bounded script calls."""
+        keys = [self._registry, self._keyset_key(worker_id)]
+        pipe = self._client.pipeline(transaction=False)
+        for namespace, args in _script_batches(events):
+            self._publish(keys=keys, args=[worker_id, epoch, self._block_prefix(namespace), *args], client=pipe)
+        if any(r == 0 for r in pipe.execute()):
+            raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
+
+    def _resync(self, worker_id: str) -> None:
+        """Make Redis hold exactly this client's record of the worker."""
+        self._clear_remote(worker_id)
+        record = self._records.get(worker_id)
+        if record is not None:
+            self._send(worker_id, record.epoch, list(record.as_events()))
+        self._dirty.discard(worker_id)
+
+    def _clear_remote(self, worker_id: str) -> None:
+        while self._clear(keys=[self._keyset_key(worker_id)], args=[worker_id, CLEAR_BATCH]) >= CLEAR_BATCH:
+            pass
+
+
+def _script_batches(events: list[tuple[str, IndexEvent]]) -> Iterator[tuple[str, list[Any]]]:
+    """(namespace, flat script args) per call: events of one namespace, at most ~HASHES_PER_CALL."""
+    namespace, args, size = None, [], 0
+    for ns, event in events:
+        kind = "s" if event.kind == "stored" else "r"
+        for start in range(0, max(1, len(event.block_hashes), len(event.checkpoint_hashes)), HASHES_PER_CALL):
+            blocks = event.block_hashes[start : start + HASHES_PER_CALL]
+            checkpoints = event.checkpoint_hashes[start : start + HASHES_PER_CALL]
+            if args and (ns != namespace or size + len(blocks) + len(checkpoints) > HASHES_PER_CALL):
+                yield namespace, args
+                args, size = [], 0
+            namespace = ns
+            args += [kind, pack_hashes(blocks), pack_hashes(checkpoints)]
+            size += len(blocks) + len(checkpoints)
+    if args:
+        yield namespace, args
+
+
+@contextlib.contextmanager
+def _unavailable_as_error() -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError) as exc:
+        raise IndexUnavailable(f"redis prefix index unreachable: {exc}") from exc
