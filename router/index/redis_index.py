@@ -67,7 +67,9 @@ class RedisPrefixIndex(PrefixIndex):
     ) -> None:
         url = url or os.environ.get("BATON_REDIS_URL")
         if not url or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"RedisPrefixIndex needs a redis:// or rediss:// URL (or BATON_REDIS_URL), got {url!r}")
+            raise ValueError(
+                f"RedisPrefixIndex needs a redis:// or rediss:// URL (or BATON_REDIS_URL), got {url!r}"
+            )
         options: dict[str, Any] = {
             "password": password or os.environ.get("BATON_REDIS_PASSWORD") or None,
             "socket_connect_timeout": connect_timeout_s,
@@ -76,8 +78,12 @@ class RedisPrefixIndex(PrefixIndex):
             "retry": Retry(NoBackoff(), 1),
         }
         if url.startswith("rediss://"):
-            options.update(ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                           ssl_cert_reqs=ssl_cert_reqs)
+            options.update(
+                ssl_ca_certs=ssl_ca_certs,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                ssl_cert_reqs=ssl_cert_reqs,
+            )
         options = {k: v for k, v in options.items() if v is not None}
         self._client = redis.Redis.from_url(url, **options)
         self._prefix = key_prefix
@@ -161,8 +167,11 @@ class RedisPrefixIndex(PrefixIndex):
             registry = {w.decode(): e.decode() for w, e in self._client.hgetall(self._registry).items()}
             names = sorted(registry)
             leases = self._client.mget([self._lease_key(w) for w in names]) if names else []
-        return {w: int(registry[w]) for w, lease in zip(names, leases, strict=True)
-                if lease is not None and lease.decode() == registry[w]}
+        return {
+            w: int(registry[w])
+            for w, lease in zip(names, leases, strict=True)
+            if lease is not None and lease.decode() == registry[w]
+        }
 
     def close(self) -> None:
         self._client.close()
@@ -173,7 +182,9 @@ class RedisPrefixIndex(PrefixIndex):
         keys = [self._registry, self._keyset_key(worker_id)]
         pipe = self._client.pipeline(transaction=False)
         for namespace, args in _script_batches(events):
-            self._publish(keys=keys, args=[worker_id, epoch, self._block_prefix(namespace), *args], client=pipe)
+            self._publish(
+                keys=keys, args=[worker_id, epoch, self._block_prefix(namespace), *args], client=pipe
+            )
         if any(r == 0 for r in pipe.execute()):
             raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
 

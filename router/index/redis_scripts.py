@@ -19,7 +19,9 @@ end
 
 # KEYS: epoch registry, worker key set.  ARGV: worker, epoch, block key prefix, then per event
 # kind ("s" | "r"), packed block hashes, packed checkpoint hashes.  Returns 0 for a stale epoch.
-PUBLISH = _OLDER + """
+PUBLISH = (
+    _OLDER
+    + """
 local worker, epoch, bprefix = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', KEYS[1], worker)
 if cur and older(epoch, cur) then return 0 end
@@ -50,10 +52,13 @@ for e = 4, #ARGV, 3 do
 end
 return 1
 """
+)
 
 # KEYS: epoch registry, lease key.  ARGV: worker, epoch, ttl ms.
 # Returns -1 for a stale epoch, 1 when this epoch's lease was alive, 0 when it was (re)created.
-HEARTBEAT = _OLDER + """
+HEARTBEAT = (
+    _OLDER
+    + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and older(ARGV[2], cur) then return -1 end
 if cur ~= ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
@@ -61,6 +66,7 @@ local old = redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'GET')
 if old == ARGV[2] then return 1 end
 return 0
 """
+)
 
 # KEYS: worker key set.  ARGV: worker, batch size.  Removes up to a batch of the worker's entries;
 # the caller repeats until fewer than a batch come back (keeps each call short).

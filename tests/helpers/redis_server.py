@@ -87,9 +87,21 @@ class RedisServer:
             )
         assert self._dir is not None
         self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", self.host, "--dir", self._dir.name,
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--dir",
+                self._dir.name,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self._wait_ready()
 
@@ -112,7 +124,9 @@ class RedisServer:
                         return
             except redis.RedisError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis on port {self.port} not ready after {READY_TIMEOUT_S}s") from None
+                    raise RuntimeError(
+                        f"redis on port {self.port} not ready after {READY_TIMEOUT_S}s"
+                    ) from None
                 time.sleep(0.01)
 
 
