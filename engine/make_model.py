@@ -1,0 +1,181 @@
+"""Random-weight checkpoints of the hybrid families, in exactly the Hugging Face layout.
+
+`make_model(out_dir, preset="tiny"|"small", model_type=..., variant="default"|"head256", seed=0)`
+writes config.json, generation_config.json, sharded safetensors + index, tokenizer.json and
+tokenizer_config.json (Qwen chat template). Both `engine.loader.load_model` and `transformers`
+(`AutoModelForCausalLM`, `AutoTokenizer`) load the result.
+
+Initialisation keeps activations O(1) through the residual stream (projections ~ 1/sqrt(fan_in),
+output projections shrunk by depth) and makes every parameter matter: zero-centred norm weights
+get noise around 0, so a `w` vs `1 + w` mix-up changes the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.checkpoint_writer import write_json, write_safetensors_shards
+from engine.config import ModelConfig, parse_dtype
+from engine.make_tokenizer import (
+    QWEN2_PRETOKENIZE_REGEX,
+    QWEN3_5_PRETOKENIZE_REGEX,
+    build_tokenizer,
+    write_tokenizer,
+)
+from engine.models.checkpoint_format import expected_shapes, to_hf
+
+PRESETS = ("tiny", "small")
+VARIANTS = ("default", "head256")
+MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
+_ARCHITECTURES = {
+    "qwen3_next": "Qwen3NextForCausalLM",
+    "qwen3_5_text": "Qwen3_5ForCausalLM",
+    "qwen3_5_moe_text": "Qwen3_5MoeForCausalLM",
+}
+
+
+def preset_config(preset: str, model_type: str = "qwen3_next", variant: str = "default") -> dict[str, Any]:
+    """The config.json dict (before special token ids are filled in)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    tiny = preset == "tiny"
+    cfg: dict[str, Any] = {
+        "architectures": [_ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        "vocab_size": 1024 if tiny else 8192,
+        "hidden_size": 64 if tiny else 512,
+        "num_hidden_layers": 6 if tiny else 8,
+        "num_attention_heads": 4 if tiny else 8,
+        "num_key_value_heads": 2,
+        "head_dim": 32 if tiny else 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        "linear_num_key_heads": 2 if tiny else 4,
+        "linear_num_value_heads": 4 if tiny else 8,
+        "linear_key_head_dim": 16 if tiny else 64,
+        "linear_value_head_dim": 16 if tiny else 64,
+        "linear_conv_kernel_dim": 4,
+        "hidden_act": "silu",
+        "intermediate_size": 128 if tiny else 1536,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 4096 if tiny else 32768,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": model_type == "qwen3_5_text",
+        "dtype": "float32" if tiny else "bfloat16",
+        "mamba_ssm_dtype": "float32",
+        "mtp_num_hidden_layers": 0,
+        "use_cache": True,
+    }
+    interval = 3 if tiny else 4
+    cfg["layer_types"] = [
+        "full_attention" if (i + 1) % interval == 0 else "linear_attention"
+        for i in range(cfg["num_hidden_layers"])
+    ]
+    if model_type != "qwen3_5_text":
+        cfg.update(
+            num_experts=8 if tiny else 16,
+            num_experts_per_tok=2 if tiny else 4,
+            moe_intermediate_size=32 if tiny else 384,
+            shared_expert_intermediate_size=64 if tiny else 512,
+            norm_topk_prob=True,
+        )
+    if model_type == "qwen3_next":
+        # One dense layer among the MoE ones, so both MLP kinds are exercised.
+        cfg.update(decoder_sparse_step=1, mlp_only_layers=[1] if tiny else [])
+    if variant == "head256":
+        cfg.update(
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=256,
+            linear_num_key_heads=1,
+            linear_num_value_heads=4,
+            linear_key_head_dim=32,
+            linear_value_head_dim=32,
+        )
+    return cfg
+
+
+def random_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Canonical-layout random tensors (fp32) for every parameter of `cfg`."""
+    gen = torch.Generator().manual_seed(seed)
+    depth_scale = 1.0 / math.sqrt(2 * cfg.num_hidden_layers)
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in expected_shapes(cfg).items():
+        out[name] = _init_tensor(name, shape, gen, depth_scale)
+    if cfg.tie_word_embeddings:
+        # Tied logits are h·E: a large E makes every position predict its own input token.
+        out["embed_tokens.weight"] *= 2.0 / math.sqrt(cfg.hidden_size)
+    return out
+
+
+def _init_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, depth_scale: float) -> torch.Tensor:
+    def normal(std: float) -> torch.Tensor:
+        return torch.randn(shape, generator=gen) * std
+
+    leaf = name.rsplit(".", 2)[-2] if name.endswith(".weight") else name.rsplit(".", 1)[-1]
+    if name == "embed_tokens.weight":
+        return normal(1.0)
+    if name == "lm_head.weight":
+        return normal(2.0 / math.sqrt(shape[1]))
+    if name.endswith("linear_attn.norm.weight"):
+        return 1.0 + normal(0.1)  # gated RMSNorm: plain weight, not zero-centred
+    if name.endswith("norm.weight"):
+        return normal(0.1)  # zero-centred RMSNorm: the model multiplies by (1 + w)
+    if leaf == "A_log":
+        return torch.empty(shape).uniform_(0.5, 8.0, generator=gen).log()
+    if leaf == "dt_bias":
+        return 1.0 + normal(0.1)
+    if leaf == "conv1d":
+        return normal(1.0 / math.sqrt(shape[-1]))
+    if leaf == "gate":  # router: wide logits so routing depends on the token
+        return normal(2.0 / math.sqrt(shape[-1]))
+    if name.endswith("bias"):
+        return normal(0.02)
+    fan_in = shape[-1]
+    std = 1.0 / math.sqrt(fan_in)
+    if leaf in ("o_proj", "out_proj", "down_proj") or name.endswith("experts.down_proj"):
+        std *= depth_scale * 2
+    return normal(std)
+
+
+def make_model(
+    out_dir: str | Path,
+    preset: str = "tiny",
+    model_type: str = "qwen3_next",
+    variant: str = "default",
+    seed: int = 0,
+    progress: bool = False,
+) -> Path:
+    """Write a random checkpoint into `out_dir` (created; files overwritten). Returns the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = preset_config(preset, model_type, variant)
+    regex = QWEN2_PRETOKENIZE_REGEX if model_type == "qwen3_next" else QWEN3_5_PRETOKENIZE_REGEX
+    tokenizer = build_tokenizer(raw["vocab_size"], regex)
+    tokenizer_class = "Qwen2Tokenizer" if model_type == "qwen3_next" else "Qwen3_5Tokenizer"
+    ids = write_tokenizer(tokenizer, out, raw["max_position_embeddings"], tokenizer_class)
+    raw.update(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=None,
+    )
+    cfg = ModelConfig.from_json(raw)
+    dtype = parse_dtype(raw["dtype"])
+    weights = {k: v.to(dtype) for k, v in random_weights(cfg, seed).items()}
+    write_json(out / "config.json", raw)
+    write_json(
+        out / "generation_config.json",
+        {"eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]], "pad_token_id": ids["<|endoftext|>"]},
+    )
+    shard_bytes = 256 * 1024 if preset == "tiny" else 64 * 1024 * 1024
+    write_safetensors_shards(to_hf(cfg, weights), out, shard_bytes, progress=progress)
+    return out
