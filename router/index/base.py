@@ -105,8 +105,9 @@ class PrefixIndex(abc.ABC):
 
     @abc.abstractmethod
     def publish(self, worker_id: str, epoch: int, namespace: str, events: Sequence[IndexEvent]) -> bool:
-        """Apply a worker's cache events in order. Returns False when they could not reach the
-        backend yet (kept, and sent with the next successful publish or heartbeat)."""
+        """Apply a worker's cache events in order. Returns False when they are ignored (an epoch
+        older than the worker's) or could not reach the backend yet (then kept, and sent with the
+        next successful publish or heartbeat)."""
 
     @abc.abstractmethod
     def heartbeat(self, worker_id: str, epoch: int, ttl_s: float) -> bool:

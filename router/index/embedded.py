@@ -32,8 +32,7 @@ class EmbeddedPrefixIndex(PrefixIndex):
         check_worker(worker_id, epoch)
         check_namespace(namespace)
         with self._lock:
-            self._records.apply(worker_id, epoch, namespace, events)
-        return True
+            return self._records.apply(worker_id, epoch, namespace, events)
 
     def heartbeat(self, worker_id: str, epoch: int, ttl_s: float) -> bool:
         check_worker(worker_id, epoch)
