@@ -1,0 +1,27 @@
+"""`create_backend(name, **options)`: the one place that maps backend names to classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvtransfer.base import TransferBackend, TransferError
+
+BACKENDS = ("local", "tcp", "ucx")
+
+
+def create_backend(name: str, **options: Any) -> TransferBackend:
+    """Options shared by all: checksums (bool, default True), corrupt ((region, layer), test hook).
+    tcp: host (listen/advertise host, default 127.0.0.1). ucx: none beyond UCX_* environment."""
+    if name == "local":
+        from kvtransfer.local import LocalBackend
+
+        return LocalBackend(**options)
+    if name == "tcp":
+        from kvtransfer.tcp import TcpBackend
+
+        return TcpBackend(**options)
+    if name == "ucx":
+        from kvtransfer.ucx import UcxBackend
+
+        return UcxBackend(**options)
+    raise TransferError(f"unknown transfer backend {name!r}; choose one of {BACKENDS}")
