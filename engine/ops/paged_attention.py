@@ -67,9 +67,10 @@ def paged_attention_torch(
     num_blocks = -(-int(context_lens.max()) // block_size)
     # Padding entries may be -1: clamp so the gather stays in bounds; the mask hides what it reads.
     pages = block_tables[:, :num_blocks].long().clamp(min=0).reshape(-1)
-    gathered = kv_layer.index_select(0, pages).view(batch, num_blocks, 2, block_size, num_kv_heads, head_dim)
-    keys = gathered[:, :, 0].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim).float()
-    values = gathered[:, :, 1].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim).float()
+    # Gathering K and V separately lands each directly in a contiguous [B, T, Hkv, D] (no second copy).
+    gathered_shape = (batch, num_blocks * block_size, num_kv_heads, head_dim)
+    keys = kv_layer[:, 0].index_select(0, pages).view(gathered_shape).float()
+    values = kv_layer[:, 1].index_select(0, pages).view(gathered_shape).float()
     grouped_q = q.float().view(batch, num_kv_heads, group, head_dim)
     scores = torch.einsum("bkgd,btkd->bkgt", grouped_q, keys) * scale
     positions = torch.arange(num_blocks * block_size, device=q.device)

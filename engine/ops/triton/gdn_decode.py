@@ -139,7 +139,9 @@ def gdn_decode_step(
     out = torch.empty(batch, 1, heads_v, dim_v, dtype=q.dtype, device=q.device)
     if batch == 0:
         return out, state_out
-    block_v = min(triton.next_power_of_2(dim_v), 64)
+    # Dv tiles of 32: a 128 x 32 fp32 state tile fits in registers, and batch-1 decode still gets
+    # B * Hv * Dv / 32 programs to spread over the SMs.
+    block_v = min(triton.next_power_of_2(dim_v), 32)
     grid = (batch * heads_v, triton.cdiv(dim_v, block_v))
     _gdn_decode_step_kernel[grid](
         q, k, v, g, beta,
