@@ -14,25 +14,46 @@ from serving.worker_core import AdmissionRejected
 log = logging.getLogger(__name__)
 
 
-class TransferFailed(RuntimeError):
+class ServiceUnavailable(RuntimeError):
+    """Nothing can serve this now (no worker, a failed transfer): UNAVAILABLE, the client may retry."""
+
+
+class TransferFailed(ServiceUnavailable):
     pass
 
 
-class UnknownRequest(KeyError):
+class NotFound(KeyError):
+    """An unknown request, worker, model or session: NOT_FOUND."""
+
     def __str__(self) -> str:  # KeyError quotes its message otherwise
-        return str(self.args[0]) if self.args else "unknown request"
+        return str(self.args[0]) if self.args else "not found"
+
+
+UnknownRequest = NotFound
+
+
+class PermissionDenied(RuntimeError):
+    pass
+
+
+class Unauthenticated(RuntimeError):
+    pass
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, AdmissionRejected):
         return grpc.StatusCode.UNAVAILABLE if error.draining else grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(error, UnknownRequest):
+    if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED
+    if isinstance(error, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(error, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, TimeoutError | concurrent.futures.TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(error, TransferFailed):
+    if isinstance(error, ServiceUnavailable):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 

@@ -54,7 +54,15 @@ class WorkerCore:
         self.draining = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self.counters = {"computed_tokens": 0, "fetched_tokens": 0, "fetch_failures": 0, "transfer_bytes": 0}
+        self.counters = {
+            "computed_tokens": 0,
+            "fetched_tokens": 0,
+            "fetch_failures": 0,
+            "transfer_bytes": 0,
+            "requests_ok": 0,
+            "requests_error": 0,
+        }
+        self.publisher = None
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:

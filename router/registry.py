@@ -1,0 +1,178 @@
+"""The router's live view of the workers: connections, loads (polled), draining flags, and — for
+the embedded index — a KV event subscription per worker that feeds the prefix index."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from baton_pb.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
+from router.index.base import IndexEvent, IndexUnavailable, PrefixIndex
+from serving.config import TlsConfig
+from serving.grpc_server import insecure_or_tls_channel
+
+log = logging.getLogger(__name__)
+LOAD_TIMEOUT_S = 2.0
+FAILURES_BEFORE_DOWN = 3
+
+
+@dataclass
+class WorkerHandle:
+    address: str
+    role: str
+    channel: grpc.Channel
+    control: worker_pb2_grpc.WorkerControlStub
+    prefill: worker_pb2_grpc.PrefillServiceStub
+    decode: worker_pb2_grpc.DecodeServiceStub
+    info: admin_pb2.WorkerInfo = field(default_factory=admin_pb2.WorkerInfo)
+    failures: int = 0
+    draining: bool = False
+    healthy: bool = False
+    subscription: threading.Thread | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id or self.address
+
+
+class WorkerRegistry:
+    def __init__(self, pool, index: PrefixIndex, *, feed_index: bool, poll_s: float = 0.5, tls: TlsConfig | None = None) -> None:
+        self.pool = pool
+        self.index = index
+        self.feed_index = feed_index
+        self.poll_s = poll_s
+        self.tls = tls
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerHandle] = {}  # by address
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._poll_forever, name="worker-registry", daemon=True)
+
+    def start(self) -> WorkerRegistry:
+        self.refresh()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            workers = list(self._workers.values())
+        for handle in workers:
+            handle.channel.close()
+
+    # ---- queries ---------------------------------------------------------------------------------
+    def workers(self, role: str | None = None, *, routable: bool = False) -> list[WorkerHandle]:
+        with self._lock:
+            handles = list(self._workers.values())
+        if role:
+            handles = [h for h in handles if h.role == role]
+        if routable:
+            handles = [h for h in handles if h.healthy and not h.draining]
+        return handles
+
+    def by_id(self, worker_id: str) -> WorkerHandle | None:
+        return next((h for h in self.workers() if h.worker_id == worker_id or h.address == worker_id), None)
+
+    def mark_down(self, handle: WorkerHandle) -> None:
+        """A call to this worker failed as if it were gone: stop routing to it until it answers."""
+        handle.healthy = False
+        self._clear_from_index(handle)
+
+    # ---- polling ---------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        members = {m.address: m for m in self.pool.members()}
+        with self._lock:
+            gone = [a for a in self._workers if a not in members]
+            removed = [self._workers.pop(a) for a in gone]
+            for address, member in members.items():
+                if address not in self._workers:
+                    self._workers[address] = self._connect(address, member.role)
+            handles = list(self._workers.values())
+        for handle in removed:
+            self._clear_from_index(handle)
+            handle.channel.close()
+        for handle in handles:
+            self._poll_load(handle)
+
+    def _poll_forever(self) -> None:
+        while not self._stopped.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - keep polling
+                log.exception("worker refresh failed")
+
+    def _connect(self, address: str, role: str) -> WorkerHandle:
+        channel = insecure_or_tls_channel(address, self.tls)
+        return WorkerHandle(
+            address=address,
+            role=role,
+            channel=channel,
+            control=worker_pb2_grpc.WorkerControlStub(channel),
+            prefill=worker_pb2_grpc.PrefillServiceStub(channel),
+            decode=worker_pb2_grpc.DecodeServiceStub(channel),
+        )
+
+    def _poll_load(self, handle: WorkerHandle) -> None:
+        try:
+            info = handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=LOAD_TIMEOUT_S)
+        except grpc.RpcError as error:
+            handle.failures += 1
+            if handle.failures >= FAILURES_BEFORE_DOWN and handle.healthy:
+                log.warning("worker %s is down: %s", handle.address, error.code())
+                self.mark_down(handle)
+            return
+        restarted = handle.info.epoch and info.epoch != handle.info.epoch
+        handle.info, handle.failures = info, 0
+        handle.healthy = info.healthy
+        handle.draining = handle.draining or info.draining
+        if restarted:
+            log.info("worker %s restarted with epoch %d", handle.worker_id, info.epoch)
+        if self.feed_index and (handle.subscription is None or not handle.subscription.is_alive()):
+            handle.subscription = threading.Thread(
+                target=self._follow_events, args=(handle,), name=f"kv-events-{handle.worker_id}", daemon=True
+            )
+            handle.subscription.start()
+
+    # ---- embedded index feed ---------------------------------------------------------------------
+    def _follow_events(self, handle: WorkerHandle) -> None:
+        try:
+            for batch in handle.control.SubscribeKvEvents(worker_pb2.SubscribeKvEventsRequest()):
+                if self._stopped.is_set():
+                    return
+                self._apply(batch)
+        except grpc.RpcError as error:
+            log.info("KV events of %s ended: %s", handle.address, error.code())
+
+    def _apply(self, batch: worker_pb2.KvEventBatch) -> None:
+        if batch.snapshot:
+            self.index.clear_worker(batch.worker_id)
+        self.index.heartbeat(batch.worker_id, batch.epoch, ttl_s=3600.0)
+        by_namespace: dict[str, list[IndexEvent]] = {}
+        for event in batch.events:
+            by_namespace.setdefault(event.namespace, []).append(
+                IndexEvent(event.kind, tuple(event.block_hashes), tuple(event.checkpoint_hashes))
+            )
+        for namespace, events in by_namespace.items():
+            self.index.publish(batch.worker_id, batch.epoch, namespace, events)
+
+    def _clear_from_index(self, handle: WorkerHandle) -> None:
+        if not handle.info.worker_id:
+            return
+        try:
+            self.index.clear_worker(handle.info.worker_id)
+        except IndexUnavailable:
+            log.warning("index unavailable while clearing %s", handle.worker_id)
+        except Exception:  # noqa: BLE001
+            log.exception("clearing %s from the index failed", handle.worker_id)
+
+    def wait_until_ready(self, prefill: int, decode: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.refresh()
+            if len(self.workers("prefill", routable=True)) >= prefill and len(self.workers("decode", routable=True)) >= decode:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"workers not ready after {timeout_s:.0f} s: {[(h.address, h.healthy) for h in self.workers()]}")

@@ -1,0 +1,130 @@
+"""Starting the router: `python -m router` (static worker addresses) or in-process from
+`baton serve` / tests with any pool."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from baton_pb.v1 import admin_pb2_grpc, public_pb2_grpc
+from router.config import RouterConfig
+from router.core import RouterCore
+from router.index.factory import create_index
+from router.service import AdminServicer, BatonServicer
+from serving import grpc_server
+from serving.auth import TokenAuth
+from serving.config import TlsConfig
+
+log = logging.getLogger(__name__)
+PUBLIC_SERVICES = ("baton.v1.Baton",)
+ADMIN_SERVICES = ("baton.v1.BatonAdmin",)
+
+
+@dataclass
+class RunningRouter:
+    core: RouterCore
+    servers: list[grpc.Server]
+    address: str
+    admin_address: str
+    metrics_port: int = 0
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        for server in self.servers:
+            server.stop(grace_s).wait(grace_s + 1)
+        self.core.close()
+
+
+def start_router(config: RouterConfig, pool) -> RunningRouter:
+    index = create_index(config.index)
+    core = RouterCore(config, pool, index)
+    core.registry.start()
+    auth = TokenAuth.from_file(config.auth_tokens_file or os.environ.get("BATON_AUTH_TOKENS", ""))
+    public = _server(config)
+    public_pb2_grpc.add_BatonServicer_to_server(BatonServicer(core, auth), public)
+    servers = [public]
+    if config.admin_listen:
+        admin = _server(config)
+        servers.append(admin)
+    else:
+        admin = public
+    admin_pb2_grpc.add_BatonAdminServicer_to_server(AdminServicer(core, auth), admin)
+    names = PUBLIC_SERVICES if admin is not public else PUBLIC_SERVICES + ADMIN_SERVICES
+    grpc_server.add_health_and_reflection(public, names)
+    port = grpc_server.bind(public, config.listen, config.tls)
+    admin_port = port
+    if admin is not public:
+        grpc_server.add_health_and_reflection(admin, ADMIN_SERVICES)
+        admin_port = grpc_server.bind(admin, config.admin_listen, config.tls)
+    for server in servers:
+        server.start()
+    host = config.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
+    metrics_port = 0
+    if config.metrics_port:
+        from serving.metrics import start_metrics_server
+
+        metrics_port = start_metrics_server(config.metrics_port, registry=core.metrics.registry)
+    running = RunningRouter(core, servers, f"{host}:{port}", f"{host}:{admin_port}", metrics_port)
+    log.info("router serving on %s (admin %s)", running.address, running.admin_address)
+    return running
+
+
+def _server(config: RouterConfig) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_in_flight + 32, thread_name_prefix="router"),
+        options=grpc_server.CHANNEL_OPTIONS + [("grpc.max_receive_message_length", config.max_prompt_bytes)],
+    )
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m router", description="Baton router")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--listen", default="0.0.0.0:50051")
+    parser.add_argument("--admin-listen", default="")
+    parser.add_argument("--metrics-port", type=int, default=9100)
+    parser.add_argument("--prefill", default="", help="ADDR[,ADDR...] (host:port or dns:///name:port)")
+    parser.add_argument("--decode", required=True, help="ADDR[,ADDR...]")
+    parser.add_argument("--index", default=os.environ.get("BATON_INDEX", "embedded"))
+    parser.add_argument("--pool", default="static", choices=["static"])
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--local-prefill-threshold", type=int, default=512)
+    parser.add_argument("--max-in-flight", type=int, default=256)
+    parser.add_argument("--auth-tokens", default=os.environ.get("BATON_AUTH_TOKENS", ""))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    return RouterConfig(
+        model=args.model,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        metrics_port=args.metrics_port,
+        index=args.index,
+        block_size=args.block_size,
+        local_prefill_threshold=args.local_prefill_threshold,
+        max_in_flight=args.max_in_flight,
+        tls=TlsConfig.from_env(),
+        auth_tokens_file=args.auth_tokens,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from router.pools.static import StaticPool
+
+    logging.basicConfig(level=os.environ.get("BATON_LOG_LEVEL", "INFO"))
+    args = arg_parser().parse_args(argv)
+    split = lambda text: [a for a in text.split(",") if a]  # noqa: E731
+    pool = StaticPool(split(args.prefill), split(args.decode))
+    running = start_router(config_from_args(args), pool)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    running.stop()
+    return 0

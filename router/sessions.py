@@ -1,0 +1,60 @@
+"""The session table: which workers served an agent session last (routing affinity)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SessionEntry:
+    decode_worker: str
+    prefill_worker: str
+    last_seen: float
+    turns: int = 1
+
+
+class SessionTable:
+    """Bounded LRU of sessions; entries older than `ttl_s` are forgotten."""
+
+    def __init__(self, max_sessions: int = 100_000, ttl_s: float = 3600.0, clock=time.monotonic) -> None:
+        self._entries: OrderedDict[str, SessionEntry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._clock = clock
+
+    def get(self, session_id: str) -> SessionEntry | None:
+        if not session_id:
+            return None
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                return None
+            if self._clock() - entry.last_seen > self.ttl_s:
+                del self._entries[session_id]
+                return None
+            return entry
+
+    def record(self, session_id: str, decode_worker: str, prefill_worker: str) -> None:
+        if not session_id:
+            return
+        with self._lock:
+            entry = self._entries.pop(session_id, None)
+            turns = entry.turns + 1 if entry else 1
+            self._entries[session_id] = SessionEntry(decode_worker, prefill_worker, self._clock(), turns)
+            while len(self._entries) > self.max_sessions:
+                self._entries.popitem(last=False)
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._lock:
+            for entry in self._entries.values():
+                if entry.decode_worker == worker_id:
+                    entry.decode_worker = ""
+                if entry.prefill_worker == worker_id:
+                    entry.prefill_worker = ""
+
+    def __len__(self) -> int:
+        return len(self._entries)
