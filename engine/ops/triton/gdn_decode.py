@@ -8,7 +8,8 @@ Reference: `engine.ops.gdn_naive.gated_delta_rule` with T = 1, i.e. transformers
 
 Every column of S evolves on its own (kv_mem, delta and o of column j only read column j), so one
 program owns a (batch, value head, Dv tile) and the state tile stays in registers for the step.
-Arithmetic is fp32; the output takes q's dtype, the state stays fp32, as in the reference.
+Arithmetic is fp32; the output takes v's dtype (as gdn_naive does; q, k, v share one in the model)
+and the state stays fp32.
 
 Two ways to hold the state:
 - `initial_state` `[B, H, Dk, Dv]` (or None = zeros): returned `final_state` is a new fp32 tensor;
@@ -112,7 +113,7 @@ def gdn_decode_step(
     state_slots: torch.Tensor | None = None,
     state_pool: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step; returns (out `[B, 1, Hv, Dv]` in q.dtype, final_state). See module docstring.
+    """One decode step; returns (out `[B, 1, Hv, Dv]` in v.dtype, final_state). See module docstring.
 
     Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
     """
@@ -136,7 +137,7 @@ def gdn_decode_step(
 
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g, beta = g.contiguous(), beta.contiguous()
-    out = torch.empty(batch, 1, heads_v, dim_v, dtype=q.dtype, device=q.device)
+    out = torch.empty(batch, 1, heads_v, dim_v, dtype=v.dtype, device=q.device)
     if batch == 0:
         return out, state_out
     # Dv tiles of 32: a 128 x 32 fp32 state tile fits in registers, and batch-1 decode still gets
