@@ -44,7 +44,7 @@ class LocalLink:
     def send_payloads(self, views: list[torch.Tensor]) -> None:
         if len(views) != len(self._pending):
             raise TransferError("payload count does not match the data header")
-        for dst, src in zip(self._pending, views):
+        for dst, src in zip(self._pending, views, strict=True):
             dst.copy_(src)
         self._pending = []
 

@@ -78,7 +78,7 @@ class Run:
 def runs(index0: int, src_units: list[int], dst_units: list[int]) -> list[Run]:
     """Group positions index0.. into maximal runs consecutive on both sides."""
     out: list[Run] = []
-    for k, (s, d) in enumerate(zip(src_units, dst_units)):
+    for k, (s, d) in enumerate(zip(src_units, dst_units, strict=True)):
         last = out[-1] if out else None
         if last is not None and s == last.src + last.count and d == last.dst + last.count:
             out[-1] = Run(last.index, last.src, last.dst, last.count + 1)

@@ -88,7 +88,7 @@ class StreamSendHandle(SendHandle):
             skip = max(0, self._desc.skipped(region) - start)  # the receiver already has these
             first = start + skip
             placed = self._placed.setdefault((region, layer), {})
-            placed.update(zip(range(first, start + len(src)), src[skip:]))
+            placed.update(zip(range(first, start + len(src)), src[skip:], strict=True))
             unit_runs = runs(first, src[skip:], list(dst[first : start + len(src)]))
         if unit_runs:
             self._ops.put(("data", (region, layer, unit_runs)))
