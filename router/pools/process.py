@@ -1,0 +1,200 @@
+"""`ProcessPool`: each worker a local subprocess (`python -m prefill_worker ...`), the embedded
+default of `baton serve` and what the end-to-end tests use.
+
+Start: launch in parallel, wait for each `--ready-file` (the worker writes its bound address there
+once its gRPC server runs), then for gRPC health SERVING. A worker that exits early fails the start
+with the tail of its log. Remove: SIGTERM (the worker drains, exits 0), then SIGKILL after a timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.pools.base import Pool, PoolError, PoolMember, Role, WorkerSpec, WorkerStartError, check_role
+from router.pools.health import wait_until_serving
+
+log = logging.getLogger(__name__)
+LOG_TAIL_BYTES = 4000
+STARTUP_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+WorkerCommand = Callable[[Role], list[str]]
+
+
+def default_worker_command(role: Role) -> list[str]:
+    return [sys.executable, "-m", f"{role}_worker"]
+
+
+@dataclass
+class _Worker:
+    worker_id: str
+    role: Role
+    process: subprocess.Popen
+    ready_file: Path
+    log_file: Path
+    address: str = ""
+
+    def member(self) -> PoolMember:
+        return PoolMember(self.address, self.role, self.worker_id)
+
+    def log_tail(self) -> str:
+        try:
+            data = self.log_file.read_bytes()[-LOG_TAIL_BYTES:]
+        except OSError:
+            return "(no log)"
+        return data.decode(errors="replace")
+
+    def exit_reason(self) -> str | None:
+        code = self.process.poll()
+        if code is None:
+            return None
+        return f"worker {self.worker_id} exited with code {code} during startup; log tail:\n{self.log_tail()}"
+
+
+class ProcessPool(Pool):
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        *,
+        command: WorkerCommand = default_worker_command,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._command = command
+        self._startup_timeout_s = startup_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._env = {**os.environ, **(env or {})}
+        self._dir = Path(tempfile.mkdtemp(prefix="baton-pool-"))
+        self._lock = threading.Lock()
+        self._workers: dict[str, _Worker] = {}  # by worker id; only started (ready) workers
+        self._counter = itertools.count()
+        self._closed = False
+        atexit.register(self.close)
+
+    # ---- Pool ------------------------------------------------------------------------------------
+    def start(self, prefill: int, decode: int) -> None:
+        roles: list[Role] = ["prefill"] * prefill + ["decode"] * decode
+        launched = [self._launch(role) for role in roles]  # all at once: model loads overlap
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, len(launched))) as executor:
+                list(executor.map(self._wait_ready, launched))
+        except BaseException:
+            for worker in launched:
+                self._terminate(worker)
+            raise
+        with self._lock:
+            self._workers.update({w.worker_id: w for w in launched})
+
+    def members(self) -> list[PoolMember]:
+        with self._lock:
+            workers = list(self._workers.values())
+        # A worker whose process is gone (crashed, killed) is not a member any more.
+        return [w.member() for w in workers if w.process.poll() is None]
+
+    def add(self, role: Role) -> PoolMember:
+        worker = self._launch(check_role(role))
+        try:
+            self._wait_ready(worker)
+        except BaseException:
+            self._terminate(worker)
+            raise
+        with self._lock:
+            self._workers[worker.worker_id] = worker
+        return worker.member()
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            worker = next((w for w in self._workers.values() if key in (w.worker_id, w.address)), None)
+            if worker is None:
+                raise PoolError(f"no worker {key!r} in this pool")
+            del self._workers[worker.worker_id]
+        self._terminate(worker)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers = list(self._workers.values())
+            self._workers.clear()
+        with ThreadPoolExecutor(max_workers=max(1, len(workers))) as executor:
+            list(executor.map(self._terminate, workers))
+        shutil.rmtree(self._dir, ignore_errors=True)
+        atexit.unregister(self.close)
+
+    # ---- extras ----------------------------------------------------------------------------------
+    def process(self, worker_id: str) -> subprocess.Popen:
+        """The worker's process (chaos tests SIGKILL it)."""
+        with self._lock:
+            if worker_id not in self._workers:
+                raise PoolError(f"no worker {worker_id!r} in this pool")
+            return self._workers[worker_id].process
+
+    def log_path(self, worker_id: str) -> Path:
+        with self._lock:
+            return self._workers[worker_id].log_file
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _launch(self, role: Role) -> _Worker:
+        if self._closed:
+            raise PoolError("pool is closed")
+        worker_id = f"{role}-{next(self._counter)}"
+        ready_file = self._dir / f"{worker_id}.ready"
+        log_file = self._dir / f"{worker_id}.log"
+        argv = self._command(role) + self.spec.argv(worker_id, ready_file=str(ready_file))
+        with open(log_file, "wb") as log_handle:
+            # Own session: Ctrl-C at the terminal reaches `baton serve`, which stops the router
+            # before the workers, instead of every process at once.
+            process = subprocess.Popen(
+                argv, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._env, start_new_session=True,
+            )  # fmt: skip
+        log.info("started %s (pid %d): %s", worker_id, process.pid, " ".join(argv))
+        return _Worker(worker_id, role, process, ready_file, log_file)
+
+    def _wait_ready(self, worker: _Worker) -> None:
+        deadline = time.monotonic() + self._startup_timeout_s
+        while not worker.ready_file.is_file():
+            reason = worker.exit_reason()
+            if reason:
+                raise WorkerStartError(reason)
+            if time.monotonic() >= deadline:
+                raise WorkerStartError(
+                    f"worker {worker.worker_id} wrote no ready file in {self._startup_timeout_s:.0f} s; "
+                    f"log tail:\n{worker.log_tail()}"
+                )
+            time.sleep(0.05)
+        worker.address = worker.ready_file.read_text().strip()
+        wait_until_serving(worker.address, max(1.0, deadline - time.monotonic()), failure=worker.exit_reason)
+
+    def _terminate(self, worker: _Worker) -> None:
+        process = worker.process
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(self._stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "worker %s did not stop in %.0f s; killing it", worker.worker_id, self._stop_timeout_s
+                )
+                process.kill()
+                process.wait()
+        log.info("worker %s stopped (exit code %s)", worker.worker_id, process.returncode)

@@ -1,0 +1,50 @@
+"""The Ray actor that hosts one worker: it runs `serving.launch.start_worker` in its own process, so
+the worker's gRPC server lives as long as the actor. Ray restarts a dead actor (`max_restarts`); the
+restarted worker starts with a new epoch, so the index drops what the old one published."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+DEFAULT_STARTER = "serving.launch:start_worker"
+
+
+def load_starter(path: str):
+    module_name, _, function_name = path.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+class WorkerActor:
+    """Wrapped with `ray.remote` by `RayPool` (so importing this module does not import Ray)."""
+
+    def __init__(
+        self, role: str, argv: list[str], starter: str = DEFAULT_STARTER, advertise_node_ip: bool = False
+    ) -> None:
+        from serving.config import worker_config_from_args
+
+        config = worker_config_from_args(role, argv)
+        self._running = load_starter(starter)(config)
+        self._config = config
+        address = self._running.address
+        if advertise_node_ip:
+            # Bound on 0.0.0.0: peers on other nodes dial this node's IP, not loopback.
+            import ray
+
+            address = f"{ray.util.get_node_ip_address()}:{address.rsplit(':', 1)[1]}"
+        self._address = address
+
+    def address(self) -> str:
+        return self._address
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "worker_id": self._config.worker_id,
+            "role": self._config.role,
+            "address": self._address,
+            "pid": os.getpid(),
+        }
+
+    def drain_and_stop(self, timeout_s: float) -> bool:
+        return bool(self._running.drain_and_stop(timeout_s))
