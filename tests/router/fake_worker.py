@@ -78,9 +78,14 @@ def start_fake_worker(config: WorkerConfig) -> FakeRunningWorker:
 
 def main(argv: list[str]) -> int:
     role, flags = argv[0], argv[1:]
+    # Misbehaviours the pool must cope with, chosen by the test through the environment.
+    time.sleep(float(os.environ.get("FAKE_WORKER_STARTUP_DELAY_S", "0")))
     running = start_fake_worker(worker_config_from_args(role, flags))
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: (running.drain_and_stop(), done.set()))
+    if os.environ.get("FAKE_WORKER_IGNORE_SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: (running.drain_and_stop(), done.set()))
     done.wait()
     return 0
 
