@@ -18,7 +18,7 @@ from engine.config import ModelConfig
 from engine.tokenizer import Tokenizer
 from router.config import RouterConfig
 from router.generate import GenerateFlow, NoWorkers
-from router.index.base import IndexUnavailable, PrefixIndex, namespace_for
+from router.index.base import IndexUnavailable, PrefixIndex
 from router.metrics import RouterMetrics
 from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
@@ -62,7 +62,13 @@ class RouterCore:
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None)
         from router.policy import RoutingConfig, RoutingPolicy
 
-        self.policy = RoutingPolicy(RoutingConfig(local_prefill_threshold=config.local_prefill_threshold, block_size=config.block_size))
+        self.policy = RoutingPolicy(
+            RoutingConfig(
+                block_size=config.block_size,
+                local_prefill_threshold=config.local_prefill_threshold,
+                require_checkpoint=len(self.model_config.linear_layer_ids) > 0,
+            )
+        )
         self._flows: dict[str, GenerateFlow] = {}
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -122,7 +128,7 @@ class RouterCore:
         prefill_workers = self.registry.workers("prefill", routable=True)
         hits = self._lookup(prepared.tenant, prompt)
         session = self.sessions.get(prepared.session_id)
-        decision = self.policy.route(
+        decision = self._decide(
             prompt_tokens=len(prompt),
             hits=hits,
             prefill_workers=[_candidate(h) for h in prefill_workers],
@@ -139,11 +145,20 @@ class RouterCore:
                 fetch = worker_pb2.FetchSource(worker_id=holder.worker_id, address=holder.address, blocks=decision.fetch_blocks)
         return RoutedRequest(decode, prefill, fetch, decision.cached_tokens, decision.reason, decision.explain())
 
+    def _decide(self, **inputs):
+        from router.policy import NoRoutableWorker
+
+        try:
+            return self.policy.route(**inputs)
+        except NoRoutableWorker as error:
+            raise NoWorkers(str(error)) from error
+
     def _lookup(self, tenant: str, prompt: list[int]) -> dict:
         hashes = block_hashes(prompt, self.config.block_size, extra=cache_extra(self.model_id, tenant))
         started = time.perf_counter()
         try:
-            hits = self.index.lookup(namespace_for(self.model_id, tenant), hashes)
+            # One namespace per model: the tenant is already mixed into every block hash.
+            hits = self.index.lookup(self.model_id, hashes)
         except IndexUnavailable:
             self.metrics.count("index_unavailable")
             return {}

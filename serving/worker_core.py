@@ -27,7 +27,7 @@ class AdmissionRejected(RuntimeError):
         self.retry_after_ms = retry_after_ms
 
 
-def build_engine(config: WorkerConfig, on_kv_event):
+def build_engine(config: WorkerConfig, model_id: str, on_kv_event):
     from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
 
@@ -35,8 +35,8 @@ def build_engine(config: WorkerConfig, on_kv_event):
     if config.max_pages:
         options["num_pages"] = config.max_pages
     else:
-        options["memory_budget_bytes"] = int(config.memory_gb * (1 << 30))
-    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
+        options["cache_bytes"] = int(config.memory_gb * (1 << 30))
+    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event, model_id=model_id)
 
 
 class WorkerCore:
@@ -47,7 +47,7 @@ class WorkerCore:
         self.epoch = time.time_ns() // 1_000_000
         self.model_id = Path(config.model).resolve().name
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
-        self.engine = build_engine(config, self.hub.on_engine_event)
+        self.engine = build_engine(config, self.model_id, self.hub.on_engine_event)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
         self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
