@@ -41,6 +41,8 @@ class RunningWorker:
         self.core.draining.set()
         grpc_server.set_not_serving(self.health, SERVICE_NAMES[self.config.role])
         drained = self.core.wait_idle(timeout_s)
+        if self.core.publisher is not None:
+            self.core.publisher.leave()
         self.stop(grace_s=1.0)
         return drained
 
