@@ -1,0 +1,107 @@
+"""`baton client --router ADDR --prompt TEXT`: send one `Generate` call, print the text as it streams,
+then usage and the route taken. Exits 1 with the gRPC status on an error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+import grpc
+
+from baton.commands.workers import add_router_flags, call_metadata, open_channel, report_rpc_error
+
+if TYPE_CHECKING:
+    from baton_pb.v1 import common_pb2, public_pb2
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("client", help="send a prompt to a running router and stream the answer")
+    add_router_flags(parser)
+    parser.set_defaults(timeout=600.0)
+    parser.add_argument("--prompt", required=True, help="prompt text (the user message with --chat)")
+    parser.add_argument(
+        "--chat", action="store_true", help="send as a chat message (the model's chat template)"
+    )
+    parser.add_argument("--session", default="", help="agent session id (routing affinity across turns)")
+    parser.add_argument("--max-tokens", type=positive, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--tenant", default="", help="cache namespace (bound to the token when auth is on)")
+    parser.add_argument("--request-id", default="")
+    parser.add_argument("--explain", action="store_true", help="print the routing score table")
+    parser.set_defaults(func=run)
+
+
+def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
+    from baton_pb.v1 import common_pb2, public_pb2
+
+    sampling = common_pb2.SamplingParams()
+    if args.max_tokens is not None:
+        sampling.max_tokens = args.max_tokens
+    if args.temperature is not None:
+        sampling.temperature = args.temperature
+    if args.seed is not None:
+        sampling.seed = args.seed
+    request = public_pb2.GenerateRequest(
+        request_id=args.request_id, session_id=args.session, tenant=args.tenant, sampling=sampling,
+        explain=args.explain,
+    )  # fmt: skip
+    if args.chat:
+        request.chat.messages.add(role="user", content=args.prompt)
+    else:
+        request.text = args.prompt
+    return request
+
+
+def run(args: argparse.Namespace) -> int:
+    from baton_pb.v1 import public_pb2_grpc
+
+    request = build_request(args)
+    usage, route, finish_reason = None, None, ""
+    with open_channel(args.router) as channel:
+        stream = public_pb2_grpc.BatonStub(channel).Generate(
+            request, timeout=args.timeout, metadata=call_metadata(args.token)
+        )
+        try:
+            for message in stream:
+                if message.HasField("route"):
+                    route = message.route
+                if message.text:
+                    sys.stdout.write(message.text)
+                    sys.stdout.flush()
+                if message.HasField("usage"):
+                    usage = message.usage
+                finish_reason = message.finish_reason or finish_reason
+        except grpc.RpcError as error:
+            sys.stdout.write("\n")
+            return report_rpc_error(error)
+        except KeyboardInterrupt:
+            stream.cancel()  # the router aborts the request on both workers
+            print("\n[cancelled]", file=sys.stderr)
+            return 130
+    sys.stdout.write("\n")
+    print(summary(usage, route, finish_reason), file=sys.stderr)
+    if route is not None and route.explain:
+        print(route.explain, file=sys.stderr)
+    return 0
+
+
+def summary(usage: common_pb2.Usage | None, route: public_pb2.RouteInfo | None, finish_reason: str) -> str:
+    parts = [f"finish={finish_reason or '?'}"]
+    if usage is not None:
+        parts.append(
+            f"prompt={usage.prompt_tokens} cached={usage.cached_tokens} fetched={usage.fetched_tokens} "
+            f"completion={usage.completion_tokens}"
+        )
+    if route is not None:
+        prefill = route.prefill_worker or "(decode worker, local prefill)"
+        parts.append(f"route: prefill={prefill} decode={route.decode_worker} ({route.reason})")
+    return "[" + " | ".join(parts) + "]"

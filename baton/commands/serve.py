@@ -1,0 +1,98 @@
+"""`baton serve --model DIR --prefill N --decode M`: a whole Baton — the router and its prefill and
+decode worker pools (Ray actors on a local cluster by default, `--address` for an existing one, or
+`--pool process` for plain subprocesses) — until SIGINT / SIGTERM, then a clean shutdown: the router
+stops first, then every worker drains and exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from baton.commands.scale import non_negative
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="run the router with prefill and decode worker pools")
+    parser.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout)")
+    parser.add_argument("--prefill", type=non_negative, default=1, help="prefill workers (default 1)")
+    parser.add_argument("--decode", type=non_negative, default=1, help="decode workers (default 1)")
+    parser.add_argument(
+        "--pool", default="ray", choices=["ray", "process"], help="how workers run (default ray)"
+    )
+    parser.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
+    parser.add_argument(
+        "--index", default=os.environ.get("BATON_INDEX", "embedded"), help="embedded | redis://HOST:PORT/DB"
+    )
+    parser.add_argument(
+        "--transfer", default="tcp", choices=["tcp", "ucx", "local"], help="KV transfer backend"
+    )
+    parser.add_argument("--listen", default="0.0.0.0:50051", help="public gRPC address")
+    parser.add_argument("--admin-listen", default="", help="admin gRPC address (default: the public port)")
+    parser.add_argument(
+        "--metrics-port", type=non_negative, default=9100, help="Prometheus /metrics; 0 = off"
+    )
+    parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget per worker")
+    parser.set_defaults(func=run)
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    if args.address and args.pool != "ray":
+        return "--address names a Ray cluster; it needs --pool ray"
+    if args.decode < 1:
+        return "--decode must be >= 1 (decode workers stream every answer)"
+    if not os.path.isdir(args.model):
+        return f"model directory {args.model} does not exist"
+    if args.memory_gb <= 0:
+        return "--memory-gb must be > 0"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("BATON_LOG_LEVEL", "INFO"))
+    from router.config import RouterConfig
+    from router.local_cluster import ClusterSpec, LocalCluster
+    from router.pools import PoolError
+    from serving.config import TlsConfig
+
+    router_config = RouterConfig(
+        model=args.model, listen=args.listen, admin_listen=args.admin_listen, metrics_port=args.metrics_port,
+        index=args.index, tls=TlsConfig.from_env(), auth_tokens_file=os.environ.get("BATON_AUTH_TOKENS", ""),
+    )  # fmt: skip
+    spec = ClusterSpec(
+        model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
+        pool=args.pool, ray_address=args.address, memory_gb=args.memory_gb, router=router_config,
+    )  # fmt: skip
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    cluster = LocalCluster(spec)
+    try:
+        cluster.start()
+    except (PoolError, TimeoutError, OSError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        cluster.stop()
+        return 1
+    try:
+        print_endpoints(cluster)
+        stop.wait()
+        print("shutting down ...", file=sys.stderr, flush=True)
+    finally:
+        cluster.stop()
+    return 0
+
+
+def print_endpoints(cluster) -> None:
+    print(f"router   {cluster.address}")
+    if cluster.admin_address != cluster.address:
+        print(f"admin    {cluster.admin_address}")
+    for member in sorted(cluster.pool.members(), key=lambda m: (m.role, m.worker_id)):
+        print(f"{member.role:<8} {member.worker_id:<12} {member.address}")
+    print("Ctrl-C to stop.", flush=True)
