@@ -1,0 +1,64 @@
+"""`baton generate --model DIR --prompt TEXT`: one offline generation, printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="generate text offline with the engine")
+    parser.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout)")
+    parser.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--ignore-eos", action="store_true")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the checkpoint's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    try:
+        params = SamplingParams(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            seed=args.seed,
+            stop=tuple(args.stop),
+            max_tokens=args.max_tokens,
+            ignore_eos=args.ignore_eos,
+        ).validate()
+        llm = LLM(args.model, dtype=args.dtype)
+        prompts = args.prompt
+        if args.chat:
+            prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+        results = llm.generate(prompts, params)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "text": result.text,
+                        "token_ids": result.token_ids,
+                        "finish_reason": result.finish_reason,
+                    }
+                )
+            )
+        else:
+            print(result.text)
+    return 0

@@ -1,0 +1,66 @@
+"""`EngineConfig`: how one engine sizes its pools and batches. Built once (CLI, worker config) and
+passed down; the engine never reads global settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    block_size: int = 16  # tokens per KV page = granularity of the prefix cache
+    # Memory: explicit counts win; otherwise `cache_bytes` is split between pages and slots.
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    num_pages: int | None = None
+    num_slots: int | None = None  # live state slots (defaults to max_num_seqs)
+    checkpoint_slots: int | None = (
+        None  # state slots owned by the prefix cache (defaults to 4 * max_num_seqs)
+    )
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048  # per-step token budget (prefill chunks + decodes)
+    prefill_chunk_size: int = 512
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    enable_prefix_cache: bool = True
+    checkpoint_every_blocks: int = 64  # K: a state checkpoint every K blocks during long prefills
+    dtype: str | None = None  # None: the checkpoint's dtype
+    device: str = "cpu"
+    seed: int = 0  # for requests without a seed of their own
+
+    def __post_init__(self) -> None:
+        positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("num_pages", "num_slots", "checkpoint_slots", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"EngineConfig.{name} must be a non-negative integer, got {value!r}")
+        if self.num_slots is not None and self.num_slots < 1:
+            raise ValueError("EngineConfig.num_slots must be >= 1")
+        if self.checkpoint_every_blocks < 1:
+            raise ValueError(f"checkpoint_every_blocks must be >= 1, got {self.checkpoint_every_blocks}")
+        if self.cache_bytes <= 0:
+            raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
+
+    @property
+    def live_slots(self) -> int:
+        return self.num_slots if self.num_slots is not None else self.max_num_seqs
+
+    @property
+    def cache_checkpoint_slots(self) -> int:
+        if not self.enable_prefix_cache:
+            return 0
+        return self.checkpoint_slots if self.checkpoint_slots is not None else 4 * self.max_num_seqs
+
+    @classmethod
+    def from_options(cls, **options: Any) -> EngineConfig:
+        """From keyword options, rejecting unknown names with a message."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown engine options {unknown}; known: {sorted(known)}")
+        return cls(**options)
