@@ -66,6 +66,13 @@ class _Worker:
         return f"worker {self.worker_id} exited with code {code} during startup; log tail:\n{self.log_tail()}"
 
 
+def _read_address(ready_file: Path) -> str:
+    try:
+        return ready_file.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 class ProcessPool(Pool):
     def __init__(
         self,
@@ -171,7 +178,7 @@ class ProcessPool(Pool):
 
     def _wait_ready(self, worker: _Worker) -> None:
         deadline = time.monotonic() + self._startup_timeout_s
-        while not worker.ready_file.is_file():
+        while not (address := _read_address(worker.ready_file)):
             reason = worker.exit_reason()
             if reason:
                 raise WorkerStartError(reason)
@@ -181,7 +188,7 @@ class ProcessPool(Pool):
                     f"log tail:\n{worker.log_tail()}"
                 )
             time.sleep(0.05)
-        worker.address = worker.ready_file.read_text().strip()
+        worker.address = address
         wait_until_serving(worker.address, max(1.0, deadline - time.monotonic()), failure=worker.exit_reason)
 
     def _terminate(self, worker: _Worker) -> None:

@@ -72,7 +72,9 @@ def start_fake_worker(config: WorkerConfig) -> FakeRunningWorker:
     running.server = server
     running.address = config.advertise or f"127.0.0.1:{port}"
     if config.ready_file:
-        Path(config.ready_file).write_text(running.address)
+        tmp = Path(config.ready_file + ".tmp")
+        tmp.write_text(running.address)
+        os.replace(tmp, config.ready_file)  # atomically, as serving.launch does
     return running
 
 
