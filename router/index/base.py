@@ -79,15 +79,17 @@ def check_hash(h: int) -> int:
 
 
 def check_worker(worker_id: str, epoch: int | None = None) -> None:
-    if not isinstance(worker_id, str) or not worker_id:
-        raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+    if not isinstance(worker_id, str) or not worker_id or "\0" in worker_id:
+        raise ValueError(f"worker_id must be a non-empty string without NUL, got {worker_id!r}")
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
         raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
 
 
 def check_namespace(namespace: str) -> None:
-    if not isinstance(namespace, str) or not namespace:
-        raise ValueError(f"namespace must be a non-empty string (model id + tenant), got {namespace!r}")
+    if not isinstance(namespace, str) or not namespace or "\0" in namespace:
+        raise ValueError(
+            f"namespace must be a non-empty string without NUL (model id + tenant), got {namespace!r}"
+        )
 
 
 def check_ttl(ttl_s: float) -> None:

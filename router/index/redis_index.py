@@ -36,7 +36,6 @@ from router.index.base import (
 from router.index.records import PublishedRecords
 
 HASHES_PER_CALL = 16384  # bounds one script's run time when (re)publishing large records
-CLEAR_BATCH = 4096
 
 
 def pack_hashes(hashes: Sequence[int]) -> bytes:
@@ -90,7 +89,7 @@ class RedisPrefixIndex(PrefixIndex):
         self._registry = f"{key_prefix}:epoch"
         self._publish = self._client.register_script(redis_scripts.PUBLISH)
         self._heartbeat = self._client.register_script(redis_scripts.HEARTBEAT)
-        self._clear = self._client.register_script(redis_scripts.CLEAR_BATCH)
+        self._clear = self._client.register_script(redis_scripts.CLEAR)
         self._lookup = self._client.register_script(redis_scripts.LOOKUP)
         self._lock = threading.Lock()
         self._records = PublishedRecords()
@@ -99,12 +98,6 @@ class RedisPrefixIndex(PrefixIndex):
     # -- keys ---------------------------------------------------------------------------------
     def _lease_key(self, worker_id: str) -> str:
         return f"{self._prefix}:lease:{worker_id}"
-
-    def _keyset_key(self, worker_id: str) -> str:
-        return f"{self._prefix}:keys:{worker_id}"
-
-    def _block_prefix(self, namespace: str) -> bytes:
-        return f"{self._prefix}:b:{namespace}:".encode()
 
     # -- worker side --------------------------------------------------------------------------
     def publish(self, worker_id: str, epoch: int, namespace: str, events: Sequence[IndexEvent]) -> bool:
@@ -128,8 +121,8 @@ class RedisPrefixIndex(PrefixIndex):
         check_worker(worker_id, epoch)
         check_ttl(ttl_s)
         with self._lock, _unavailable_as_error():
-            keys = [self._registry, self._lease_key(worker_id)]
-            state = self._heartbeat(keys=keys, args=[worker_id, epoch, max(1, int(ttl_s * 1000))])
+            ttl_ms = max(1, int(ttl_s * 1000))
+            state = self._heartbeat(args=[self._prefix, worker_id, epoch, ttl_ms])
             if state < 0 or not self._records.renew_epoch(worker_id, epoch):
                 raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
             if state == 0 or worker_id in self._dirty:
@@ -142,9 +135,7 @@ class RedisPrefixIndex(PrefixIndex):
             self._records.clear(worker_id)
             try:
                 with _unavailable_as_error():
-                    self._clear_remote(worker_id)
-                    self._client.delete(self._lease_key(worker_id))
-                    self._client.hdel(self._registry, worker_id)
+                    self._clear(args=[self._prefix, worker_id, "1"])
                 self._dirty.discard(worker_id)
             except IndexUnavailable:
                 self._dirty.add(worker_id)  # its lease lapses meanwhile, so nothing stale matches
@@ -154,9 +145,9 @@ class RedisPrefixIndex(PrefixIndex):
         check_namespace(namespace)
         if not block_hashes:
             return {}
-        args = [self._block_prefix(namespace), f"{self._prefix}:lease:", pack_hashes(block_hashes)]
+        args = [self._prefix, namespace, pack_hashes(block_hashes)]
         with _unavailable_as_error():
-            flat = self._lookup(keys=[], args=args)
+            flat = self._lookup(args=args)
         return {
             worker.decode(): PrefixHit(worker.decode(), int(blocks), int(ckpt))
             for worker, blocks, ckpt in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
@@ -179,26 +170,19 @@ class RedisPrefixIndex(PrefixIndex):
     # -- internals ----------------------------------------------------------------------------
     def _send(self, worker_id: str, epoch: int, events: list[tuple[str, IndexEvent]]) -> None:
         """All events in one pipelined round trip, split into bounded script calls."""
-        keys = [self._registry, self._keyset_key(worker_id)]
         pipe = self._client.pipeline(transaction=False)
         for namespace, args in _script_batches(events):
-            self._publish(
-                keys=keys, args=[worker_id, epoch, self._block_prefix(namespace), *args], client=pipe
-            )
+            self._publish(args=[self._prefix, worker_id, epoch, namespace, *args], client=pipe)
         if any(r == 0 for r in pipe.execute()):
             raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
 
     def _resync(self, worker_id: str) -> None:
         """Make Redis hold exactly this client's record of the worker."""
-        self._clear_remote(worker_id)
+        self._clear(args=[self._prefix, worker_id, "0"])
         record = self._records.get(worker_id)
         if record is not None:
             self._send(worker_id, record.epoch, list(record.as_events()))
         self._dirty.discard(worker_id)
-
-    def _clear_remote(self, worker_id: str) -> None:
-        while self._clear(keys=[self._keyset_key(worker_id)], args=[worker_id, CLEAR_BATCH]) >= CLEAR_BATCH:
-            pass
 
 
 def _script_batches(events: list[tuple[str, IndexEvent]]) -> Iterator[tuple[str, list[Any]]]:

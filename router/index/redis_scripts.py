@@ -1,120 +1,164 @@
 """Lua scripts of the Redis index (each runs atomically, server-side, in one round trip).
 
-Layout (P = key prefix, W = worker id, H = a block hash as 8 big-endian bytes):
-  P:epoch            hash   W → current epoch (decimal)
-  P:lease:W          string epoch, with the lease TTL
-  P:keys:W           set    block keys where W has an entry (so clearing a worker is cheap)
-  P:b:<ns>:H         hash   W → "<epoch>:<flags>", flags 1 = holds the block, 2 = checkpoint at its end
-An entry matches only if its epoch equals the worker's live lease; others are deleted lazily when a
-lookup meets them at the first block, and in bulk when the worker's lease is renewed or cleared.
+Layout (P = key prefix, W = worker id, E = its epoch, NS = namespace; "\\0" separates parts):
+  P:epoch             hash   W → current epoch (decimal)
+  P:lease:W           string E, with the lease TTL
+  P:keys:W            set    namespaces where W has entries (so clearing a worker is cheap)
+  P:ns:NS             set    workers with entries in NS (lookup candidates)
+  P:w:NS\\0W\\0E        hash   block hash (8 big-endian bytes) → flags: 1 = holds the block,
+                             2 = holds a state checkpoint at its end
+The epoch is part of the entry key, so a new epoch never sees an old one's entries; those are
+deleted when the epoch changes. A lookup deletes the entries of a worker whose lease has lapsed
+(lazy cleanup: its client republishes them when its heartbeat finds the lease gone).
+Keys are computed inside the scripts: one standalone Redis (or a single-shard setup), not Cluster.
 """
 
-# Epochs are decimal strings compared by (length, text): exact beyond 2^53, unlike Lua numbers.
-_OLDER = """
-local function older(a, b)
+_COMMON = """
+local P = ARGV[1]
+local function older(a, b)  -- epochs as decimal strings: exact beyond 2^53, unlike Lua numbers
   if #a ~= #b then return #a < #b end
   return a < b
 end
+local function entries_key(ns, w, e) return P .. ':w:' .. ns .. '\\0' .. w .. '\\0' .. e end
+local function drop_entries(w, e)  -- every namespace's entries of worker w at epoch e
+  local keyset = P .. ':keys:' .. w
+  for _, ns in ipairs(redis.call('SMEMBERS', keyset)) do
+    redis.call('UNLINK', entries_key(ns, w, e))
+    redis.call('SREM', P .. ':ns:' .. ns, w)
+  end
+  redis.call('DEL', keyset)
+end
+local function enter_epoch(w, e)  -- false for a stale epoch; a newer one drops the old entries
+  local cur = redis.call('HGET', P .. ':epoch', w)
+  if cur and older(e, cur) then return false end
+  if cur ~= e then
+    if cur then drop_entries(w, cur) end
+    redis.call('HSET', P .. ':epoch', w, e)
+  end
+  return true
+end
 """
 
-# KEYS: epoch registry, worker key set.  ARGV: worker, epoch, block key prefix, then per event
-# kind ("s" | "r"), packed block hashes, packed checkpoint hashes.  Returns 0 for a stale epoch.
+# ARGV: P, worker, epoch, namespace, then per event: kind ("s" | "r"), packed block hashes,
+# packed checkpoint hashes.  Returns 0 for a stale epoch, else 1.
 PUBLISH = (
-    _OLDER
+    _COMMON
     + """
-local worker, epoch, bprefix = ARGV[1], ARGV[2], ARGV[3]
-local cur = redis.call('HGET', KEYS[1], worker)
-if cur and older(epoch, cur) then return 0 end
-if cur ~= epoch then redis.call('HSET', KEYS[1], worker, epoch) end
-local mine = epoch .. ':'
-local function update(key, mask, stored)
-  local old = redis.call('HGET', key, worker)
-  local flags = 0
-  if old and string.sub(old, 1, #mine) == mine then flags = tonumber(string.sub(old, #mine + 1)) end
-  local new
-  if stored then new = bit.bor(flags, mask) else new = bit.band(flags, bit.bnot(mask)) end
-  if new == 0 then
-    if old then
-      redis.call('HDEL', key, worker)
-      redis.call('SREM', KEYS[2], key)
+local w, e, ns = ARGV[2], ARGV[3], ARGV[4]
+if not enter_epoch(w, e) then return 0 end
+redis.call('SADD', P .. ':keys:' .. w, ns)
+redis.call('SADD', P .. ':ns:' .. ns, w)
+local key = entries_key(ns, w, e)
+local CHUNK = 2000  -- keeps unpack() within Lua's stack limit
+for a = 5, #ARGV, 3 do
+  local stored = ARGV[a] == 's'
+  for mask = 1, 2 do
+    local packed = ARGV[a + mask]
+    for start = 1, #packed, 8 * CHUNK do
+      local fields = {}
+      for j = start, math.min(#packed, start + 8 * CHUNK - 1), 8 do
+        fields[#fields + 1] = string.sub(packed, j, j + 7)
+      end
+      local olds = redis.call('HMGET', key, unpack(fields))
+      local sets, dels = {}, {}
+      for j, f in ipairs(fields) do
+        local old = tonumber(olds[j]) or 0
+        local new
+        if stored then new = bit.bor(old, mask) else new = bit.band(old, bit.bnot(mask)) end
+        if new == 0 then
+          if olds[j] then dels[#dels + 1] = f end
+        elseif new ~= old then
+          sets[#sets + 1] = f; sets[#sets + 1] = new
+        end
+      end
+      if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
+      if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
     end
-  elseif mine .. new ~= old then
-    redis.call('HSET', key, worker, mine .. new)
-    if not old then redis.call('SADD', KEYS[2], key) end
-  end
-end
-for e = 4, #ARGV, 3 do
-  local stored = ARGV[e] == 's'
-  for part = 1, 2 do
-    local packed = ARGV[e + part]
-    for j = 1, #packed, 8 do update(bprefix .. string.sub(packed, j, j + 7), part, stored) end
   end
 end
 return 1
 """
 )
 
-# KEYS: epoch registry, lease key.  ARGV: worker, epoch, ttl ms.
+# ARGV: P, worker, epoch, ttl ms.
 # Returns -1 for a stale epoch, 1 when this epoch's lease was alive, 0 when it was (re)created.
 HEARTBEAT = (
-    _OLDER
+    _COMMON
     + """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and older(ARGV[2], cur) then return -1 end
-if cur ~= ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-local old = redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'GET')
-if old == ARGV[2] then return 1 end
+local w, e = ARGV[2], ARGV[3]
+if not enter_epoch(w, e) then return -1 end
+local old = redis.call('SET', P .. ':lease:' .. w, e, 'PX', ARGV[4], 'GET')
+if old == e then return 1 end
 return 0
 """
 )
 
-# KEYS: worker key set.  ARGV: worker, batch size.  Removes up to a batch of the worker's entries;
-# the caller repeats until fewer than a batch come back (keeps each call short).
-CLEAR_BATCH = """
-local keys = redis.call('SPOP', KEYS[1], ARGV[2])
-for _, k in ipairs(keys) do redis.call('HDEL', k, ARGV[1]) end
-return #keys
-"""
-
-# ARGV: block key prefix, lease key prefix, packed block hashes.  Returns a flat list
-# worker, blocks, checkpoint_blocks, ... for every live worker holding the first block.
-LOOKUP = """
-local bprefix, lprefix, hashes = ARGV[1], ARGV[2], ARGV[3]
-local n = #hashes / 8
-local key = bprefix .. string.sub(hashes, 1, 8)
-local first = redis.call('HGETALL', key)
-local active, plain, marked, ckpt, out = {}, {}, {}, {}, {}
-for i = 1, #first, 2 do
-  local w, v = first[i], first[i + 1]
-  local e = redis.call('GET', lprefix .. w)
-  if e and (v == e .. ':1' or v == e .. ':3') then
-    active[#active + 1] = w
-    plain[w], marked[w] = e .. ':1', e .. ':3'
-    if v == marked[w] then ckpt[w] = 1 else ckpt[w] = 0 end
-  elseif not e or string.sub(v, 1, #e + 1) ~= e .. ':' then
-    redis.call('HDEL', key, w)
-  end
+# ARGV: P, worker, "1" to forget the worker entirely (lease and epoch too) or "0" for its entries.
+CLEAR = (
+    _COMMON
+    + """
+local w = ARGV[2]
+local e = redis.call('HGET', P .. ':epoch', w)
+if e then drop_entries(w, e) end
+if ARGV[3] == '1' then
+  redis.call('DEL', P .. ':lease:' .. w)
+  redis.call('HDEL', P .. ':epoch', w)
 end
-local i = 1
-while #active > 0 and i < n do
-  local vals = redis.call('HMGET', bprefix .. string.sub(hashes, i * 8 + 1, i * 8 + 8), unpack(active))
-  local still = {}
-  for j = 1, #active do
-    local w, v = active[j], vals[j]
-    if v == plain[w] then
-      still[#still + 1] = w
-    elseif v == marked[w] then
-      still[#still + 1] = w
-      ckpt[w] = i + 1
-    else
-      out[#out + 1] = w; out[#out + 1] = i; out[#out + 1] = ckpt[w]
+return 1
+"""
+)
+
+# ARGV: P, namespace, packed block hashes.  Returns a flat list worker, blocks, checkpoint_blocks
+# for every live worker holding at least the first block.  Each candidate's entries are read with
+# HMGETs of doubling size, so a worker that misses early costs little and a long run few calls.
+LOOKUP = (
+    _COMMON
+    + """
+local ns, hashes = ARGV[2], ARGV[3]
+local nskey = P .. ':ns:' .. ns
+local workers = redis.call('SMEMBERS', nskey)
+if #workers == 0 then return {} end
+local epochs = redis.call('HMGET', P .. ':epoch', unpack(workers))
+local lease_keys = {}
+for i, w in ipairs(workers) do lease_keys[i] = P .. ':lease:' .. w end
+local leases = redis.call('MGET', unpack(lease_keys))
+local n = #hashes / 8
+local fields, sliced = {}, 0  -- block hashes cut out of the packed string as far as needed
+local function slice_to(last)
+  for i = sliced + 1, last do fields[i] = string.sub(hashes, i * 8 - 7, i * 8) end
+  if last > sliced then sliced = last end
+end
+local out = {}
+for i, w in ipairs(workers) do
+  local e, lease = epochs[i], leases[i]
+  if not lease then  -- lapsed lease: clean up lazily
+    redis.call('SREM', nskey, w)
+    if e then redis.call('UNLINK', entries_key(ns, w, e)) end
+  elseif lease == e then
+    local key = entries_key(ns, w, e)
+    local pos, chunk, blocks, ckpt = 0, 16, -1, 0
+    while blocks < 0 and pos < n do
+      local last = math.min(n, pos + chunk)
+      slice_to(last)
+      local vals = redis.call('HMGET', key, unpack(fields, pos + 1, last))
+      for j = 1, last - pos do
+        local v = vals[j]
+        if v == '3' then
+          ckpt = pos + j
+        elseif v ~= '1' then
+          blocks = pos + j - 1
+          break
+        end
+      end
+      pos = last
+      chunk = math.min(chunk * 2, 4096)
+    end
+    if blocks < 0 then blocks = n end
+    if blocks > 0 then
+      out[#out + 1] = w; out[#out + 1] = blocks; out[#out + 1] = ckpt
     end
   end
-  active = still
-  i = i + 1
-end
-for _, w in ipairs(active) do
-  out[#out + 1] = w; out[#out + 1] = n; out[#out + 1] = ckpt[w]
 end
 return out
 """
+)
