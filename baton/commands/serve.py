@@ -70,19 +70,20 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
         pool=args.pool, ray_address=args.address, memory_gb=args.memory_gb, router=router_config,
     )  # fmt: skip
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     cluster = LocalCluster(spec)
     try:
-        cluster.start()
-    except (PoolError, TimeoutError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        cluster.stop()
-        return 1
-    try:
+        try:
+            cluster.start()
+        except (PoolError, TimeoutError, OSError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        # After start: ray.init installs signal handlers of its own in the driver.
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         print_endpoints(cluster)
-        stop.wait()
+        while not stop.wait(0.5):
+            pass
         print("shutting down ...", file=sys.stderr, flush=True)
     finally:
         cluster.stop()
