@@ -6,7 +6,11 @@ what is under test)."""
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
+import sys
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +19,9 @@ from baton.cli import build_parser, main
 from baton.commands.client import build_request
 from baton.commands.serve import check_args
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, public_pb2, public_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+ENGINE_READY = (REPO / "engine" / "llm_engine.py").is_file()
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -192,3 +199,42 @@ def test_workers_and_scale_print_the_worker_table(router, capsys):
     assert main(["scale", "--router", router.address, "--prefill", "2", "--decode", "3"]) == 0
     assert (router.requests[-1].prefill, router.requests[-1].decode) == (2, 3)
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+# ---- baton serve, for real -----------------------------------------------------------------------
+@pytest.mark.e2e
+@pytest.mark.skipif(not ENGINE_READY, reason="engine/llm_engine.py has not landed yet")
+@pytest.mark.timeout(240)
+def test_serve_runs_answers_and_shuts_down_cleanly(capsys):
+    from router.pools.health import is_serving
+    from tests.helpers.checkpoints import tiny_checkpoint
+
+    command = [
+        sys.executable, "-m", "baton", "serve", "--model", str(tiny_checkpoint()), "--pool", "process",
+        "--listen", "127.0.0.1:0", "--metrics-port", "0", "--memory-gb", "0.05",
+    ]  # fmt: skip
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    try:
+        lines = []
+        while not lines or lines[-1] != "Ctrl-C to stop.":
+            line = serve.stdout.readline()
+            assert line, f"baton serve exited early with {serve.wait()}: {lines}"
+            lines.append(line.strip())
+        router = lines[0].split()[1]
+        workers = [line.split()[2] for line in lines if line.split()[0] in ("prefill", "decode")]
+        assert len(workers) == 2 and all(is_serving(address) for address in workers)
+
+        assert (
+            main(
+                ["client", "--router", router, "--prompt", "hello", "--max-tokens", "4", "--temperature", "0"]
+            )
+            == 0
+        )
+        assert "finish=" in capsys.readouterr().err
+        assert main(["workers", "--router", router]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 3
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(60)
+    assert code == 0
+    assert not any(is_serving(address, timeout_s=0.5) for address in workers)
