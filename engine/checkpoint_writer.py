@@ -25,7 +25,9 @@ def write_safetensors_shards(
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map: dict[str, str] = {}
     total = 0
-    for file_name, shard in tqdm(list(zip(names, shards)), desc="writing shards", disable=not progress):
+    for file_name, shard in tqdm(
+        list(zip(names, shards, strict=True)), desc="writing shards", disable=not progress
+    ):
         data = {name: tensors[name].contiguous() for name in shard}
         save_file(data, str(out_dir / file_name), metadata={"format": "pt"})
         for name in shard:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_SEED = 0
 
 

@@ -1,0 +1,66 @@
+"""`ModelRunner`: one forward of the hybrid model over a mixed batch of prefill chunks and decode steps.
+
+A chunk carries new tokens of one sequence, where they start, the pages covering its context and
+its live DeltaNet state slot. The forward writes the new tokens' KV into their pages and advances
+each state slot in place, so chunked prefill (any `start_pos`), prefix-cache continuation and
+decode are the same call. Decode tokens of the batch share single matmuls, one batched recurrent
+step over their slots and one paged-attention call per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.cache.tensors import CacheTensors
+from engine.models.forward_batch import build_forward_batch
+from engine.models.hybrid import HybridModel
+
+
+@dataclass
+class SeqChunk:
+    token_ids: list[int]  # new tokens computed this step (>= 1)
+    start_pos: int  # tokens of this sequence already in KV pages and in its state slot
+    block_table: list[int]  # pages covering [0, start_pos + len(token_ids))
+    state_slot: int  # live DeltaNet state slot (holds the state at start_pos)
+
+
+class ModelRunner:
+    def __init__(self, model: HybridModel, cache: CacheTensors) -> None:
+        cfg = model.config
+        expected_kv = (cfg.num_attention_layers, cfg.num_key_value_heads, cfg.head_dim)
+        actual_kv = (cache.kv.shape[0], cache.kv.shape[4], cache.kv.shape[5])
+        if expected_kv != actual_kv or cache.conv.shape[0] != cfg.num_linear_layers:
+            raise ValueError(
+                f"cache tensors do not fit the model: kv {tuple(cache.kv.shape)}, model {expected_kv}"
+            )
+        self.model = model
+        self.cache = cache
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        chunks: list[SeqChunk],
+        *,
+        all_logits: bool = False,
+        layer_callback: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """fp32 logits: [len(chunks), vocab] for each chunk's last token, or [sum(len), vocab] in
+        chunk order when `all_logits`. Tokens must lie in [0, vocab)."""
+        vocab = self.model.config.vocab_size
+        for chunk in chunks:
+            if any(not 0 <= t < vocab for t in chunk.token_ids):
+                raise ValueError(f"token ids must lie in [0, {vocab})")
+        batch = build_forward_batch(
+            chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots, self.model.device
+        )
+        hidden = self.model.hidden_states(batch, self.cache, layer_callback)
+        if all_logits:
+            rows = [r for start, end in batch.chunk_rows for r in range(start, end)]
+        else:
+            rows = [end - 1 for _, end in batch.chunk_rows]
+        if rows != list(range(batch.num_tokens)):
+            hidden = hidden[torch.tensor(rows, device=hidden.device)]
+        return self.model.logits(hidden)

@@ -1,0 +1,73 @@
+"""Gated full attention over the paged KV of `CacheTensors`.
+
+q_proj emits, per head, [query | gate]; q and k get a zero-centred RMSNorm over the head dim and
+partial RoPE; GQA; the attention output is multiplied by sigmoid(gate) before o_proj.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.cache.tensors import CacheTensors
+from engine.config import ModelConfig
+from engine.models.forward_batch import ForwardBatch
+from engine.ops.attention import chunk_causal_attention
+from engine.ops.norms import rms_norm_zero_centered
+from engine.ops.paged_attention import paged_attention_decode
+from engine.ops.rope import apply_rope
+
+
+class GatedAttention:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], cache_index: int) -> None:
+        self.cfg = cfg
+        self.cache_index = cache_index  # index among the full-attention layers
+        self.qkv_proj = torch.cat([weights[f"{p}_proj.weight"] for p in "qkv"], dim=0).contiguous()
+        self.qkv_bias = torch.cat([weights[f"{p}_proj.bias"] for p in "qkv"]) if cfg.attention_bias else None
+        self.o_proj = weights["o_proj.weight"]
+        self.o_bias = weights.get("o_proj.bias")
+        self.q_norm, self.k_norm = weights["q_norm.weight"], weights["k_norm.weight"]
+        q_out = cfg.num_attention_heads * cfg.head_dim * 2
+        kv_out = cfg.num_key_value_heads * cfg.head_dim
+        self.split = [q_out, kv_out, kv_out]
+        self.scale = cfg.head_dim**-0.5
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: ForwardBatch,
+        cache: CacheTensors,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        rows, heads, kv_heads, dim = (
+            x.shape[0],
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        q_gate, k, v = torch.split(F.linear(x, self.qkv_proj, self.qkv_bias), self.split, dim=-1)
+        q, gate = torch.chunk(q_gate.view(rows, heads, 2 * dim), 2, dim=-1)
+        q = rms_norm_zero_centered(q, self.q_norm, cfg.rms_norm_eps)
+        k = rms_norm_zero_centered(k.view(rows, kv_heads, dim), self.k_norm, cfg.rms_norm_eps)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        v = v.view(rows, kv_heads, dim)
+        kv_pool = cache.kv[self.cache_index]  # [num_pages, 2, block_size, Hkv, D]
+        kv_pool[batch.write_pages, 0, batch.write_offsets] = k.to(kv_pool.dtype)
+        kv_pool[batch.write_pages, 1, batch.write_offsets] = v.to(kv_pool.dtype)
+        out = torch.empty_like(q)
+        n = batch.num_decode
+        if n:
+            out[:n] = paged_attention_decode(
+                q[:n], kv_pool, batch.decode_block_tables, batch.decode_context_lens, self.scale
+            )
+        for span in batch.prefills:
+            context = span.start_pos + span.row_end - span.row_start
+            pages = kv_pool[span.pages]  # [P, 2, block_size, Hkv, D]
+            keys = pages[:, 0].reshape(-1, kv_heads, dim)[:context].to(q.dtype)
+            values = pages[:, 1].reshape(-1, kv_heads, dim)[:context].to(q.dtype)
+            out[span.row_start : span.row_end] = chunk_causal_attention(
+                q[span.row_start : span.row_end], keys, values, span.start_pos, self.scale
+            )
+        out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
+        return F.linear(out, self.o_proj, self.o_bias)

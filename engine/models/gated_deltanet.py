@@ -1,0 +1,116 @@
+"""Gated DeltaNet layer (linear attention) over the recurrent-state slots of `CacheTensors`.
+
+x → one fused projection [q k v | z | b | a] → causal depthwise conv + SiLU on q k v (conv state per
+slot) → L2-normalised q, k; beta = sigmoid(b); log-decay g = -exp(A_log) · softplus(a + dt_bias)
+→ gated delta rule (ssm state per slot, fp32) → RMSNorm gated by silu(z) → out_proj.
+Key heads are shared by `Hv / Hk` value heads each.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.cache.tensors import CacheTensors
+from engine.config import ModelConfig
+from engine.models.forward_batch import ForwardBatch
+from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
+from engine.ops.gdn_chunked import chunk_gated_delta_rule
+from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
+from engine.ops.norms import gated_rms_norm, l2_normalize
+
+
+class GatedDeltaNet:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], cache_index: int) -> None:
+        self.cfg = cfg
+        self.cache_index = cache_index  # index among the linear-attention layers
+        self.in_proj = torch.cat(
+            [weights[f"in_proj_{p}.weight"] for p in ("qkv", "z", "b", "a")], dim=0
+        ).contiguous()
+        self.conv_weight = weights["conv1d.weight"].squeeze(1).contiguous()  # [C, K]
+        self.neg_a = -weights["A_log"].float().exp()
+        self.dt_bias = weights["dt_bias"].float()
+        self.norm_weight = weights["norm.weight"]
+        self.out_proj = weights["out_proj.weight"]
+        self.split = [
+            cfg.conv_dim,
+            cfg.linear_value_dim,
+            cfg.linear_num_value_heads,
+            cfg.linear_num_value_heads,
+        ]
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
+        cfg = self.cfg
+        mixed, z, b, a = torch.split(F.linear(x, self.in_proj), self.split, dim=-1)
+        mixed = self._conv(mixed, batch, cache)
+        q, k, v = torch.split(mixed, [cfg.linear_key_dim, cfg.linear_key_dim, cfg.linear_value_dim], dim=-1)
+        rows = x.shape[0]
+        group = cfg.linear_num_value_heads // cfg.linear_num_key_heads
+        q = l2_normalize(q.reshape(rows, cfg.linear_num_key_heads, -1).float())
+        k = l2_normalize(k.reshape(rows, cfg.linear_num_key_heads, -1).float())
+        if group > 1:
+            q, k = q.repeat_interleave(group, dim=1), k.repeat_interleave(group, dim=1)
+        v = v.reshape(rows, cfg.linear_num_value_heads, -1)
+        beta = torch.sigmoid(b.float())
+        g = self.neg_a * F.softplus(a.float() + self.dt_bias)
+        core = self._delta_rule(q, k, v, g, beta, batch, cache)  # [N, Hv, Dv]
+        out = gated_rms_norm(core, z.reshape(core.shape), self.norm_weight, cfg.rms_norm_eps)
+        return F.linear(out.reshape(rows, -1), self.out_proj)
+
+    def _conv(self, mixed: torch.Tensor, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
+        conv_pool = cache.conv[self.cache_index]
+        parts = []
+        if batch.num_decode:
+            slots = batch.decode_slots
+            out, new_state = causal_conv1d_step(mixed[: batch.num_decode], conv_pool[slots], self.conv_weight)
+            conv_pool[slots] = new_state.to(conv_pool.dtype)
+            parts.append(out)
+        for span in batch.prefills:
+            state = (
+                conv_pool[span.state_slot] if span.start_pos else torch.zeros_like(conv_pool[span.state_slot])
+            )
+            out, new_state = causal_conv1d_prefill(
+                mixed[span.row_start : span.row_end], state, self.conv_weight
+            )
+            conv_pool[span.state_slot] = new_state
+            parts.append(out)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _delta_rule(self, q, k, v, g, beta, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
+        ssm_pool = cache.ssm[self.cache_index]
+        parts = []
+        n = batch.num_decode
+        if n:
+            parts.append(
+                self._decode_step(q[:n], k[:n], v[:n], g[:n], beta[:n], batch.decode_slots, ssm_pool)
+            )
+        for span in batch.prefills:
+            s, e = span.row_start, span.row_end
+            init = ssm_pool[span.state_slot].unsqueeze(0) if span.start_pos else None
+            out, state = chunk_gated_delta_rule(
+                q[None, s:e], k[None, s:e], v[None, s:e], g[None, s:e], beta[None, s:e], init
+            )
+            ssm_pool[span.state_slot] = state[0].to(ssm_pool.dtype)
+            parts.append(out[0])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def _decode_step(q, k, v, g, beta, slots: torch.Tensor, ssm_pool: torch.Tensor) -> torch.Tensor:
+        if ssm_pool.is_cuda:
+            from engine.ops.triton.gdn_decode import gdn_decode_step
+
+            out, _ = gdn_decode_step(
+                q[:, None],
+                k[:, None],
+                v[:, None],
+                g[:, None],
+                beta[:, None],
+                state_slots=slots,
+                state_pool=ssm_pool,
+            )
+            return out[:, 0].to(v.dtype)
+        out, state = recurrent_gated_delta_rule(
+            q[:, None], k[:, None], v[:, None], g[:, None], beta[:, None], ssm_pool[slots]
+        )
+        ssm_pool[slots] = state.to(ssm_pool.dtype)
+        return out[:, 0]

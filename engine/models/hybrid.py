@@ -1,0 +1,110 @@
+"""`HybridModel`: the Qwen3-Next / Qwen3.5 decoder stack as plain tensors and small layer objects.
+
+Each decoder layer: x += mixer(norm(x)); x += ffn(norm(x)), where the mixer is a Gated DeltaNet
+("linear_attention") or gated full attention ("full_attention") and the ffn a dense MLP or a
+sparse MoE. Norms are zero-centred RMSNorms (weight stored as an offset from 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.cache.tensors import CacheTensors
+from engine.config import ModelConfig
+from engine.models.forward_batch import ForwardBatch
+from engine.models.gated_attention import GatedAttention
+from engine.models.gated_deltanet import GatedDeltaNet
+from engine.models.moe import DenseMlp, SparseMoe
+from engine.ops.norms import rms_norm_zero_centered
+from engine.ops.rope import rope_cos_sin
+
+
+class DecoderLayer:
+    def __init__(
+        self, cfg: ModelConfig, layer_id: int, weights: dict[str, torch.Tensor], cache_index: int
+    ) -> None:
+        self.cfg = cfg
+        self.layer_id = layer_id
+        self.kind = cfg.layer_types[layer_id]
+        self.input_norm = weights["input_layernorm.weight"]
+        self.post_norm = weights["post_attention_layernorm.weight"]
+        if self.kind == "full_attention":
+            self.mixer: GatedAttention | GatedDeltaNet = GatedAttention(
+                cfg, _sub(weights, "self_attn."), cache_index
+            )
+        else:
+            self.mixer = GatedDeltaNet(cfg, _sub(weights, "linear_attn."), cache_index)
+        mlp = _sub(weights, "mlp.")
+        self.ffn: SparseMoe | DenseMlp = SparseMoe(cfg, mlp) if cfg.is_moe_layer(layer_id) else DenseMlp(mlp)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: ForwardBatch,
+        cache: CacheTensors,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        eps = self.cfg.rms_norm_eps
+        h = rms_norm_zero_centered(x, self.input_norm, eps)
+        if isinstance(self.mixer, GatedAttention):
+            x = x + self.mixer.forward(h, batch, cache, rope)
+        else:
+            x = x + self.mixer.forward(h, batch, cache)
+        return x + self.ffn.forward(rms_norm_zero_centered(x, self.post_norm, eps))
+
+
+class HybridModel:
+    def __init__(
+        self, cfg: ModelConfig, weights: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """`weights`: canonical tensors (see `checkpoint_format`); `extra`: e.g. `mtp.*` tensors, kept
+        aside for speculative decoding."""
+        self.config = cfg
+        self.embed_tokens = weights["embed_tokens.weight"]
+        self.norm = weights["norm.weight"]
+        self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weights["lm_head.weight"]
+        attention_index = {layer: i for i, layer in enumerate(cfg.attention_layer_ids)}
+        linear_index = {layer: i for i, layer in enumerate(cfg.linear_layer_ids)}
+        self.layers = [
+            DecoderLayer(
+                cfg, i, _sub(weights, f"layers.{i}."), attention_index.get(i, linear_index.get(i, -1))
+            )
+            for i in range(cfg.num_hidden_layers)
+        ]
+        self.extra_weights = dict(extra or {})
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.device
+
+    def hidden_states(
+        self,
+        batch: ForwardBatch,
+        cache: CacheTensors,
+        layer_callback: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Run every decoder layer over the batch rows; returns the pre-final-norm hidden states."""
+        cfg = self.config
+        x = F.embedding(batch.token_ids, self.embed_tokens)
+        rope = rope_cos_sin(batch.positions, cfg.rotary_dim, cfg.rope_theta, x.dtype)
+        for layer in self.layers:
+            x = layer.forward(x, batch, cache, rope)
+            if layer_callback is not None:
+                layer_callback(layer.layer_id)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + lm_head, fp32 logits."""
+        h = rms_norm_zero_centered(hidden, self.norm, self.config.rms_norm_eps)
+        return F.linear(h, self.lm_head).float()
+
+
+def _sub(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -1,0 +1,66 @@
+"""Feed-forward blocks: dense SwiGLU MLP and sparse MoE (softmax top-k router + gated shared expert).
+
+The MoE groups the (token, expert) pairs by expert and runs one matmul pair per selected expert,
+so the cost follows the experts actually hit, with no per-token Python loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+
+
+class DenseMlp:
+    def __init__(self, weights: dict[str, torch.Tensor], prefix: str = "") -> None:
+        gate, up = weights[f"{prefix}gate_proj.weight"], weights[f"{prefix}up_proj.weight"]
+        self.gate_up = torch.cat([gate, up], dim=0).contiguous()
+        self.down = weights[f"{prefix}down_proj.weight"]
+        self.inter = gate.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = torch.split(F.linear(x, self.gate_up), self.inter, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down)
+
+
+class SparseMoe:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+        self.top_k = cfg.num_experts_per_tok
+        self.norm_topk_prob = cfg.norm_topk_prob
+        self.num_experts = cfg.num_experts
+        self.router = weights["gate.weight"]
+        self.gate_up = weights["experts.gate_up_proj"]  # [E, 2I, H]
+        self.down = weights["experts.down_proj"]  # [E, H, I]
+        self.inter = self.gate_up.shape[1] // 2
+        self.shared = DenseMlp(weights, "shared_expert.")
+        self.shared_gate = weights["shared_expert_gate.weight"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x, self.router)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        top_w, top_e = torch.topk(probs, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        top_w = top_w.to(x.dtype)
+        out = self._experts(x, top_e, top_w)
+        shared = self.shared.forward(x) * torch.sigmoid(F.linear(x, self.shared_gate))
+        return out + shared
+
+    def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
+        flat_e = top_e.reshape(-1)
+        order = torch.argsort(flat_e, stable=True)
+        counts = torch.bincount(flat_e, minlength=self.num_experts).tolist()
+        token_of = order // self.top_k
+        weight_of = top_w.reshape(-1)[order]
+        out = torch.zeros_like(x)
+        start = 0
+        for expert, count in enumerate(counts):
+            if not count:
+                continue
+            rows = token_of[start : start + count]
+            gate, up = torch.split(F.linear(x[rows], self.gate_up[expert]), self.inter, dim=-1)
+            h = F.linear(F.silu(gate) * up, self.down[expert]) * weight_of[start : start + count, None]
+            out.index_add_(0, rows, h)
+            start += count
+        return out
