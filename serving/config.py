@@ -46,6 +46,7 @@ class WorkerConfig:
     memory_gb: float = 2.0
     max_queue: int = 64
     local_prefill_threshold: int = 512
+    prefix_cache: bool = True
     ready_file: str = ""
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -69,6 +70,7 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
     parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget")
     parser.add_argument("--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED")
     parser.add_argument("--ready-file", default="", help="write the bound address here once serving")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
     return parser
 
 
@@ -88,5 +90,6 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         memory_gb=args.memory_gb,
         max_queue=args.max_queue,
         ready_file=args.ready_file,
+        prefix_cache=not args.no_prefix_cache,
         tls=TlsConfig.from_env(),
     )

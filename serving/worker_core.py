@@ -31,7 +31,7 @@ def build_engine(config: WorkerConfig, model_id: str, on_kv_event):
     from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
 
-    options = {"block_size": config.block_size, "enable_prefix_cache": True}
+    options = {"block_size": config.block_size, "enable_prefix_cache": config.prefix_cache}
     if config.max_pages:
         options["num_pages"] = config.max_pages
     else:
