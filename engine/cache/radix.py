@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from engine.cache.events import KvEvent
 from engine.cache.hashing import block_hashes
 from engine.cache.page_pool import PagePool
+from engine.cache.radix_checks import check_insert, check_new_pages
 from engine.cache.radix_node import InsertResult, MatchHandle, PrefixMatch, RadixNode
 from engine.cache.state_pool import OutOfSlots, StatePool
 
@@ -79,6 +80,9 @@ class RadixCache:
     def cached_page_ids(self) -> set[int]:
         return set(self._node_of_page)
 
+    def is_cached_page(self, page_id: int) -> bool:
+        return page_id in self._node_of_page
+
     def checkpoint_slots(self) -> set[int]:
         return {node.checkpoint for node in self._checkpointed}  # type: ignore[misc]
 
@@ -86,12 +90,15 @@ class RadixCache:
         return block_hashes(token_ids, self.block_size, extra)
 
     # ---- lookup --------------------------------------------------------------------------------
-    def match(self, token_ids: Sequence[int], extra: bytes = b"") -> PrefixMatch:
+    def match(
+        self, token_ids: Sequence[int], extra: bytes = b"", *, hashes: Sequence[int] | None = None
+    ) -> PrefixMatch:
         """Longest reusable cached prefix of `token_ids` (see the module docstring). The caller owns
         one reference to each returned page and must `release(handle)` once it has copied the
-        checkpoint (always release, even an empty match)."""
+        checkpoint (always release, even an empty match). `hashes` (optional, every method): the
+        sequence's `block_hashes(token_ids, block_size, extra)` if already computed."""
         usable_blocks = max(len(token_ids) - 1, 0) // self.block_size  # leave >= 1 token to compute
-        path = self._walk(token_ids[: usable_blocks * self.block_size], extra)
+        path = self._walk(token_ids[: usable_blocks * self.block_size], extra, hashes)
         end = len(path)
         if self.has_state:
             while end > 0 and path[end - 1].checkpoint is None:
@@ -116,31 +123,43 @@ class RadixCache:
         if handle._node is not None:
             handle._node.pins -= 1
 
-    def match_blocks(self, token_ids: Sequence[int], extra: bytes = b"") -> list[int]:
+    def match_blocks(
+        self, token_ids: Sequence[int], extra: bytes = b"", *, hashes: Sequence[int] | None = None
+    ) -> list[int]:
         """Pages of the longest cached full-block prefix, ignoring checkpoints and without backing
         off from a full hit (a decode worker reports these so they are not sent again). The caller
         owns one reference to each returned page."""
-        path = self._walk(token_ids, extra)
+        path = self._walk(token_ids, extra, hashes)
         self._touch(path)
         pages = [node.page_id for node in path]
         self.page_pool.incref(pages)
         return pages
 
-    def cached_prefix_tokens(self, token_ids: Sequence[int], extra: bytes = b"") -> int:
+    def cached_prefix_tokens(
+        self, token_ids: Sequence[int], extra: bytes = b"", *, hashes: Sequence[int] | None = None
+    ) -> int:
         """How many tokens `match` would reuse, without taking references or touching LRU."""
         usable_blocks = max(len(token_ids) - 1, 0) // self.block_size
-        path = self._walk(token_ids[: usable_blocks * self.block_size], extra)
+        path = self._walk(token_ids[: usable_blocks * self.block_size], extra, hashes)
         end = len(path)
         while self.has_state and end > 0 and path[end - 1].checkpoint is None:
             end -= 1
         return end * self.block_size
 
-    def _walk(self, token_ids: Sequence[int], extra: bytes) -> list[RadixNode]:
+    def _hashes(self, token_ids: Sequence[int], extra: bytes, hashes: Sequence[int] | None) -> Sequence[int]:
+        num_blocks = len(token_ids) // self.block_size
+        if hashes is None:
+            return block_hashes(token_ids[: num_blocks * self.block_size], self.block_size, extra)
+        if len(hashes) < num_blocks:
+            raise ValueError(f"{len(hashes)} precomputed hashes for {num_blocks} full blocks")
+        return hashes[:num_blocks]
+
+    def _walk(self, token_ids: Sequence[int], extra: bytes, hashes: Sequence[int] | None) -> list[RadixNode]:
         node = self._roots.get(bytes(extra))
         if node is None:
             return []
         path = []
-        for block_hash in block_hashes(token_ids, self.block_size, extra):
+        for block_hash in self._hashes(token_ids, extra, hashes):
             node = node.children.get(block_hash)
             if node is None:
                 break
@@ -154,6 +173,8 @@ class RadixCache:
         page_ids: Sequence[int],
         extra: bytes = b"",
         checkpoints: Mapping[int, int] | None = None,
+        *,
+        hashes: Sequence[int] | None = None,
     ) -> InsertResult:
         """Cache the full blocks of `token_ids`, whose KV lives in `page_ids` (the sequence's block
         table; entries past the last full block are ignored). New blocks adopt the sequence's page
@@ -164,11 +185,11 @@ class RadixCache:
         changed and the caller still owns its pages and slots."""
         checkpoints = dict(checkpoints or {})
         num_blocks = len(token_ids) // self.block_size
-        hashes = block_hashes(token_ids[: num_blocks * self.block_size], self.block_size, extra)
-        self._check_insert(page_ids, num_blocks, checkpoints)
+        hashes = self._hashes(token_ids, extra, hashes)
+        check_insert(self, page_ids, num_blocks, checkpoints)
         root = self._roots.get(bytes(extra))
         existing = self._existing_path(root, hashes)
-        self._check_new_pages(page_ids[len(existing) : num_blocks])
+        check_new_pages(self, page_ids[len(existing) : num_blocks])
         if root is None:
             root = self._roots[bytes(extra)] = RadixNode(0, -1, None, 0)
         path = list(existing)
@@ -185,24 +206,7 @@ class RadixCache:
         pages = tuple(node.page_id for node in path)
         return InsertResult(pages, tuple(new_hashes), tuple(checkpoint_hashes), discarded)
 
-    def _check_insert(self, page_ids: Sequence[int], num_blocks: int, checkpoints: dict[int, int]) -> None:
-        if len(page_ids) < num_blocks:
-            raise ValueError(f"{num_blocks} full blocks but only {len(page_ids)} page ids")
-        if checkpoints and not self.has_state:
-            raise ValueError("checkpoints given to a cache without state (has_state=False)")
-        owned = self.checkpoint_slots()
-        for position, slot in checkpoints.items():
-            if position <= 0 or position % self.block_size or position > num_blocks * self.block_size:
-                raise ValueError(
-                    f"checkpoint position {position} is not a block end within the "
-                    f"{num_blocks * self.block_size} cached tokens"
-                )
-            if slot in owned or self.checkpoint_pool.is_free(slot):
-                raise ValueError(f"checkpoint slot {slot} is not held by the caller")
-        if len(set(checkpoints.values())) != len(checkpoints):
-            raise ValueError("the same checkpoint slot is given for two positions")
-
-    def _existing_path(self, root: RadixNode | None, hashes: list[int]) -> list[RadixNode]:
+    def _existing_path(self, root: RadixNode | None, hashes: Sequence[int]) -> list[RadixNode]:
         path: list[RadixNode] = []
         node = root
         for block_hash in hashes:
@@ -211,15 +215,6 @@ class RadixCache:
                 break
             path.append(node)
         return path
-
-    def _check_new_pages(self, new_pages: Sequence[int]) -> None:
-        if len(set(new_pages)) != len(new_pages):
-            raise ValueError(f"a page id appears twice among the new blocks: {list(new_pages)}")
-        for page in new_pages:
-            if page in self._node_of_page:
-                raise ValueError(f"page {page} is already cached for another block")
-            if self.page_pool.refcount(page) == 0:
-                raise ValueError(f"page {page} is free; insert pages the sequence holds")
 
     def _add_child(self, parent: RadixNode, block_hash: int, page_id: int) -> RadixNode:
         child = RadixNode(block_hash, page_id, parent, parent.depth + 1)

@@ -191,3 +191,19 @@ def test_bad_inserts_change_nothing():
     cache.release(handle)
     with pytest.raises(ValueError, match="twice"):
         cache.release(handle)
+
+
+def test_precomputed_hashes_give_the_same_answers():
+    cache, pool, _, _ = make()
+    tokens = list(range(21))
+    hashes = block_hashes(tokens, BS, A)
+    table = pool.allocate(6)
+    cache.insert(tokens, table, A, {20: cache.allocate_checkpoint()}, hashes=hashes)
+    pool.decref(table)
+    assert cache.cached_prefix_tokens(tokens, A, hashes=hashes) == cache.cached_prefix_tokens(tokens, A) == 20
+    match = cache.match(tokens, A, hashes=hashes)
+    assert match.num_tokens == 20
+    cache.release(match.handle)
+    pool.decref(match.page_ids)
+    with pytest.raises(ValueError, match="precomputed"):
+        cache.match(tokens, A, hashes=hashes[:2])
