@@ -67,8 +67,8 @@ class Sequence:
     state_slot: int | None = None
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache (first admission)
     admitted: bool = False  # has been scheduled at least once (cache stats count once)
-    block_hashes: list[int] = field(default_factory=list)  # chained hashes of full blocks, grown lazily
-    pending_logprobs: list[Logprob] = field(default_factory=list)
+    snapshot_slot: int | None = None  # checkpoint slot with the state at the last block end of decode
+    snapshot_pos: int = 0
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     prefill: PrefillResult | None = None

@@ -1,0 +1,158 @@
+"""`PrefixCacheGlue`: how the engine uses the hybrid radix cache (`engine.cache.radix.RadixCache`).
+
+- Admission: a new (or preempted) sequence takes the longest cached prefix that ends at a state
+  checkpoint, shares its pages, copies the checkpoint into its live slot and prefills only the rest.
+- Checkpoints (the state after tokens [0, p), p a block end): at the end of each prompt (rounded
+  down to a block: the scheduler ends a chunk there), every `checkpoint_every_blocks` blocks of a
+  long prefill (also chunk ends), and at the end of each finished sequence, so the next turn of a
+  session continues from it. For the last one, decode keeps a rolling snapshot: whenever a decoding
+  sequence reaches a block end its live state is copied into one checkpoint slot it holds, which
+  goes to the tree when the sequence finishes. The copies run after the step's forward has returned.
+- Pages of finished sequences stay in the tree (refcounted) until evicted under page pressure, which
+  the block manager does before it preempts anyone.
+A pure-attention model (no DeltaNet layers) needs no checkpoints: every cached block is usable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from engine.cache.events import KvEvent
+from engine.cache.hashing import cache_extra
+from engine.cache.page_pool import PagePool
+from engine.cache.radix import RadixCache
+from engine.cache.state_pool import StatePool
+from engine.cache.tensors import CacheTensors
+from engine.engine_config import EngineConfig
+from engine.scheduler import ScheduledChunk
+from engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+class PrefixCacheGlue:
+    def __init__(
+        self,
+        cache: CacheTensors,
+        pages: PagePool,
+        checkpoint_slot_ids: list[int],
+        config: EngineConfig,
+        *,
+        has_state: bool,
+        model_id: str,
+        on_kv_event: Callable[[KvEvent], None] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.block_size = config.block_size
+        self.checkpoint_spacing = config.checkpoint_every_blocks * config.block_size
+        self.has_state = has_state
+        self.model_id = model_id
+        self.radix = RadixCache(
+            pages, StatePool(checkpoint_slot_ids), config.block_size, has_state, on_kv_event
+        )
+
+    def extra(self, seq: Sequence) -> bytes:
+        return cache_extra(self.model_id, seq.cache_salt)
+
+    # ---- admission ---------------------------------------------------------------------------
+    def attach_prefix(self, seq: Sequence) -> None:
+        """Start an admitted sequence (live slot already held) from its longest cached prefix."""
+        match = self.radix.match(seq.all_token_ids, self.extra(seq))
+        try:
+            if match.num_tokens:
+                seq.block_table = list(match.page_ids)
+                if match.checkpoint_slot is not None:
+                    self.cache.copy_state(match.checkpoint_slot, seq.state_slot)
+                seq.num_computed_tokens = match.num_tokens
+        finally:
+            self.radix.release(match.handle)
+        if not seq.admitted:
+            seq.num_cached_tokens = min(match.num_tokens, seq.num_prompt_tokens)
+
+    def share_blocks(self, seq: Sequence) -> int:
+        """Decode-side reservation: share every cached full block of the prompt (the state comes
+        with the transfer, so no checkpoint is needed); returns how many."""
+        seq.block_table = self.radix.match_blocks(seq.prompt_token_ids, self.extra(seq))
+        return len(seq.block_table)
+
+    # ---- scheduling --------------------------------------------------------------------------
+    def chunk_end(self, seq: Sequence, start: int, end: int) -> int:
+        """End a prefill chunk early at the next block end where a checkpoint is due."""
+        if not self.has_state:
+            return end
+        due = [(start // self.checkpoint_spacing + 1) * self.checkpoint_spacing]
+        prompt_end = self._prompt_checkpoint(seq)
+        if prompt_end > start:
+            due.append(prompt_end)
+        cut = min(due)
+        return cut if start < cut < end else end
+
+    def _prompt_checkpoint(self, seq: Sequence) -> int:
+        return seq.num_prompt_tokens // self.block_size * self.block_size
+
+    def after_step(self, chunks: list[ScheduledChunk]) -> None:
+        """Take the checkpoints due at the chunk ends just computed (call after the forward)."""
+        for chunk in chunks:
+            seq, position = chunk.seq, chunk.end
+            if position % self.block_size:
+                continue
+            if position <= seq.num_prompt_tokens:
+                due = position % self.checkpoint_spacing == 0 or position == self._prompt_checkpoint(seq)
+                if due:
+                    self._insert(seq, position, with_checkpoint=self.has_state)
+            elif self.has_state:
+                self._snapshot(seq, position)
+
+    def _snapshot(self, seq: Sequence, position: int) -> None:
+        if seq.snapshot_slot is None:
+            seq.snapshot_slot = self.radix.allocate_checkpoint()
+            if seq.snapshot_slot is None:
+                return
+        self.cache.copy_state(seq.state_slot, seq.snapshot_slot)
+        seq.snapshot_pos = position
+
+    def _insert(self, seq: Sequence, position: int, with_checkpoint: bool) -> None:
+        slot = self.radix.allocate_checkpoint() if with_checkpoint else None
+        if slot is not None:
+            self.cache.copy_state(seq.state_slot, slot)
+        self._insert_with(seq, position, {position: slot} if slot is not None else {})
+
+    def _insert_with(self, seq: Sequence, num_tokens: int, checkpoints: dict[int, int]) -> None:
+        try:
+            self.radix.insert(seq.token_slice(0, num_tokens), seq.block_table, self.extra(seq), checkpoints)
+        except ValueError:
+            log.exception("prefix cache insert of %s failed; continuing uncached", seq.request_id)
+            for slot in checkpoints.values():
+                self.radix.free_checkpoint(slot)
+
+    # ---- end of a sequence -------------------------------------------------------------------
+    def cache_finished(self, seq: Sequence) -> None:
+        """Keep prompt + output in the tree, with a checkpoint at its last block end we have."""
+        computed = seq.num_computed_tokens
+        checkpoints: dict[int, int] = {}
+        if self.has_state:
+            if computed % self.block_size == 0 and computed > seq.snapshot_pos:
+                self._snapshot(seq, computed)
+            if seq.snapshot_slot is not None and seq.snapshot_pos > 0:
+                checkpoints[seq.snapshot_pos] = seq.snapshot_slot
+                seq.snapshot_slot = None
+        self._insert_with(seq, computed, checkpoints)
+
+    def drop_sequence(self, seq: Sequence) -> None:
+        if seq.snapshot_slot is not None:
+            self.radix.free_checkpoint(seq.snapshot_slot)
+            seq.snapshot_slot = None
+        seq.snapshot_pos = 0
+
+    # ---- memory --------------------------------------------------------------------------------
+    def evict_pages(self, num_pages: int) -> int:
+        return self.radix.evict(num_pages)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "checkpoints": self.radix.num_checkpoints,
+            "cached_pages": self.radix.num_cached_blocks,
+            "evictions": self.radix.evictions,
+            "checkpoint_evictions": self.radix.checkpoint_evictions,
+            "checkpoint_slots_free": self.radix.checkpoint_pool.num_free,
+        }
