@@ -39,7 +39,9 @@ def load_model(
     try:
         canonical = canonicalize(cfg, raw)
     except KeyError as exc:
-        raise CheckpointError(f"{model_dir}: {exc.args[0]}") from None
+        raise CheckpointError(
+            f"{model_dir}: checkpoint lacks tensor {cfg.weight_prefix}{exc.args[0]}"
+        ) from None
     _check_shapes(model_dir, cfg, canonical)
     weights = {name: _place(canonical[name], name, target_dtype, device) for name in expected_shapes(cfg)}
     extra = {name: t.to(device=device, dtype=target_dtype) for name, t in extra.items()}

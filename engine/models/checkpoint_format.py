@@ -69,7 +69,7 @@ def canonicalize(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str
     for base, pair in fused.items():
         if set(pair) != {"in_proj_qkvz", "in_proj_ba"}:
             missing = ({"in_proj_qkvz", "in_proj_ba"} - set(pair)).pop()
-            raise KeyError(f"checkpoint lacks tensor {base}.{missing}.weight")
+            raise KeyError(f"{base}.{missing}.weight")
         for part, weight in split_qkvz(cfg, pair["in_proj_qkvz"], pair["in_proj_ba"]).items():
             out[f"{base}.{part}.weight"] = weight
     for base, by_index in experts.items():
@@ -85,7 +85,7 @@ def _stack_experts(
         parts = by_index.get(e, {})
         for kind in ("gate_proj", "up_proj", "down_proj"):
             if kind not in parts:
-                raise KeyError(f"checkpoint lacks tensor {base}.{e}.{kind}.weight")
+                raise KeyError(f"{base}.{e}.{kind}.weight")
         gate_up.append(torch.cat([parts["gate_proj"], parts["up_proj"]], dim=0))
         down.append(parts["down_proj"])
     return {f"{base}.gate_up_proj": torch.stack(gate_up), f"{base}.down_proj": torch.stack(down)}
