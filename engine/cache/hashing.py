@@ -39,6 +39,13 @@ def cache_extra(model_id: str, tenant: str, adapter: str = "") -> bytes:
 
 def pack_tokens(token_ids: Sequence[int]) -> bytes:
     """Token ids as little-endian int32 bytes (the byte order is fixed so hashes are portable)."""
+    if hasattr(token_ids, "__array_interface__"):  # numpy: no per-element Python work
+        import numpy as np
+
+        values = np.asarray(token_ids)
+        if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
+            raise ValueError("token ids must fit in int32")
+        return values.astype("<i4", copy=False).tobytes()
     try:
         packed = array("i", token_ids)
     except OverflowError as exc:

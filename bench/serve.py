@@ -1,0 +1,161 @@
+"""`python -m bench.serve`: what disaggregation costs at the first token, and what the router costs.
+
+1. TTFT of the same-length fresh prompt (default 4K tokens), disaggregated (prefill worker →
+   kvtransfer → decode worker) vs colocated (the decode worker prefills), measured interleaved on
+   one pool of 1 prefill + 1 decode worker through two routers that differ only in their
+   conditional-disaggregation threshold. Every prompt is new (no cache hits).
+2. The router's own overhead per request for a 32K-token prompt: validating the request, hashing
+   its blocks, the index lookup (an embedded index holding 2k sessions) and the policy — timed
+   inside the router process, p50/p99 over many requests.
+Prints a table and writes bench/results/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ttft_side_by_side(model: str, prompt_tokens: int, repeats: int, transfer: str) -> dict:
+    from baton.client import BatonClient
+    from engine.config import ModelConfig
+    from router.config import RouterConfig
+    from router.local_cluster import ClusterSpec, LocalCluster
+    from router.server import start_router
+
+    vocab = ModelConfig.from_json(Path(model) / "config.json").vocab_size
+    rng = random.Random(0)
+    disagg_config = RouterConfig(model=model, listen="127.0.0.1:0", local_prefill_threshold=0)
+    spec = ClusterSpec(model, transfer=transfer, memory_gb=2.0, router=disagg_config)
+    results: dict[str, list[float]] = {"disaggregated": [], "colocated": []}
+    with LocalCluster(spec) as cluster:
+        colocated_router = start_router(
+            RouterConfig(model=model, listen="127.0.0.1:0", local_prefill_threshold=10**9), cluster.pool
+        )
+        colocated_router.core.registry.wait_until_ready(1, 1)
+        clients = {
+            "disaggregated": BatonClient(cluster.address),
+            "colocated": BatonClient(colocated_router.address),
+        }
+        for mode, client in clients.items():  # warm up both paths (allocations, first transfer)
+            client.generate(token_ids=[rng.randrange(vocab) for _ in range(256)], temperature=0.0, max_tokens=2)
+        for _ in tqdm(range(repeats), desc=f"TTFT {prompt_tokens} tokens", unit="pair"):
+            for mode in ("disaggregated", "colocated"):
+                prompt = [rng.randrange(vocab) for _ in range(prompt_tokens)]
+                result = clients[mode].generate(token_ids=prompt, temperature=0.0, max_tokens=1)
+                assert result.cached_tokens == 0
+                results[mode].append(result.ttft_s)
+        for client in clients.values():
+            client.close()
+        colocated_router.stop()
+    summary = {mode: {"p50_s": statistics.median(v), "min_s": min(v), "samples": v} for mode, v in results.items()}
+    summary["ratio_p50"] = summary["disaggregated"]["p50_s"] / summary["colocated"]["p50_s"]
+    return summary
+
+
+def router_overhead(model: str, prompt_tokens: int, requests: int, sessions: int = 2000, workers: int = 8) -> dict:
+    from baton_pb.v1 import common_pb2, public_pb2
+    from engine.cache.hashing import block_hashes, cache_extra
+    from router.config import RouterConfig
+    from router.core import RouterCore
+    from router.index.base import IndexEvent
+    from router.index.embedded import EmbeddedPrefixIndex
+    from router.pools.static import StaticPool
+    from router.registry import WorkerHandle
+
+    index = EmbeddedPrefixIndex()
+    core = RouterCore(RouterConfig(model=model, listen="127.0.0.1:0"), StaticPool([], []), index)
+    vocab, block = core.model_config.vocab_size, core.config.block_size
+    rng = random.Random(1)
+    shared = [rng.randrange(vocab) for _ in range(prompt_tokens // 2)]
+    extra = cache_extra(core.model_id, "")
+    for session in range(sessions):  # each session: the shared half + a private half, on one worker
+        tokens = shared + [rng.randrange(vocab) for _ in range(256)]
+        hashes = block_hashes(tokens, block, extra=extra)
+        worker = f"decode-{session % workers}"
+        index.heartbeat(worker, 1, ttl_s=3600)
+        index.publish(worker, 1, core.model_id, [IndexEvent("stored", tuple(hashes), (hashes[-1],))])
+    for w in range(workers):  # fake handles: the policy sees loads, no RPC is made
+        handle = WorkerHandle.__new__(WorkerHandle)
+        handle.__init__(f"127.0.0.1:{9000 + w}", "decode" if w % 2 else "prefill", None, None, None, None)
+        handle.info.worker_id, handle.healthy = f"{handle.role}-{w}", True
+        core.registry._workers[handle.address] = handle
+    timings = []
+    for i in tqdm(range(requests), desc=f"router overhead {prompt_tokens} tokens", unit="req"):
+        prompt = shared + [rng.randrange(vocab) for _ in range(prompt_tokens - len(shared))]
+        request = public_pb2.GenerateRequest(
+            session_id=f"s{i}", token_ids=common_pb2.TokenIds(ids=prompt), sampling=common_pb2.SamplingParams(max_tokens=16)
+        )
+        wire = request.SerializeToString()
+        started = time.perf_counter()
+        decoded = public_pb2.GenerateRequest.FromString(wire)  # what gRPC does before the handler
+        from router.prompts import prepare
+
+        prepared = prepare(
+            decoded, core.tokenizer, request_id=f"r{i}", tenant="", vocab_size=vocab,
+            max_context=10**9, default_max_tokens=16, max_tokens_limit=8192,
+        )  # fmt: skip
+        core.route(prepared, prepared.prompt)
+        timings.append(time.perf_counter() - started)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "requests": requests,
+        "p50_ms": 1e3 * statistics.median(timings),
+        "p99_ms": 1e3 * percentile(timings, 0.99),
+        "index_sessions": sessions,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="", help="checkpoint dir (default: the small preset, written if missing)")
+    parser.add_argument("--preset", default="small", choices=["tiny", "small"])
+    parser.add_argument("--prompt-tokens", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--transfer", default="tcp")
+    parser.add_argument("--router-prompt-tokens", type=int, default=32768)
+    parser.add_argument("--router-requests", type=int, default=200)
+    parser.add_argument("--out", default=str(RESULTS / "serve.json"))
+    args = parser.parse_args(argv)
+    model = args.model or str(_preset_checkpoint(args.preset))
+    ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer)
+    overhead = router_overhead(model, args.router_prompt_tokens, args.router_requests)
+    print(f"\nmodel {model}, transfer {args.transfer}")
+    print(f"{'mode':<16}{'TTFT p50 ms':>12}{'TTFT min ms':>12}")
+    for mode in ("colocated", "disaggregated"):
+        print(f"{mode:<16}{1e3 * ttft[mode]['p50_s']:>12.1f}{1e3 * ttft[mode]['min_s']:>12.1f}")
+    print(f"disaggregated / colocated TTFT (p50): {ttft['ratio_p50']:.3f}  (aim <= 1.10)")
+    print(f"router overhead, {overhead['prompt_tokens']}-token prompt: p50 {overhead['p50_ms']:.2f} ms, "
+          f"p99 {overhead['p99_ms']:.2f} ms  (aim p50 <= 2 ms)")  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
+                               "ttft": ttft, "router_overhead": overhead}, indent=2))  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
+def _preset_checkpoint(preset: str) -> Path:
+    from engine.make_model import make_model
+
+    path = Path("checkpoints") / f"{preset}-qwen3_next"
+    if not (path / "config.json").is_file():
+        make_model(path, preset=preset, model_type="qwen3_next")
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
