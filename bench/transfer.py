@@ -1,0 +1,255 @@
+"""Transfer bandwidth: every kvtransfer backend vs a plain in-process copy and a plain TCP socket.
+
+    python -m bench.transfer [--sizes-mib 64,1024] [--iters 5] [--out bench/results/transfer.json]
+
+Page data is one "kv" region [32 layers, units, 64 KiB pages] (bf16); each layer's pages are posted
+as one layer-sized chunk. tcp/ucx (and the plain socket) run sender and receiver in two spawned
+processes; time runs from the sender's first post to the receiver's DONE (manifest verified).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LAYERS = 32
+PAGE_SHAPE = (2, 16, 8, 128)  # 64 KiB of bf16: one page of one layer
+PAGE_BYTES = 2 * 16 * 8 * 128 * 2
+
+
+def make_region(total_bytes: int, fill: bool) -> torch.Tensor:
+    units = total_bytes // (LAYERS * PAGE_BYTES)
+    region = torch.empty((LAYERS, units, *PAGE_SHAPE), dtype=torch.bfloat16)
+    if fill:
+        region.view(torch.uint8).random_(0, 256, generator=torch.Generator().manual_seed(0))
+    else:
+        region.zero_()
+    return region
+
+
+def units_for(size: int) -> list[int]:
+    return list(range(size // (LAYERS * PAGE_BYTES)))
+
+
+def bench_memcpy(size: int, iters: int) -> list[float]:
+    src, dst = make_region(size, True), make_region(size, False)
+    times = []
+    for _ in range(iters + 1):
+        start = time.perf_counter()
+        for layer in range(LAYERS):
+            dst[layer].copy_(src[layer])
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def bench_local(size: int, iters: int, checksums: bool) -> list[float]:
+    from kvtransfer.factory import create_backend
+
+    sender, receiver = (
+        create_backend("local", checksums=checksums),
+        create_backend("local", checksums=checksums),
+    )
+    sender.register({"kv": make_region(size, True)})
+    receiver.register({"kv": make_region(size, False)})
+    times = [_one_transfer(sender, receiver, f"l{i}", units_for(size)) for i in range(iters + 1)]
+    sender.close()
+    receiver.close()
+    return times[1:]
+
+
+def _one_transfer(sender: Any, receiver: Any, tid: str, units: list[int]) -> float:
+    desc = receiver.expect(tid, {"kv": units}, 600.0)
+    start = time.perf_counter()
+    handle = sender.open_send(desc)
+    for layer in range(LAYERS):
+        handle.post("kv", layer, units)
+    handle.finish(0)
+    result = receiver.wait(tid, 600.0)
+    assert result.status.value == "done", result.reason
+    receiver.forget(tid)
+    return time.perf_counter() - start
+
+
+# ---- two-process runs -------------------------------------------------------------------------
+def _receiver(
+    backend: str, size: int, iters: int, checksums: bool, to_sender: Any, from_sender: Any, results: Any
+) -> None:
+    from kvtransfer.factory import create_backend
+
+    receiver = create_backend(backend, checksums=checksums)
+    receiver.register({"kv": make_region(size, False)})
+    times = []
+    for i in range(iters + 1):
+        desc = receiver.expect(f"x{i}", {"kv": units_for(size)}, 600.0)
+        to_sender.put(desc.to_dict())
+        result = receiver.wait(f"x{i}", 600.0)
+        done = time.time()
+        assert result.status.value == "done", result.reason
+        times.append(done - from_sender.get())
+        receiver.forget(f"x{i}")
+    results.put(times[1:])
+    receiver.close()
+
+
+def _sender(backend: str, size: int, iters: int, checksums: bool, to_sender: Any, from_sender: Any) -> None:
+    from kvtransfer.base import TransferDescriptor
+    from kvtransfer.factory import create_backend
+
+    sender = create_backend(backend, checksums=checksums)
+    sender.register({"kv": make_region(size, True)})
+    for _ in range(iters + 1):
+        desc = TransferDescriptor.from_dict(to_sender.get())
+        start = time.time()
+        handle = sender.open_send(desc)
+        for layer in range(LAYERS):
+            handle.post("kv", layer, desc.dst_units["kv"])
+        handle.finish(0)
+        from_sender.put(start)
+    time.sleep(0.5)
+    sender.close()
+
+
+def _socket_receiver(size: int, iters: int, port_q: Any, results: Any) -> None:
+    dst = make_region(size, False)
+    server = socket.create_server(("127.0.0.1", 0))
+    port_q.put(server.getsockname()[1])
+    conn, _ = server.accept()
+    times = []
+    for _ in range(iters + 1):
+        start = time.perf_counter()
+        for layer in range(LAYERS):
+            view, got = memoryview(dst[layer].view(torch.uint8).numpy()).cast("B"), 0
+            while got < len(view):
+                got += conn.recv_into(view[got:])
+        times.append(time.perf_counter() - start)
+        conn.sendall(b"k")  # the sender starts the next round only now
+    results.put(times[1:])
+
+
+def _socket_sender(size: int, iters: int, port_q: Any) -> None:
+    src = make_region(size, True)
+    conn = socket.create_connection(("127.0.0.1", port_q.get()))
+    for _ in range(iters + 1):
+        for layer in range(LAYERS):
+            conn.sendall(memoryview(src[layer].view(torch.uint8).numpy()).cast("B"))
+        conn.recv(1)
+
+
+def two_processes(
+    receiver_target: Any, receiver_args: tuple, sender_target: Any, sender_args: tuple, results: Any
+) -> list[float]:
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=receiver_target, args=receiver_args),
+        ctx.Process(target=sender_target, args=sender_args),
+    ]
+    for p in procs:
+        p.start()
+    try:
+        end = time.monotonic() + 600
+        while time.monotonic() < end:
+            try:
+                return results.get(timeout=1.0)
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError(
+                        f"a bench process died: exit codes {[p.exitcode for p in procs]}"
+                    ) from None
+        raise TimeoutError("bench processes did not report within 600 s")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def bench_remote(backend: str, size: int, iters: int, checksums: bool) -> list[float]:
+    ctx = mp.get_context("spawn")
+    to_sender, from_sender, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    return two_processes(
+        _receiver,
+        (backend, size, iters, checksums, to_sender, from_sender, results),
+        _sender,
+        (backend, size, iters, checksums, to_sender, from_sender),
+        results,
+    )
+
+
+def bench_socket(size: int, iters: int) -> list[float]:
+    ctx = mp.get_context("spawn")
+    port_q, results = ctx.Queue(), ctx.Queue()
+    return two_processes(
+        _socket_receiver, (size, iters, port_q, results), _socket_sender, (size, iters, port_q), results
+    )
+
+
+def run(sizes_mib: list[int], iters: int) -> list[dict[str, Any]]:
+    rows = []
+    for mib in sizes_mib:
+        size, n = mib << 20, iters if mib <= 256 else max(2, iters // 2)
+        cases = [
+            ("memcpy (tensor.copy_)", False, lambda: bench_memcpy(size, n)),
+            ("plain TCP sendall (2 procs)", False, lambda: bench_socket(size, n)),
+        ]
+        for checksums in (False, True):
+            cases += [
+                ("local", checksums, lambda c=checksums: bench_local(size, n, c)),
+                ("tcp (2 procs)", checksums, lambda c=checksums: bench_remote("tcp", size, n, c)),
+                ("ucx (2 procs)", checksums, lambda c=checksums: bench_remote("ucx", size, n, c)),
+            ]
+        for name, checksums, fn in cases:
+            times = fn()
+            row = {
+                "path": name,
+                "checksums": checksums,
+                "size_mib": mib,
+                "iters": len(times),
+                "gbps_median": size / statistics.median(times) / 1e9,
+                "gbps_best": size / min(times) / 1e9,
+            }
+            rows.append(row)
+            print(
+                f"{mib:>6} MiB  {name:<28} checksums={'on ' if checksums else 'off'}  "
+                f"median {row['gbps_median']:6.2f} GB/s  best {row['gbps_best']:6.2f} GB/s",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes-mib", default="64,1024")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--out", default="bench/results/transfer.json")
+    args = parser.parse_args()
+    os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+    rows = run([int(s) for s in args.sizes_mib.split(",")], args.iters)
+    report = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "ucx_tls": os.environ.get("UCX_TLS", "(UCX default)"),
+        "layers": LAYERS,
+        "page_bytes": PAGE_BYTES,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
