@@ -55,7 +55,9 @@ def stream(
             {"temperature": 0.0, "max_tokens": max_tokens, "ignore_eos": True},
         )  # fmt: skip
         seen = Streamed()
-        for response in public_pb2_grpc.BatonStub(channel).Generate(request, timeout=timeout_s, metadata=metadata):
+        for response in public_pb2_grpc.BatonStub(channel).Generate(
+            request, timeout=timeout_s, metadata=metadata
+        ):
             if response.HasField("route"):
                 seen.decode_worker = response.route.decode_worker
                 seen.prefill_worker = response.route.prefill_worker
@@ -98,7 +100,9 @@ def wait_pools_idle(cluster, timeout_s: float = 30.0, workers: Callable[[], list
         if all(idle(w.load) for w in infos):
             return infos
         if time.monotonic() > deadline:
-            raise AssertionError(f"pools not back to empty after {timeout_s:.0f} s: {[(w.worker_id, w.load) for w in infos]}")
+            raise AssertionError(
+                f"pools not back to empty after {timeout_s:.0f} s: {[(w.worker_id, w.load) for w in infos]}"
+            )
         time.sleep(0.2)
 
 
@@ -143,5 +147,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s:
 
 def failovers(cluster) -> float:
     """The router's failover counter (the router runs in this process)."""
-    value = cluster.router.core.metrics.registry.get_sample_value("baton_router_events_total", {"event": "failovers"})
+    value = cluster.router.core.metrics.registry.get_sample_value(
+        "baton_router_events_total", {"event": "failovers"}
+    )
     return value or 0.0

@@ -59,7 +59,13 @@ def test_decode_worker_killed_mid_stream(cluster, reference_llm):
             killed.append(seen.decode_worker)
             kill_worker(cluster, seen.decode_worker)
 
-    seen = stream(cluster.address, token_ids=prompt, max_tokens=max_tokens, session_id="kill-decode", on_tokens=kill_after_some_tokens)
+    seen = stream(
+        cluster.address,
+        token_ids=prompt,
+        max_tokens=max_tokens,
+        session_id="kill-decode",
+        on_tokens=kill_after_some_tokens,
+    )
     assert killed, "the stream ended before the kill"
     assert failovers(cluster) > before, "the router failed over"
     assert seen.finish_reason == "length"
@@ -74,7 +80,9 @@ def test_prefill_worker_killed_mid_transfer(cluster, reference_llm):
     prompt, max_tokens = _prompt(2, 1500), 8
     result: dict = {}
     thread = threading.Thread(
-        target=lambda: result.update(seen=stream(cluster.address, token_ids=prompt, max_tokens=max_tokens, session_id="kill-prefill"))
+        target=lambda: result.update(
+            seen=stream(cluster.address, token_ids=prompt, max_tokens=max_tokens, session_id="kill-prefill")
+        )
     )
     thread.start()
 
