@@ -2,8 +2,8 @@
 
 Attention layer `a` (the a-th full-attention layer) lives in region "kv" at layer index `a`;
 DeltaNet layer `d` in regions "conv" and "ssm" at index `d`. Destination pages are the
-descriptor's, in block order; the first `skip_blocks` of them already hold the prefix on the
-decode side and are never sent.
+descriptor's, in block order: posts are positional from block 0, and the backend drops the first
+`skip_blocks` (the decode side already holds that prefix), so they cost nothing on the wire.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ class LayerwiseSender:
         self.block_size = core.config.block_size
         self.attention_index = {layer: i for i, layer in enumerate(config.attention_layer_ids)}
         self.linear_index = {layer: i for i, layer in enumerate(config.linear_layer_ids)}
-        self.skip_blocks = int(descriptor.skip_blocks)
         self.num_dst_pages = len(descriptor.dst_units.get("kv", ()))
-        # blocks already posted per attention layer (posts go out in block order)
-        self.posted_blocks = dict.fromkeys(self.attention_index.values(), self.skip_blocks)
+        # blocks already posted per attention layer (posts go out in block order, from block 0)
+        self.posted_blocks = dict.fromkeys(self.attention_index.values(), 0)
         self.sent_state = False
         self._handle = core.backend.open_send(descriptor)
         self._lock = threading.Lock()

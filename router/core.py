@@ -218,7 +218,7 @@ class RouterCore:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._busy(handle):
             time.sleep(DRAIN_POLL_S)
-        self.registry.mark_down(handle)
+        self.registry.mark_down(handle, verify=False)
         self.pool.remove(handle.info.worker_id or handle.address)
         self.registry.refresh()
 

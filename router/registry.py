@@ -76,8 +76,15 @@ class WorkerRegistry:
     def by_id(self, worker_id: str) -> WorkerHandle | None:
         return next((h for h in self.workers() if h.worker_id == worker_id or h.address == worker_id), None)
 
-    def mark_down(self, handle: WorkerHandle) -> None:
-        """A call to this worker failed as if it were gone: stop routing to it until it answers."""
+    def mark_down(self, handle: WorkerHandle, verify: bool = True) -> None:
+        """A call to this worker failed as if it were gone: unless it still answers a load probe
+        (the failure was the request's, not the worker's), stop routing to it until it answers."""
+        if verify:
+            try:
+                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=1.0)
+                return
+            except grpc.RpcError:
+                pass
         handle.healthy = False
         self._clear_from_index(handle)
 
@@ -122,7 +129,7 @@ class WorkerRegistry:
             handle.failures += 1
             if handle.failures >= FAILURES_BEFORE_DOWN and handle.healthy:
                 log.warning("worker %s is down: %s", handle.address, error.code())
-                self.mark_down(handle)
+                self.mark_down(handle, verify=False)
             return
         restarted = handle.info.epoch and info.epoch != handle.info.epoch
         handle.info, handle.failures = info, 0

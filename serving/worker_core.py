@@ -92,21 +92,22 @@ class WorkerCore:
     def worker_info(self) -> admin_pb2.WorkerInfo:
         metrics = self.loop.call(lambda engine: engine.metrics(), timeout_s=10)
         load = admin_pb2.WorkerLoad(
-            running_requests=int(metrics.get("running_requests", 0)),
-            waiting_requests=int(metrics.get("waiting_requests", 0)),
+            running_requests=int(metrics["num_running"]),
+            waiting_requests=int(metrics["num_waiting"]),
             queued_tokens=int(metrics.get("queued_tokens", 0)),
-            free_pages=int(metrics.get("free_pages", 0)),
-            total_pages=int(metrics.get("total_pages", 0)),
-            free_slots=int(metrics.get("free_slots", 0)),
-            total_slots=int(metrics.get("total_slots", 0)),
-            cached_blocks=int(metrics.get("cached_blocks", 0)),
+            free_pages=int(metrics["pages_free"]),
+            total_pages=int(metrics["pages_total"]),
+            free_slots=int(metrics["slots_free"]),
+            total_slots=int(metrics["slots_total"]),
+            cached_blocks=int(metrics.get("cached_pages", 0)),
             checkpoints=int(metrics.get("checkpoints", 0)),
             hit_rate=float(metrics.get("hit_rate", 0.0)),
             prompt_tokens=int(metrics.get("prompt_tokens", 0)),
             cached_tokens=int(metrics.get("cached_tokens", 0)),
             computed_tokens=self.counters["computed_tokens"],
             fetched_tokens=self.counters["fetched_tokens"],
-            pending_transfers=int(metrics.get("reservations", 0)),
+            # reservations waiting for their transfer + prefill results pinned until shipped
+            pending_transfers=int(metrics.get("num_reserved", 0)) + int(metrics.get("num_pinned", 0)),
         )
         return admin_pb2.WorkerInfo(
             worker_id=self.config.worker_id,
