@@ -12,7 +12,7 @@ from baton.client import BatonClient
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from tests.service.conftest import greedy_reference
+from tests.helpers.reference import greedy_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 MAX_TOKENS = 12
