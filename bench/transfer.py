@@ -204,9 +204,9 @@ def run(sizes_mib: list[int], iters: int) -> list[dict[str, Any]]:
         ]
         for checksums in (False, True):
             cases += [
-                ("local", checksums, lambda c=checksums: bench_local(size, n, c)),
-                ("tcp (2 procs)", checksums, lambda c=checksums: bench_remote("tcp", size, n, c)),
-                ("ucx (2 procs)", checksums, lambda c=checksums: bench_remote("ucx", size, n, c)),
+                ("local", checksums, lambda c=checksums, s=size, n=n: bench_local(s, n, c)),
+                ("tcp (2 procs)", checksums, lambda c=checksums, s=size, n=n: bench_remote("tcp", s, n, c)),
+                ("ucx (2 procs)", checksums, lambda c=checksums, s=size, n=n: bench_remote("ucx", s, n, c)),
             ]
         for name, checksums, fn in cases:
             times = fn()
