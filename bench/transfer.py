@@ -199,8 +199,8 @@ def run(sizes_mib: list[int], iters: int) -> list[dict[str, Any]]:
     for mib in sizes_mib:
         size, n = mib << 20, iters if mib <= 256 else max(2, iters // 2)
         cases = [
-            ("memcpy (tensor.copy_)", False, lambda: bench_memcpy(size, n)),
-            ("plain TCP sendall (2 procs)", False, lambda: bench_socket(size, n)),
+            ("memcpy (tensor.copy_)", False, lambda s=size, n=n: bench_memcpy(s, n)),
+            ("plain TCP sendall (2 procs)", False, lambda s=size, n=n: bench_socket(s, n)),
         ]
         for checksums in (False, True):
             cases += [

@@ -48,6 +48,9 @@ class LocalLink:
             dst.copy_(src)
         self._pending = []
 
+    def flush(self) -> None:
+        pass  # sends are synchronous
+
     def close(self) -> None:
         if not self._ended:
             self._ended = True

@@ -29,6 +29,7 @@ class Link(Protocol):
 
     def send_control(self, msg: dict[str, Any]) -> None: ...
     def send_payloads(self, views: list[torch.Tensor]) -> None: ...
+    def flush(self) -> None: ...  # returns once everything sent so far has left
     def close(self) -> None: ...
 
 
@@ -126,9 +127,11 @@ class StreamSendHandle(SendHandle):
                     self._send_data(*arg)
                 elif kind == "finish":
                     self._link.send_control({"kind": "finish", "manifest": self._manifest(*arg).to_dict()})
+                    self._link.flush()
                     return
                 elif kind == "abort":
                     self._link.send_control({"kind": "abort", "reason": arg})
+                    self._link.flush()
                     return
         except Exception as exc:  # the transport failed: report it from finish()
             self._error = self._error or f"{type(exc).__name__}: {exc}"

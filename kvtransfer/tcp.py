@@ -46,6 +46,9 @@ class TcpLink:
         for view in views:
             self._sock.sendall(_bytes_of(view))
 
+    def flush(self) -> None:
+        pass  # sends are synchronous
+
     def close(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)

@@ -27,6 +27,7 @@ os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
 
 OPEN_TAG = 0xFFFF_FFFF_0000_0000
 OPEN_BUFFER_BYTES = 1 << 20
+MAX_INFLIGHT = 64
 _LEN = struct.Struct("!Q")
 
 
@@ -61,6 +62,7 @@ class UcxLink:
         self._api, self._ep, self._channel = ucx_api, endpoint, channel
         self._deadline_mono = time.monotonic() + (deadline_unix_s - time.time())
         self._seq = 0
+        self._inflight: list[tuple[Any, Any]] = []  # (request, buffer kept alive until it completes)
 
     def _tag(self) -> Any:
         tag = self._api.UCXXTag((self._channel << 32) | self._seq)
@@ -68,8 +70,18 @@ class UcxLink:
         return tag
 
     def _send(self, buffers: list[np.ndarray | torch.Tensor]) -> None:
-        keep = [_array(self._api, b) for b in buffers]  # alive until the sends complete
-        _wait([self._ep.tag_send(a, self._tag()) for a in keep], self._deadline_mono)
+        """Sends are pipelined: only wait when too many are in flight (source memory is stable)."""
+        for b in buffers:
+            array = _array(self._api, b)
+            self._inflight.append((self._ep.tag_send(array, self._tag()), array))
+        if len(self._inflight) > MAX_INFLIGHT:
+            half = len(self._inflight) // 2
+            _wait([r for r, _ in self._inflight[:half]], self._deadline_mono)
+            del self._inflight[:half]
+
+    def flush(self) -> None:
+        _wait([r for r, _ in self._inflight], self._deadline_mono)
+        self._inflight.clear()
 
     def send_open(self, msg: dict[str, Any]) -> None:
         body = json.dumps({**msg, "channel": self._channel}).encode()
