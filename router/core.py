@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baton_pb.v1 import admin_pb2, common_pb2, public_pb2, worker_pb2
-from engine.cache.hashing import block_hashes, cache_extra
+from engine.cache.hashing import cache_extra
 from engine.config import ModelConfig
 from engine.tokenizer import Tokenizer
 from router.config import RouterConfig
 from router.generate import GenerateFlow, NoWorkers
 from router.index.base import IndexUnavailable, PrefixIndex
 from router.metrics import RouterMetrics
+from router.prompt_hashes import PromptHasher
 from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
 from router.sessions import SessionTable
@@ -58,6 +59,7 @@ class RouterCore:
         self.model_id = Path(config.model).resolve().name
         self.max_context = int(getattr(self.model_config, "max_position_embeddings", 0) or 32768)
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s)
+        self.hasher = PromptHasher(config.block_size)
         self.metrics = RouterMetrics()
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None)
         from router.policy import RoutingConfig, RoutingPolicy
@@ -126,7 +128,7 @@ class RouterCore:
         if not decode_workers:
             raise NoWorkers("no decode worker is available")
         prefill_workers = self.registry.workers("prefill", routable=True)
-        hits = self._lookup(prepared.tenant, prompt)
+        hits = self._lookup(prepared.tenant, prompt, prepared.session_id)
         session = self.sessions.get(prepared.session_id)
         decision = self._decide(
             prompt_tokens=len(prompt),
@@ -153,8 +155,8 @@ class RouterCore:
         except NoRoutableWorker as error:
             raise NoWorkers(str(error)) from error
 
-    def _lookup(self, tenant: str, prompt: list[int]) -> dict:
-        hashes = block_hashes(prompt, self.config.block_size, extra=cache_extra(self.model_id, tenant))
+    def _lookup(self, tenant: str, prompt: list[int], session_id: str = "") -> dict:
+        hashes = self.hasher.hashes(prompt, cache_extra(self.model_id, tenant), session_id)
         started = time.perf_counter()
         try:
             # One namespace per model: the tenant is already mixed into every block hash.

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 MAX_HASH = (1 << 64) - 1
 
 
@@ -76,6 +78,18 @@ def check_hash(h: int) -> int:
     if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HASH:
         raise ValueError(f"block hash must be an unsigned 64-bit int, got {h!r}")
     return h
+
+
+def check_hashes(hashes: Sequence[int]) -> list[int]:
+    """`check_hash` for a whole prompt, vectorized when every element is a plain int."""
+    values = list(hashes)
+    if all(type(h) is int for h in values):
+        try:
+            np.array(values, dtype=np.uint64)  # raises OverflowError outside [0, 2**64)
+            return values
+        except OverflowError:
+            pass
+    return [check_hash(h) for h in values]
 
 
 def check_worker(worker_id: str, epoch: int | None = None) -> None:

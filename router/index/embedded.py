@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from itertools import repeat
+
+import numpy as np
 
 from router.index.base import (
     IndexEvent,
     PrefixHit,
     PrefixIndex,
     StaleEpoch,
-    check_hash,
+    check_hashes,
     check_namespace,
     check_ttl,
     check_worker,
@@ -54,7 +57,7 @@ class EmbeddedPrefixIndex(PrefixIndex):
 
     def lookup(self, namespace: str, block_hashes: Sequence[int]) -> dict[str, PrefixHit]:
         check_namespace(namespace)
-        hashes = [check_hash(h) for h in block_hashes]
+        hashes = check_hashes(block_hashes)
         if not hashes:
             return {}
         with self._lock:
@@ -81,12 +84,12 @@ class EmbeddedPrefixIndex(PrefixIndex):
 
 
 def _walk(worker_id: str, flags_of: dict[int, int], hashes: list[int]) -> PrefixHit | None:
-    blocks = checkpoint_blocks = 0
-    for h in hashes:
-        flags = flags_of.get(h, 0)
-        if not flags & BLOCK:
-            break
-        blocks += 1
-        if flags & CHECKPOINT:
-            checkpoint_blocks = blocks
-    return PrefixHit(worker_id, blocks, checkpoint_blocks) if blocks else None
+    if not flags_of.get(hashes[0], 0) & BLOCK:
+        return None  # most workers miss at the first block: no need to look further
+    # The dict lookups run in C (map), the scan for the first miss and the deepest checkpoint in numpy.
+    flags = np.fromiter(map(flags_of.get, hashes, repeat(0, len(hashes))), dtype=np.int8, count=len(hashes))
+    missing = np.flatnonzero((flags & BLOCK) == 0)
+    blocks = int(missing[0]) if missing.size else len(hashes)
+    checkpoints = np.flatnonzero(flags[:blocks] & CHECKPOINT)
+    checkpoint_blocks = int(checkpoints[-1]) + 1 if checkpoints.size else 0
+    return PrefixHit(worker_id, blocks, checkpoint_blocks)
