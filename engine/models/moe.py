@@ -48,19 +48,23 @@ class SparseMoe:
         return out + shared
 
     def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
+        """Sort the (token, expert) pairs by expert, run each hit expert once over its rows, unsort,
+        and sum each token's k weighted outputs. (A per-expert `index_add_` is ~100x slower on CPU.)"""
+        rows, hidden = x.shape
         flat_e = top_e.reshape(-1)
         order = torch.argsort(flat_e, stable=True)
         counts = torch.bincount(flat_e, minlength=self.num_experts).tolist()
-        token_of = order // self.top_k
-        weight_of = top_w.reshape(-1)[order]
-        out = torch.zeros_like(x)
+        sorted_x = x[order // self.top_k]
+        outputs = []
         start = 0
         for expert, count in enumerate(counts):
             if not count:
                 continue
-            rows = token_of[start : start + count]
-            gate, up = torch.split(F.linear(x[rows], self.gate_up[expert]), self.inter, dim=-1)
-            h = F.linear(F.silu(gate) * up, self.down[expert]) * weight_of[start : start + count, None]
-            out.index_add_(0, rows, h)
+            gate, up = torch.split(
+                F.linear(sorted_x[start : start + count], self.gate_up[expert]), self.inter, dim=-1
+            )
+            outputs.append(F.linear(F.silu(gate) * up, self.down[expert]))
             start += count
-        return out
+        pairs = torch.empty(rows * self.top_k, hidden, dtype=x.dtype, device=x.device)
+        pairs[order] = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return (pairs.view(rows, self.top_k, hidden) * top_w.unsqueeze(-1)).sum(dim=1)
