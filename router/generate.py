@@ -9,7 +9,9 @@ the tokens already streamed, so the client sees no token lost or repeated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,10 +23,24 @@ from baton_pb.v1 import common_pb2, public_pb2, worker_pb2
 from engine.tokenizer import IncrementalDecoder
 from router.prompts import PreparedRequest
 from router.registry import WorkerHandle
-from serving.errors import ServiceUnavailable
+from serving.errors import ServiceUnavailable, retry_after_ms
+from serving.worker_core import AdmissionRejected
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 4
+# Every attempt re-routes the session (prompt + tokens already streamed), so a retry is idempotent
+# from the client's side; the waits between attempts grow so a dying cluster is not hammered.
+MAX_ATTEMPTS = 6
+FIRST_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 1.0
+RETRY_BUDGET_S = 30.0  # no new attempt starts this long after the first failure
+CONTROL_TIMEOUT_S = 10.0  # Reserve, CancelReservation, Abort: short control calls
+# A call failing with one of these may mean the worker is gone (the registry probes it).
+SUSPICIOUS = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.CANCELLED,
@@ -66,6 +82,7 @@ class GenerateFlow:
 
     def run(self) -> Iterator[public_pb2.GenerateResponse]:
         params = self.prepared.params
+        first_failure: float | None = None
         while not self.state.finish_reason:
             remaining = params.max_tokens - len(self.state.emitted)
             if remaining <= 0:
@@ -74,18 +91,28 @@ class GenerateFlow:
             self.state.attempts += 1
             try:
                 yield from self._attempt(remaining)
-            except grpc.RpcError as error:
+            except (grpc.RpcError, NoWorkers) as error:
                 if self.state.aborted:
                     self.state.finish_reason = "abort"
                     break
-                if error.code() not in RETRYABLE or self.state.attempts >= MAX_ATTEMPTS:
-                    raise
+                code = _code(error)
+                first_failure = first_failure or time.monotonic()
+                out_of_budget = time.monotonic() - first_failure > RETRY_BUDGET_S
+                if code not in RETRYABLE or self.state.attempts >= MAX_ATTEMPTS or out_of_budget:
+                    raise _final_error(error, self.state.attempts) from error
                 log.warning(
                     "request %s attempt %d failed (%s: %s); retrying elsewhere",
-                    self.prepared.request_id, self.state.attempts, error.code().name, error.details(),
-                )
+                    self.prepared.request_id, self.state.attempts, code.name, _details(error),
+                )  # fmt: skip
                 self.router.metrics.count("failovers")
+                self._backoff(error)
         yield self._final_response()
+
+    def _backoff(self, error: BaseException) -> None:
+        wait = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (self.state.attempts - 1))
+        if _code(error) == grpc.StatusCode.RESOURCE_EXHAUSTED and isinstance(error, grpc.RpcError):
+            wait = min(MAX_BACKOFF_S, max(wait, retry_after_ms(error) / 1000))
+        time.sleep(wait * random.uniform(0.5, 1.0))  # jitter: retries of many flows do not align
 
     def abort(self) -> None:
         self.state.aborted = True
@@ -99,7 +126,11 @@ class GenerateFlow:
     def _attempt(self, remaining: int) -> Iterator[public_pb2.GenerateResponse]:
         prompt = self.prepared.prompt + self.state.emitted
         decision = self.router.route(self.prepared, prompt)
-        worker_request_id = self.prepared.request_id if self.state.attempts == 1 else f"{self.prepared.request_id}.r{self.state.attempts}"
+        worker_request_id = (
+            self.prepared.request_id
+            if self.state.attempts == 1
+            else f"{self.prepared.request_id}.r{self.state.attempts}"
+        )
         request = self._worker_request(worker_request_id, prompt, remaining)
         decode = decision.decode
         if self.state.route is None:
@@ -107,8 +138,12 @@ class GenerateFlow:
             yield public_pb2.GenerateResponse(request_id=self.prepared.request_id, route=self.state.route)
         if decision.prefill is None:
             self.state.current = [(decode, worker_request_id)]
-            chunks = decode.decode.Generate(worker_pb2.WorkerGenerateRequest(request=request), timeout=self.router.config.rpc_timeout_s)
-            yield from self._relay(decode, chunks)
+            with self._blame(decode):
+                chunks = decode.decode.Generate(
+                    worker_pb2.WorkerGenerateRequest(request=request),
+                    timeout=self.router.config.rpc_timeout_s,
+                )
+                yield from self._relay(chunks)
             self.router.sessions.record(self.prepared.session_id, decode.worker_id, "")
             return
         yield from self._disaggregated(decision, request, worker_request_id)
@@ -117,36 +152,47 @@ class GenerateFlow:
         decode, prefill = decision.decode, decision.prefill
         config = self.router.config
         self.state.current = [(decode, worker_request_id), (prefill, worker_request_id)]
-        reserved = decode.decode.Reserve(
-            worker_pb2.ReserveRequest(request=request, transfer_id=f"{worker_request_id}-{uuid.uuid4().hex[:6]}", deadline_s=config.transfer_deadline_s),
-            timeout=30,
-        )
-        try:
-            prefilled = prefill.prefill.Prefill(
-                worker_pb2.PrefillRequest(request=request, destination=reserved.descriptor, fetch=decision.fetch),
-                timeout=config.rpc_timeout_s,
+        transfer_id = f"{worker_request_id}-{uuid.uuid4().hex[:6]}"
+        with self._blame(decode):
+            reserved = decode.decode.Reserve(
+                worker_pb2.ReserveRequest(
+                    request=request, transfer_id=transfer_id, deadline_s=config.transfer_deadline_s
+                ),
+                timeout=CONTROL_TIMEOUT_S,
             )
-        except grpc.RpcError as error:
-            self._cancel_reservation(decode, worker_request_id)
-            if error.code() == grpc.StatusCode.UNAVAILABLE:
-                self.router.registry.mark_down(prefill)
-            raise
-        if self.state.attempts == 1 or not self.state.cached_tokens:
-            self.state.cached_tokens = prefilled.cached_tokens + prefilled.fetched_tokens
-            self.state.fetched_tokens = prefilled.fetched_tokens
-        self.router.metrics.observe_transfer(prefilled.transfer_bytes)
-        first = [prefilled.first_token]
-        yield self._tokens_response(first)
-        self.state.current = [(decode, worker_request_id)]
-        chunks = decode.decode.Decode(
-            worker_pb2.DecodeRequest(request_id=worker_request_id, transfer_deadline_s=config.transfer_deadline_s),
-            timeout=config.rpc_timeout_s,
-        )
-        yield from self._relay(decode, chunks, already_sent=1)
+        decoding = False
+        try:
+            with self._blame(prefill):
+                # The reservation waits at most transfer_deadline_s for the transfer: no longer.
+                prefilled = prefill.prefill.Prefill(
+                    worker_pb2.PrefillRequest(
+                        request=request, destination=reserved.descriptor, fetch=decision.fetch
+                    ),
+                    timeout=config.transfer_deadline_s,
+                )
+            if self.state.attempts == 1 or not self.state.cached_tokens:
+                self.state.cached_tokens = prefilled.cached_tokens + prefilled.fetched_tokens
+                self.state.fetched_tokens = prefilled.fetched_tokens
+            self.router.metrics.observe_transfer(prefilled.transfer_bytes)
+            yield self._tokens_response([prefilled.first_token])
+            self.state.current = [(decode, worker_request_id)]
+            with self._blame(decode):
+                chunks = decode.decode.Decode(
+                    worker_pb2.DecodeRequest(
+                        request_id=worker_request_id, transfer_deadline_s=config.transfer_deadline_s
+                    ),
+                    timeout=config.rpc_timeout_s,
+                )
+                decoding = True
+                yield from self._relay(chunks)
+        finally:
+            if not decoding:  # failed, or the client left before Decode: free the pages now
+                self._cancel_reservation(decode, worker_request_id)
         self.router.sessions.record(self.prepared.session_id, decode.worker_id, prefill.worker_id)
 
-    def _relay(self, decode: WorkerHandle, chunks, already_sent: int = 0) -> Iterator[public_pb2.GenerateResponse]:
-        """Forwards a worker's TokenChunks; if the stream breaks, the caller fails over."""
+    def _relay(self, chunks) -> Iterator[public_pb2.GenerateResponse]:
+        """Forwards a worker's TokenChunks; if the stream breaks, the caller fails over. If the
+        client goes away first, the worker call is cancelled, which aborts the worker's request."""
         try:
             for chunk in chunks:
                 tokens = list(chunk.token_ids)
@@ -157,12 +203,21 @@ class GenerateFlow:
                     if chunk.cached_tokens and not self.state.cached_tokens:
                         self.state.cached_tokens = chunk.cached_tokens
                     return
+        finally:
+            if not self.state.finish_reason:
+                chunks.cancel()
+        raise _stream_ended_early()
+
+    @contextlib.contextmanager
+    def _blame(self, handle: WorkerHandle) -> Iterator[None]:
+        """A call to `handle` failed as if the worker were gone: the registry probes it and stops
+        routing there if it does not answer."""
+        try:
+            yield
         except grpc.RpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
-                self.router.registry.mark_down(decode)
+            if error.code() in SUSPICIOUS and not self.state.aborted:
+                self.router.registry.mark_down(handle)
             raise
-        if not self.state.finish_reason:
-            raise _stream_ended_early()
 
     def _tokens_response(self, tokens: list[int]) -> public_pb2.GenerateResponse:
         if self.state.ttft_s is None:
@@ -183,7 +238,9 @@ class GenerateFlow:
             request_id=self.prepared.request_id, finish_reason=self.state.finish_reason, usage=usage
         )
 
-    def _worker_request(self, worker_request_id: str, prompt: list[int], remaining: int) -> worker_pb2.WorkerRequest:
+    def _worker_request(
+        self, worker_request_id: str, prompt: list[int], remaining: int
+    ) -> worker_pb2.WorkerRequest:
         sampling = self.router.sampling_proto(self.prepared.params, max_tokens=remaining)
         return worker_pb2.WorkerRequest(
             request_id=worker_request_id,
@@ -194,10 +251,11 @@ class GenerateFlow:
         )
 
     def _cancel_reservation(self, decode: WorkerHandle, worker_request_id: str) -> None:
-        try:
-            decode.decode.CancelReservation(worker_pb2.CancelReservationRequest(request_id=worker_request_id), timeout=5)
-        except grpc.RpcError:
-            pass
+        """Idempotent; if the worker is gone its reaper (or its death) frees the pages anyway."""
+        with contextlib.suppress(grpc.RpcError):
+            decode.decode.CancelReservation(
+                worker_pb2.CancelReservationRequest(request_id=worker_request_id), timeout=CONTROL_TIMEOUT_S
+            )
 
 
 class _StreamEndedEarly(grpc.RpcError):
@@ -210,3 +268,30 @@ class _StreamEndedEarly(grpc.RpcError):
 
 def _stream_ended_early() -> grpc.RpcError:
     return _StreamEndedEarly()
+
+
+def _code(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
+        return error.code()
+    return grpc.StatusCode.UNAVAILABLE  # NoWorkers
+
+
+def _details(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "details", None)):
+        return error.details() or ""
+    return str(error)
+
+
+def _final_error(error: BaseException, attempts: int) -> Exception:
+    """What the client is told once retrying is over: a status it can act on, never UNKNOWN."""
+    code, details = _code(error), _details(error)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        hint = retry_after_ms(error) if isinstance(error, grpc.RpcError) else 500
+        return AdmissionRejected(f"every worker is full ({details})", retry_after_ms=hint)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ValueError(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TimeoutError(f"a worker call ran past its deadline: {details}")
+    if isinstance(error, NoWorkers):
+        return error
+    return ServiceUnavailable(f"request failed after {attempts} attempt(s): {code.name}: {details}")

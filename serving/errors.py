@@ -40,7 +40,38 @@ class Unauthenticated(RuntimeError):
     pass
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """The engine is full (no page or state slot left): the request may succeed later."""
+    from engine.cache.page_pool import OutOfPages
+    from engine.cache.state_pool import OutOfSlots
+
+    return isinstance(error, OutOfPages | OutOfSlots)
+
+
+# Codes an upstream (worker) failure keeps when it reaches a client; anything else is UNAVAILABLE.
+FORWARDED_CODES = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+DEFAULT_RETRY_AFTER_MS = 200
+
+
+def retry_after_ms(error: grpc.RpcError, default: int = DEFAULT_RETRY_AFTER_MS) -> int:
+    """The `retry-after-ms` trailing metadata of a failed call, if it carries one."""
+    try:
+        metadata = dict(error.trailing_metadata() or ())
+        return int(metadata.get("retry-after-ms", default))
+    except (AttributeError, TypeError, ValueError):
+        return default
+
+
 def status_for(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
+        code = error.code()
+        return code if code in FORWARDED_CODES else grpc.StatusCode.UNAVAILABLE
+    if _out_of_memory(error):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(error, AdmissionRejected):
         return grpc.StatusCode.UNAVAILABLE if error.draining else grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(error, NotFound):
@@ -63,12 +94,32 @@ def grpc_errors(context: grpc.ServicerContext) -> Iterator[None]:
     """Turns exceptions raised inside a handler into a status with a message (never a crash)."""
     try:
         yield
-    except grpc.RpcError:
-        raise
     except Exception as error:  # noqa: BLE001 - every failure becomes a status
+        if _already_aborted(context):
+            raise  # context.abort() inside the handler: its status stands
         code = status_for(error)
         if code == grpc.StatusCode.INTERNAL:
             log.exception("internal error")
-        if isinstance(error, AdmissionRejected):
-            context.set_trailing_metadata((("retry-after-ms", str(error.retry_after_ms)),))
-        context.abort(code, f"{type(error).__name__}: {error}" if code == grpc.StatusCode.INTERNAL else str(error))
+        hint = _retry_hint(error, code)
+        if hint is not None:
+            context.set_trailing_metadata((("retry-after-ms", str(hint)),))
+        context.abort(code, _message(error, code))
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    code = getattr(context, "code", None)
+    return callable(code) and code() not in (None, grpc.StatusCode.OK)
+
+
+def _retry_hint(error: BaseException, code: grpc.StatusCode) -> int | None:
+    if isinstance(error, AdmissionRejected):
+        return error.retry_after_ms
+    if isinstance(error, grpc.RpcError):
+        return retry_after_ms(error) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+    return DEFAULT_RETRY_AFTER_MS if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+
+
+def _message(error: BaseException, code: grpc.StatusCode) -> str:
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "details", None)):
+        return f"upstream {error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}" if code == grpc.StatusCode.INTERNAL else str(error)

@@ -24,7 +24,7 @@ from tests.chaos.harness import (
     wait_for,
     wait_pools_idle,
 )
-from tests.service.conftest import greedy_reference
+from tests.helpers.reference import greedy_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
