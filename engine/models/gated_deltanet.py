@@ -24,14 +24,15 @@ class GatedDeltaNet:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], cache_index: int) -> None:
         self.cfg = cfg
         self.cache_index = cache_index  # index among the linear-attention layers
-        self.in_proj = torch.cat(
-            [weights[f"in_proj_{p}.weight"] for p in ("qkv", "z", "b", "a")], dim=0
-        ).contiguous()
+        # Weights are kept as [in, out]: `x @ w` streams them ~3x faster than `F.linear` at decode.
+        self.in_proj_t = (
+            torch.cat([weights[f"in_proj_{p}.weight"] for p in ("qkv", "z", "b", "a")]).t().contiguous()
+        )
         self.conv_weight = weights["conv1d.weight"].squeeze(1).contiguous()  # [C, K]
         self.neg_a = -weights["A_log"].float().exp()
         self.dt_bias = weights["dt_bias"].float()
         self.norm_weight = weights["norm.weight"]
-        self.out_proj = weights["out_proj.weight"]
+        self.out_proj_t = weights["out_proj.weight"].t().contiguous()
         self.split = [
             cfg.conv_dim,
             cfg.linear_value_dim,
@@ -41,7 +42,7 @@ class GatedDeltaNet:
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
         cfg = self.cfg
-        mixed, z, b, a = torch.split(F.linear(x, self.in_proj), self.split, dim=-1)
+        mixed, z, b, a = torch.split(x @ self.in_proj_t, self.split, dim=-1)
         mixed = self._conv(mixed, batch, cache)
         q, k, v = torch.split(mixed, [cfg.linear_key_dim, cfg.linear_key_dim, cfg.linear_value_dim], dim=-1)
         rows = x.shape[0]
@@ -55,7 +56,7 @@ class GatedDeltaNet:
         g = self.neg_a * F.softplus(a.float() + self.dt_bias)
         core = self._delta_rule(q, k, v, g, beta, batch, cache)  # [N, Hv, Dv]
         out = gated_rms_norm(core, z.reshape(core.shape), self.norm_weight, cfg.rms_norm_eps)
-        return F.linear(out.reshape(rows, -1), self.out_proj)
+        return out.reshape(rows, -1) @ self.out_proj_t
 
     def _conv(self, mixed: torch.Tensor, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
         conv_pool = cache.conv[self.cache_index]

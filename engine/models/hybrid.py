@@ -66,6 +66,8 @@ class HybridModel:
         self.embed_tokens = weights["embed_tokens.weight"]
         self.norm = weights["norm.weight"]
         self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weights["lm_head.weight"]
+        # [hidden, vocab] copy for `h @ w` (~3x faster than F.linear at decode shapes).
+        self.lm_head_t = self.lm_head.t().contiguous()
         attention_index = {layer: i for i, layer in enumerate(cfg.attention_layer_ids)}
         linear_index = {layer: i for i, layer in enumerate(cfg.linear_layer_ids)}
         self.layers = [
@@ -103,7 +105,7 @@ class HybridModel:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + lm_head, fp32 logits."""
         h = rms_norm_zero_centered(hidden, self.norm, self.config.rms_norm_eps)
-        return F.linear(h, self.lm_head).float()
+        return (h @ self.lm_head_t).float()
 
 
 def _sub(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

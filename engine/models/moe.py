@@ -15,13 +15,14 @@ from engine.config import ModelConfig
 class DenseMlp:
     def __init__(self, weights: dict[str, torch.Tensor], prefix: str = "") -> None:
         gate, up = weights[f"{prefix}gate_proj.weight"], weights[f"{prefix}up_proj.weight"]
-        self.gate_up = torch.cat([gate, up], dim=0).contiguous()
-        self.down = weights[f"{prefix}down_proj.weight"]
+        # Weights are kept as [in, out]: `x @ w` streams them ~3x faster than `F.linear` at decode.
+        self.gate_up_t = torch.cat([gate, up]).t().contiguous()
+        self.down_t = weights[f"{prefix}down_proj.weight"].t().contiguous()
         self.inter = gate.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = torch.split(F.linear(x, self.gate_up), self.inter, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down)
+        gate, up = torch.split(x @ self.gate_up_t, self.inter, dim=-1)
+        return (F.silu(gate) * up) @ self.down_t
 
 
 class SparseMoe:
@@ -29,22 +30,22 @@ class SparseMoe:
         self.top_k = cfg.num_experts_per_tok
         self.norm_topk_prob = cfg.norm_topk_prob
         self.num_experts = cfg.num_experts
-        self.router = weights["gate.weight"]
-        self.gate_up = weights["experts.gate_up_proj"]  # [E, 2I, H]
-        self.down = weights["experts.down_proj"]  # [E, H, I]
-        self.inter = self.gate_up.shape[1] // 2
+        self.router_t = weights["gate.weight"].t().contiguous()
+        self.gate_up_t = weights["experts.gate_up_proj"].transpose(1, 2).contiguous()  # [E, H, 2I]
+        self.down_t = weights["experts.down_proj"].transpose(1, 2).contiguous()  # [E, I, H]
+        self.inter = self.gate_up_t.shape[2] // 2
         self.shared = DenseMlp(weights, "shared_expert.")
-        self.shared_gate = weights["shared_expert_gate.weight"]
+        self.shared_gate_t = weights["shared_expert_gate.weight"].t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, self.router)
+        logits = x @ self.router_t
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top_w, top_e = torch.topk(probs, self.top_k, dim=-1)
         if self.norm_topk_prob:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         top_w = top_w.to(x.dtype)
         out = self._experts(x, top_e, top_w)
-        shared = self.shared.forward(x) * torch.sigmoid(F.linear(x, self.shared_gate))
+        shared = self.shared.forward(x) * torch.sigmoid(x @ self.shared_gate_t)
         return out + shared
 
     def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
@@ -61,9 +62,9 @@ class SparseMoe:
             if not count:
                 continue
             gate, up = torch.split(
-                F.linear(sorted_x[start : start + count], self.gate_up[expert]), self.inter, dim=-1
+                sorted_x[start : start + count] @ self.gate_up_t[expert], self.inter, dim=-1
             )
-            outputs.append(F.linear(F.silu(gate) * up, self.down[expert]))
+            outputs.append((F.silu(gate) * up) @ self.down_t[expert])
             start += count
         pairs = torch.empty(rows * self.top_k, hidden, dtype=x.dtype, device=x.device)
         pairs[order] = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
