@@ -16,11 +16,18 @@ DEFAULT_PORTS = {"prefill": (50061, 9101), "decode": (50071, 9102)}
 class TlsConfig:
     cert: str = ""
     key: str = ""
-    ca: str = ""  # set → clients must present a certificate signed by it (mutual TLS)
+    ca: str = ""  # set → peers are verified against it, and clients dial with TLS
+    # With a CA: servers also demand a client certificate signed by it (mutual TLS). Off
+    # (BATON_TLS_CLIENT_AUTH=0): server-only TLS, clients still verify the server against the CA.
+    client_auth: bool = True
 
     @property
     def enabled(self) -> bool:
         return bool(self.cert and self.key)
+
+    @property
+    def mutual(self) -> bool:
+        return self.enabled and bool(self.ca) and self.client_auth
 
     @staticmethod
     def from_env() -> TlsConfig:
@@ -28,6 +35,7 @@ class TlsConfig:
             cert=os.environ.get("BATON_TLS_CERT", ""),
             key=os.environ.get("BATON_TLS_KEY", ""),
             ca=os.environ.get("BATON_TLS_CA", ""),
+            client_auth=os.environ.get("BATON_TLS_CLIENT_AUTH", "1").lower() not in ("0", "false", "no"),
         )
 
 
@@ -68,7 +76,9 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--max-pages", type=int, default=0)
     parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget")
-    parser.add_argument("--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED")
+    parser.add_argument(
+        "--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED"
+    )
     parser.add_argument("--ready-file", default="", help="write the bound address here once serving")
     parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
     return parser

@@ -25,15 +25,19 @@ ServiceBinding = tuple[Callable, object, str]
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS for a server; with `tls.mutual`, a client without a certificate signed by the CA is
+    refused during the handshake (before any RPC runs)."""
     key_pair = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
-    if tls.ca:
+    if tls.mutual:
         return grpc.ssl_server_credentials(key_pair, Path(tls.ca).read_bytes(), require_client_auth=True)
     return grpc.ssl_server_credentials(key_pair)
 
 
 def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
+    """Verifies the server against `tls.ca` (system roots without one) and presents our own
+    certificate when we have one (needed by mutual-TLS servers)."""
     root = Path(tls.ca).read_bytes() if tls.ca else None
-    if tls.cert and tls.key:
+    if tls.enabled:
         return grpc.ssl_channel_credentials(root, Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())
     return grpc.ssl_channel_credentials(root)
 
@@ -48,7 +52,11 @@ def add_health_and_reflection(server, names: Sequence[str]) -> health.HealthServ
 
 
 def bind(server, listen: str, tls: TlsConfig) -> int:
-    port = server.add_secure_port(listen, server_credentials(tls)) if tls.enabled else server.add_insecure_port(listen)
+    port = (
+        server.add_secure_port(listen, server_credentials(tls))
+        if tls.enabled
+        else server.add_insecure_port(listen)
+    )
     if port == 0:
         raise RuntimeError(f"could not bind gRPC server to {listen}")
     return port
