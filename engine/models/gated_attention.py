@@ -7,7 +7,6 @@ partial RoPE; GQA; the attention output is multiplied by sigmoid(gate) before o_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from engine.cache.tensors import CacheTensors
 from engine.config import ModelConfig
