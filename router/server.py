@@ -78,7 +78,9 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
 def _server(config: RouterConfig) -> grpc.Server:
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_in_flight + 32, thread_name_prefix="router"),
-        options=grpc_server.CHANNEL_OPTIONS + [("grpc.max_receive_message_length", config.max_prompt_bytes)],
+        # gRPC takes the first value of a repeated option: drop the shared receive limit first.
+        options=[o for o in grpc_server.CHANNEL_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+        + [("grpc.max_receive_message_length", config.max_prompt_bytes)],
     )
 
 
