@@ -49,33 +49,27 @@ def _timed(fn) -> float:
 
 
 def weight_traffic(engine: LLMEngine) -> tuple[int, int]:
-    """(bytes of weights read per decode step at batch 1, FLOPs per token)."""
+    """(bytes of weights read per decode step at batch 1, FLOPs per token), from the checkpoint's
+    tensor headers: dense weights + lm head + the routed experts one token uses (embedding lookups
+    read one row; the MTP head is not used)."""
+    from safetensors import safe_open
+
     cfg: ModelConfig = engine.model_config
     routed_fraction = cfg.num_experts_per_tok / cfg.num_experts if cfg.num_experts else 1.0
-    read_bytes, active_params = 0, 0
-    for name, tensor in _named_weights(engine.model):
-        params = tensor.numel()
-        if "embed_tokens" in name and not cfg.tie_word_embeddings:
-            continue  # a lookup reads one row
-        if ".experts." in name or ".experts_" in name:
-            params = int(params * routed_fraction)
-        read_bytes += params * tensor.element_size()
-        active_params += params
-    return read_bytes, 2 * active_params
-
-
-def _named_weights(model) -> list[tuple[str, torch.Tensor]]:
-    if hasattr(model, "named_parameters"):
-        return list(model.named_parameters())
-    weights = getattr(model, "weights", None)
-    if isinstance(weights, dict):
-        return list(weights.items())
-    seen, out = set(), []
-    for name, value in vars(model).items():
-        if isinstance(value, torch.Tensor) and id(value) not in seen:
-            seen.add(id(value))
-            out.append((name, value))
-    return out
+    item = torch.empty((), dtype=cfg.dtype).element_size()
+    active_params = 0
+    for path in sorted(engine.model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if name.startswith("mtp.") or ("embed_tokens" in name and not cfg.tie_word_embeddings):
+                    continue
+                params = 1
+                for dim in f.get_slice(name).get_shape():
+                    params *= dim
+                if ".experts." in name:
+                    params = int(params * routed_fraction)
+                active_params += params
+    return active_params * item, 2 * active_params
 
 
 def baton_decode(engine: LLMEngine, batch: int, tokens: int) -> float:

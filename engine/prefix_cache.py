@@ -3,8 +3,9 @@
 - Admission: a new (or preempted) sequence takes the longest cached prefix that ends at a state
   checkpoint, shares its pages, copies the checkpoint into its live slot and prefills only the rest.
 - Checkpoints (the state after tokens [0, p), p a block end): at the end of each prompt (rounded
-  down to a block: the scheduler ends a chunk there), every `checkpoint_every_blocks` blocks of a
-  long prefill (also chunk ends), and at the end of each finished sequence, so the next turn of a
+  down to a block: the scheduler ends a chunk there, unless the decode will pass the next block end
+  and snapshot there anyway), every `checkpoint_every_blocks` blocks of a
+  long prefill, at the block end where a request branches off the cached blocks (all chunk ends), and at the end of each finished sequence, so the next turn of a
   session continues from it. For the last one, decode keeps a rolling snapshot: whenever a decoding
   sequence reaches a block end its live state is copied into one checkpoint slot it holds, which
   goes to the tree when the sequence finishes. The copies run after the step's forward has returned.
@@ -66,8 +67,20 @@ class PrefixCacheGlue:
                 seq.num_computed_tokens = match.num_tokens
         finally:
             self.radix.release(match.handle)
+        seq.branch_pos = self._branch_point(seq, match.num_tokens)
         if not seq.admitted:
             seq.num_cached_tokens = min(match.num_tokens, seq.num_prompt_tokens)
+
+    def _branch_point(self, seq: Sequence, usable: int) -> int:
+        """Where this sequence leaves the cached blocks, when that lies past the usable (checkpointed)
+        prefix: a checkpoint there lets the next request with the same prefix (another session on
+        the same system prompt) reuse all of it. 0 when there is none to take."""
+        if not self.has_state:
+            return 0
+        pages = self.radix.match_blocks(seq.all_token_ids, self.extra(seq))
+        self.radix.page_pool.decref(pages)
+        branch = len(pages) * self.block_size
+        return branch if usable < branch < seq.num_tokens else 0
 
     def share_blocks(self, seq: Sequence) -> int:
         """Decode-side reservation: share every cached full block of the prompt (the state comes
@@ -82,10 +95,21 @@ class PrefixCacheGlue:
             return end
         due = [(start // self.checkpoint_spacing + 1) * self.checkpoint_spacing]
         prompt_end = self._prompt_checkpoint(seq)
-        if prompt_end > start:
+        if prompt_end > start and self._decode_misses_a_block_end(seq):
             due.append(prompt_end)
+        if seq.branch_pos > start:
+            due.append(seq.branch_pos)
         cut = min(due)
         return cut if start < cut < end else end
+
+    def _decode_misses_a_block_end(self, seq: Sequence) -> bool:
+        """Whether the prompt-end checkpoint needs its own chunk boundary (costing one more step
+        before the first token): not when the decode will reach the next block end anyway, since
+        the rolling decode snapshot then serves the next turn just as well."""
+        if seq.prefill_only:
+            return True
+        last_computed = seq.num_prompt_tokens + seq.params.max_tokens - 1
+        return last_computed < self._prompt_checkpoint(seq) + self.block_size
 
     def _prompt_checkpoint(self, seq: Sequence) -> int:
         return seq.num_prompt_tokens // self.block_size * self.block_size
@@ -97,7 +121,10 @@ class PrefixCacheGlue:
             if position % self.block_size:
                 continue
             if position <= seq.num_prompt_tokens:
-                due = position % self.checkpoint_spacing == 0 or position == self._prompt_checkpoint(seq)
+                due = position % self.checkpoint_spacing == 0 or position in (
+                    self._prompt_checkpoint(seq),
+                    seq.branch_pos,
+                )
                 if due:
                     self._insert(seq, position, with_checkpoint=self.has_state)
             elif self.has_state:

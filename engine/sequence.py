@@ -69,6 +69,7 @@ class Sequence:
     admitted: bool = False  # has been scheduled at least once (cache stats count once)
     snapshot_slot: int | None = None  # checkpoint slot with the state at the last block end of decode
     snapshot_pos: int = 0
+    branch_pos: int = 0  # block end where the sequence leaves the cached blocks (a checkpoint is due)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     prefill: PrefillResult | None = None

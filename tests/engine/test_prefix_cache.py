@@ -139,7 +139,7 @@ def test_cache_salt_separates_tenants() -> None:
     prompt = tokens(40, seed=3)
     outputs = {}
     for rid, salt in (("a", "tenant-1"), ("b", "tenant-2"), ("c", "tenant-1")):
-        engine.add_request(rid, prompt, PARAMS, cache_salt=salt)
+        engine.add_request(rid, prompt, SamplingParams(max_tokens=1), cache_salt=salt)
         while engine.has_unfinished_requests():
             for out in engine.step():
                 if out.finished:
@@ -147,3 +147,16 @@ def test_cache_salt_separates_tenants() -> None:
     assert outputs["a"].num_cached_tokens == 0
     assert outputs["b"].num_cached_tokens == 0  # another tenant: no hit
     assert outputs["c"].num_cached_tokens == 32
+
+
+def test_checkpoint_at_the_branch_point_serves_the_next_session() -> None:
+    on, off = engines("qwen3_next", checkpoint_every_blocks=4)
+    system = tokens(100, seed=9)  # blocks 0-5 shared, checkpoints every 64 tokens
+    for recorder in (on, off):
+        for i in range(3):
+            recorder.add(f"s{i}", system + tokens(9 + i, seed=30 + i))
+            recorder.drain()
+    assert_same(on, off)
+    assert on.cached["s1"] == 64  # only the every-K checkpoint lies inside the shared part ...
+    assert on.cached["s2"] == 96  # ... but s1 left one where it branched off: s2 reuses all 6 blocks
+    assert_pools_back(on.engine)
