@@ -28,6 +28,9 @@ class EngineConfig:
     dtype: str | None = None  # None: the checkpoint's dtype
     device: str = "cpu"
     seed: int = 0  # for requests without a seed of their own
+    # Speculative decoding with the checkpoint's MTP head: drafts per step (0 = off, 1..4). A
+    # checkpoint without MTP weights runs without speculation. See engine/spec.
+    num_speculative_tokens: int = 0
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -43,6 +46,10 @@ class EngineConfig:
             raise ValueError("EngineConfig.num_slots must be >= 1")
         if self.checkpoint_every_blocks < 1:
             raise ValueError(f"checkpoint_every_blocks must be >= 1, got {self.checkpoint_every_blocks}")
+        if not isinstance(self.num_speculative_tokens, int) or not 0 <= self.num_speculative_tokens <= 4:
+            raise ValueError(
+                f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
+            )
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 

@@ -32,6 +32,7 @@ from engine.sampler import Sampler, SampleRequest, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
 from engine.sequence import PrefillResult, RequestOutput, Reservation, Sequence, Status
+from engine.spec import setup as spec_setup
 from engine.tokenizer import IncrementalDecoder, Tokenizer
 
 LayerCallback = Callable[[int, int, int], None]
@@ -56,10 +57,12 @@ class LLMEngine:
         self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
         num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype())
+        spec_head = spec_setup.load_head(self.model, config)
+        spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
         self.cache = CacheTensors.allocate(
             self.model_config,
             num_pages,
-            live + checkpoints,
+            live + checkpoints + spares,
             config.block_size,
             self._cache_dtype(),
             config.device,
@@ -79,7 +82,8 @@ class LLMEngine:
                 model_id=model_id or self.model_dir.name,
                 on_kv_event=on_kv_event,
             )
-        self.memory = BlockManager(self.cache, pages, StatePool(list(range(live))), self.prefix_cache)
+        live_pool = spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))
+        self.memory = BlockManager(self.cache, pages, live_pool, self.prefix_cache)
         self.scheduler = Scheduler(config, self.memory, self.prefix_cache)
         self.sampler = Sampler(config.seed)
         self.metrics_state = EngineMetrics()
@@ -89,6 +93,7 @@ class LLMEngine:
         self._arrivals = 0
         self._lock = threading.RLock()
         self.logits_observer: Callable[[str, torch.Tensor], None] | None = None  # tests: per sampled row
+        self.spec = spec_setup.decoder(self, spec_head) if spares else None  # speculative decoding
 
     def _cache_dtype(self) -> torch.dtype:
         return parse_dtype(self.config.dtype, self.model_config.dtype)
@@ -223,12 +228,15 @@ class LLMEngine:
                 if not chunk.seq.admitted:
                     chunk.seq.admitted = True
                     self.metrics_state.count_admission(chunk.seq)
-            logits = self._forward(chunks)
-            for chunk in chunks:
-                chunk.seq.num_computed_tokens = chunk.end
-            if self.prefix_cache is not None:
-                self.prefix_cache.after_step(chunks)
-            outputs.extend(self._sample(chunks, logits))
+            if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/spec)
+                outputs.extend(self.spec.step(chunks))
+            else:
+                logits = self._forward(chunks)
+                for chunk in chunks:
+                    chunk.seq.num_computed_tokens = chunk.end
+                if self.prefix_cache is not None:
+                    self.prefix_cache.after_step(chunks)
+                outputs.extend(self._sample(chunks, logits))
             outputs.extend(self._pending)
             self._pending = []
             self.metrics_state.steps += 1

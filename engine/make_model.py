@@ -73,7 +73,7 @@ def preset_config(preset: str, model_type: str = "qwen3_next", variant: str = "d
         # fp32 for small too: torch CPU bf16 matmuls at decode shapes are ~10x slower than fp32 here.
         "dtype": "float32",
         "mamba_ssm_dtype": "float32",
-        "mtp_num_hidden_layers": 0,
+        "mtp_num_hidden_layers": 1,  # an MTP head (random; `--train-mtp` trains it) for spec decoding
         "use_cache": True,
     }
     interval = 3 if tiny else 4
@@ -117,7 +117,23 @@ def random_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     if cfg.tie_word_embeddings:
         # Tied logits are h·E: a large E makes every position predict its own input token.
         out["embed_tokens.weight"] *= 1.2 / math.sqrt(cfg.hidden_size)
+    out.update(random_mtp_weights(cfg, seed))
     return out
+
+
+def random_mtp_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """`mtp.*` canonical tensors of the MTP head (none when `mtp_num_hidden_layers` is 0), drawn
+    from their own generator so the main model's weights do not depend on them."""
+    from engine.models.mtp import PREFIX, mtp_expected_shapes
+
+    if cfg.mtp_num_hidden_layers < 1:
+        return {}
+    gen = torch.Generator().manual_seed(seed + 7919)
+    depth_scale = 1.0 / math.sqrt(2 * cfg.mtp_num_hidden_layers)
+    return {
+        PREFIX + name: _init_tensor(name, shape, gen, depth_scale)
+        for name, shape in mtp_expected_shapes(cfg).items()
+    }
 
 
 def _correlate_keys_with_queries(cfg: ModelConfig, weights: dict[str, torch.Tensor], prefix: str) -> None:

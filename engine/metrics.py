@@ -39,7 +39,7 @@ class EngineMetrics:
             "pages_total": engine.cache.num_pages,
             "pages_free": memory.pages.num_free,
             "pages_used": engine.cache.num_pages - memory.pages.num_free,
-            "slots_total": engine.config.live_slots,
+            "slots_total": memory.live_slots.num_total,
             "slots_free": memory.live_slots.num_free,
             "slots_used": engine.config.live_slots - memory.live_slots.num_free,
             "checkpoints": 0,
@@ -49,4 +49,7 @@ class EngineMetrics:
         }
         if engine.prefix_cache is not None:
             result.update(engine.prefix_cache.stats())
+        result["state_copies"] = engine.cache.state_copies
+        if getattr(engine, "spec", None) is not None:  # speculative decoding (engine/spec)
+            result.update(engine.spec.metrics.snapshot())
         return result

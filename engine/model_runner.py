@@ -17,6 +17,7 @@ import torch
 from engine.cache.tensors import CacheTensors
 from engine.models.forward_batch import build_forward_batch
 from engine.models.hybrid import HybridModel
+from engine.ops.norms import rms_norm_zero_centered
 
 
 @dataclass
@@ -25,6 +26,9 @@ class SeqChunk:
     start_pos: int  # tokens of this sequence already in KV pages and in its state slot
     block_table: list[int]  # pages covering [0, start_pos + len(token_ids))
     state_slot: int  # live DeltaNet state slot (holds the state at start_pos)
+    # Speculative verify: one slot per token, [state_slot, spare...]; the DeltaNet state after
+    # token t is written to step_slots[t] (None: the state advances in state_slot only).
+    step_slots: list[int] | None = None
 
 
 class ModelRunner:
@@ -64,3 +68,20 @@ class ModelRunner:
         if rows != list(range(batch.num_tokens)):
             hidden = hidden[torch.tensor(rows, device=hidden.device)]
         return self.model.logits(hidden)
+
+    @torch.inference_mode()
+    def forward_hidden(
+        self, chunks: list[SeqChunk], layer_callback: Callable[[int], None] | None = None
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Speculative decoding: the final-normed hidden state of every row (logits are
+        `hidden @ model.lm_head_t`; the MTP head reads them) and each chunk's rows [start, end)."""
+        vocab = self.model.config.vocab_size
+        for chunk in chunks:
+            if any(not 0 <= t < vocab for t in chunk.token_ids):
+                raise ValueError(f"token ids must lie in [0, {vocab})")
+        batch = build_forward_batch(
+            chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots, self.model.device
+        )
+        hidden = self.model.hidden_states(batch, self.cache, layer_callback)
+        normed = rms_norm_zero_centered(hidden, self.model.norm, self.model.config.rms_norm_eps)
+        return normed, batch.chunk_rows

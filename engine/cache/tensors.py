@@ -25,6 +25,7 @@ class CacheTensors:
     conv: torch.Tensor
     ssm: torch.Tensor
     block_size: int
+    state_copies: int = 0  # copy_state calls so far (speculative decoding must add none)
 
     @classmethod
     def allocate(
@@ -106,6 +107,7 @@ class CacheTensors:
         self._check_slot(dst_slot)
         if src_slot == dst_slot:
             return
+        self.state_copies += 1
         self.conv[:, dst_slot].copy_(self.conv[:, src_slot])
         self.ssm[:, dst_slot].copy_(self.ssm[:, src_slot])
 

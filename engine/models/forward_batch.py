@@ -1,7 +1,9 @@
 """`ForwardBatch`: the index tensors one forward over a mixed batch needs, built once per step.
 
 Rows of the flattened token matrix are ordered decode tokens first (one per decoding sequence,
-so they batch into single ops), then each prefill chunk's tokens contiguously.
+so they batch into single ops), then speculative-verify chunks (a chunk with `step_slots`: the
+DeltaNet state after each of its rows goes to its own slot), then each prefill chunk's tokens
+contiguously. Attention treats verify rows like decode rows (each attends to its own prefix).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ class PrefillSpan:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifyGroup:
+    """Verify chunks of equal length T, rows [row_start, row_start + V * T), chunk by chunk."""
+
+    row_start: int
+    steps: int  # T
+    step_slots: torch.Tensor  # [V, T] long: slot receiving the state after each row (col 0 = live)
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardBatch:
     token_ids: torch.Tensor  # [N] long, in row order
     positions: torch.Tensor  # [N] long
@@ -34,6 +45,10 @@ class ForwardBatch:
     decode_context_lens: torch.Tensor  # [num_decode] int32 (including the new token)
     prefills: tuple[PrefillSpan, ...]
     chunk_rows: list[tuple[int, int]]  # per input chunk (in input order): its rows [start, end)
+    # Speculative verify rows follow the decode rows; decode_block_tables / decode_context_lens
+    # cover them too (attention rows [0, num_decode + num_verify_rows)).
+    num_verify_rows: int = 0
+    verify_groups: tuple[VerifyGroup, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -47,15 +62,25 @@ def build_forward_batch(
     if not chunks:
         raise ValueError("forward needs at least one chunk")
     _validate(chunks, block_size, num_pages, num_slots)
-    decode = [i for i, c in enumerate(chunks) if len(c.token_ids) == 1 and c.start_pos > 0]
+    decode = [
+        i
+        for i, c in enumerate(chunks)
+        if len(c.token_ids) == 1 and c.start_pos > 0 and _step_slots(c) is None
+    ]
+    verify = sorted(
+        (i for i, c in enumerate(chunks) if _step_slots(c) is not None),
+        key=lambda i: len(chunks[i].token_ids),
+    )
     decode_set = set(decode)
-    prefill = [i for i in range(len(chunks)) if i not in decode_set]
+    attend_set = decode_set | set(verify)
+    prefill = [i for i in range(len(chunks)) if i not in attend_set]
     tokens: list[int] = []
     positions: list[int] = []
     write_pages: list[int] = []
     chunk_rows: list[tuple[int, int]] = [(0, 0)] * len(chunks)
     spans: list[PrefillSpan] = []
-    for i in decode + prefill:
+    attend_rows: list[tuple[int, int]] = []  # (chunk index, context length) per attention-decode row
+    for i in decode + verify + prefill:
         c = chunks[i]
         start = len(tokens)
         chunk_positions = range(c.start_pos, c.start_pos + len(c.token_ids))
@@ -63,14 +88,16 @@ def build_forward_batch(
         positions.extend(chunk_positions)
         write_pages.extend(c.block_table[p // block_size] for p in chunk_positions)
         chunk_rows[i] = (start, len(tokens))
-        if i not in decode_set:
+        if i in attend_set:
+            attend_rows.extend((i, p + 1) for p in chunk_positions)
+        else:
             needed = -(-chunk_positions.stop // block_size)
             pages = torch.tensor(c.block_table[:needed], dtype=torch.long, device=device)
             spans.append(PrefillSpan(start, len(tokens), c.start_pos, c.state_slot, pages))
     pos = torch.tensor(positions, dtype=torch.long)
-    max_blocks = max((len(chunks[i].block_table) for i in decode), default=0)
-    decode_tables = torch.full((len(decode), max(max_blocks, 1)), 0, dtype=torch.int32)
-    for row, i in enumerate(decode):
+    max_blocks = max((len(chunks[i].block_table) for i, _ in attend_rows), default=0)
+    decode_tables = torch.full((len(attend_rows), max(max_blocks, 1)), 0, dtype=torch.int32)
+    for row, (i, _) in enumerate(attend_rows):
         table = chunks[i].block_table
         decode_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
     return ForwardBatch(
@@ -81,16 +108,45 @@ def build_forward_batch(
         num_decode=len(decode),
         decode_slots=torch.tensor([chunks[i].state_slot for i in decode], dtype=torch.long, device=device),
         decode_block_tables=decode_tables.to(device),
-        decode_context_lens=torch.tensor(
-            [chunks[i].start_pos + 1 for i in decode], dtype=torch.int32, device=device
-        ),
+        decode_context_lens=torch.tensor([n for _, n in attend_rows], dtype=torch.int32, device=device),
         prefills=tuple(spans),
         chunk_rows=chunk_rows,
+        num_verify_rows=sum(len(chunks[i].token_ids) for i in verify),
+        verify_groups=_verify_groups(chunks, verify, len(decode), device),
     )
+
+
+def _step_slots(chunk) -> list[int] | None:
+    return getattr(chunk, "step_slots", None)
+
+
+def _verify_groups(chunks: list, verify: list[int], row_start: int, device: torch.device) -> tuple:
+    """Consecutive verify chunks (sorted by length) grouped by length, so each group runs batched."""
+    groups = []
+    index = 0
+    while index < len(verify):
+        steps = len(chunks[verify[index]].token_ids)
+        members = [i for i in verify[index:] if len(chunks[i].token_ids) == steps]
+        slots = torch.tensor([_step_slots(chunks[i]) for i in members], dtype=torch.long, device=device)
+        groups.append(VerifyGroup(row_start, steps, slots))
+        row_start += steps * len(members)
+        index += len(members)
+    return tuple(groups)
 
 
 def _validate(chunks: list, block_size: int, num_pages: int, num_slots: int) -> None:
     slots = [c.state_slot for c in chunks]
+    for c in chunks:
+        step_slots = _step_slots(c)
+        if step_slots is not None:
+            if len(step_slots) != len(c.token_ids) or step_slots[0] != c.state_slot or c.start_pos == 0:
+                raise ValueError(
+                    "a verify chunk needs start_pos > 0 and one step slot per token, the first being "
+                    f"its state slot; got {len(step_slots)} slots for {len(c.token_ids)} tokens"
+                )
+            slots.extend(step_slots[1:])
+            if not all(0 <= s < num_slots for s in step_slots):
+                raise ValueError(f"step slots {step_slots} out of range [0, {num_slots})")
     if len(set(slots)) != len(slots):
         raise ValueError(f"two chunks of one forward share a state slot: {slots}")
     for c in chunks:

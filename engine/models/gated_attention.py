@@ -56,7 +56,7 @@ class GatedAttention:
         kv_pool[batch.write_pages, 0, batch.write_offsets] = k.to(kv_pool.dtype)
         kv_pool[batch.write_pages, 1, batch.write_offsets] = v.to(kv_pool.dtype)
         out = torch.empty_like(q)
-        n = batch.num_decode
+        n = batch.num_decode + batch.num_verify_rows  # verify rows attend like decode rows
         if n:
             out[:n] = paged_attention_decode(
                 q[:n], kv_pool, batch.decode_block_tables, batch.decode_context_lens, self.scale

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from engine.cache.tensors import CacheTensors
 from engine.config import ModelConfig
-from engine.models.forward_batch import ForwardBatch
+from engine.models.forward_batch import ForwardBatch, VerifyGroup
 from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
 from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
@@ -66,6 +66,8 @@ class GatedDeltaNet:
             out, new_state = causal_conv1d_step(mixed[: batch.num_decode], conv_pool[slots], self.conv_weight)
             conv_pool[slots] = new_state.to(conv_pool.dtype)
             parts.append(out)
+        for group in batch.verify_groups:
+            parts.append(self._verify_conv(mixed, group, conv_pool))
         for span in batch.prefills:
             state = (
                 conv_pool[span.state_slot] if span.start_pos else torch.zeros_like(conv_pool[span.state_slot])
@@ -85,6 +87,8 @@ class GatedDeltaNet:
             parts.append(
                 self._decode_step(q[:n], k[:n], v[:n], g[:n], beta[:n], batch.decode_slots, ssm_pool)
             )
+        for group in batch.verify_groups:
+            parts.append(self._verify_delta_rule(q, k, v, g, beta, group, ssm_pool))
         for span in batch.prefills:
             s, e = span.row_start, span.row_end
             init = ssm_pool[span.state_slot].unsqueeze(0) if span.start_pos else None
@@ -94,6 +98,41 @@ class GatedDeltaNet:
             ssm_pool[span.state_slot] = state[0].to(ssm_pool.dtype)
             parts.append(out[0])
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _verify_conv(self, mixed: torch.Tensor, group: VerifyGroup, conv_pool: torch.Tensor) -> torch.Tensor:
+        """Conv over T rows per chunk from its live slot; the state after row t goes to slot t."""
+        num, steps = group.step_slots.shape
+        rows = mixed[group.row_start : group.row_start + num * steps].view(num, steps, -1)
+        state = conv_pool[group.step_slots[:, 0]].to(rows.dtype)  # [V, C, K-1]
+        window = torch.cat([state, rows.transpose(1, 2)], dim=-1)  # [V, C, K-1+T]
+        width = state.shape[-1]
+        kernel = self.conv_weight.shape[-1]
+        out = window.unfold(-1, kernel, 1)  # [V, C, T, K]
+        out = F.silu(torch.einsum("vctk,ck->vtc", out, self.conv_weight))
+        for t in range(steps):
+            conv_pool[group.step_slots[:, t]] = window[:, :, t + 1 : t + 1 + width].to(conv_pool.dtype)
+        return out.reshape(num * steps, -1)
+
+    @staticmethod
+    def _verify_delta_rule(q, k, v, g, beta, group: VerifyGroup, ssm_pool: torch.Tensor) -> torch.Tensor:
+        """Recurrent steps over each chunk's T rows; the state after row t goes to slot t (the live
+        slot holds row 0's), so acceptance picks a slot instead of copying a state back."""
+        num, steps = group.step_slots.shape
+        s, e = group.row_start, group.row_start + num * steps
+
+        def per_chunk(x: torch.Tensor) -> torch.Tensor:
+            return x[s:e].reshape(num, steps, *x.shape[1:])
+
+        q, k, v, g, beta = (per_chunk(x) for x in (q, k, v, g, beta))
+        state = ssm_pool[group.step_slots[:, 0]]
+        outs = []
+        for t in range(steps):
+            out, state = recurrent_gated_delta_rule(
+                q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g[:, t : t + 1], beta[:, t : t + 1], state
+            )
+            ssm_pool[group.step_slots[:, t]] = state.to(ssm_pool.dtype)
+            outs.append(out)
+        return torch.cat(outs, dim=1).reshape(num * steps, *v.shape[2:])
 
     @staticmethod
     def _decode_step(q, k, v, g, beta, slots: torch.Tensor, ssm_pool: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # v3: checkpoints carry a random MTP head (mtp.*)
 DEFAULT_SEED = 0
 
 

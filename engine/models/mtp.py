@@ -1,0 +1,225 @@
+"""The multi-token-prediction (MTP) head of Qwen3-Next / Qwen3.5 checkpoints, as a draft model.
+
+Checkpoint names (as vLLM's / SGLang's `qwen3_next_mtp` read them), at the top level, `mtp.`:
+`fc.weight` [H, 2H], `pre_fc_norm_embedding.weight`, `pre_fc_norm_hidden.weight`, `norm.weight`
+[H], and `layers.{i}.` one full-attention decoder layer each (`input_layernorm`,
+`post_attention_layernorm`, `self_attn.*`, `mlp.*` — MoE where the main model's layer i would be).
+The embedding and lm_head are the main model's.
+
+Entry at position p: z = fc([norm_e(embed(x[p+1])) ; norm_h(h[p])]) with h[p] the target's
+final-normed hidden state at p, then the decoder layer at rope position p (attending to the MTP
+entries [valid_from, p] of the same sequence), then `norm`; logits = out @ lm_head predict x[p+2].
+Drafting further steps feeds `out` back as the hidden state (one layer reused for every step).
+
+All math runs on weights in compute layout ([in, out], experts [E, in, out]) through plain torch
+ops, so the same functions serve inference and training (autograd) of the head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
+from engine.ops.attention import chunk_causal_attention
+from engine.ops.norms import rms_norm_zero_centered
+from engine.ops.rope import apply_rope, rope_cos_sin
+
+PREFIX = "mtp."
+
+
+class MtpCheckpointError(ValueError):
+    """MTP tensors present but incomplete or misshapen."""
+
+
+def mtp_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical MTP tensors (without the `mtp.` prefix) and their shapes."""
+    h = cfg.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "fc.weight": (h, 2 * h),
+        "pre_fc_norm_embedding.weight": (h,),
+        "pre_fc_norm_hidden.weight": (h,),
+        "norm.weight": (h,),
+    }
+    for i in range(cfg.mtp_num_hidden_layers):
+        p = f"layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (h,)
+        shapes[p + "post_attention_layernorm.weight"] = (h,)
+        shapes.update({p + k: v for k, v in _mixer_shapes(cfg, "full_attention").items()})
+        shapes.update({p + k: v for k, v in _mlp_shapes(cfg, i).items()})
+    return shapes
+
+
+def mtp_canonical(cfg: ModelConfig, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """`mtp.*` checkpoint tensors → canonical MTP tensors, or None when the checkpoint has none
+    (or the config declares no MTP layers). Raises MtpCheckpointError on missing/misshapen ones."""
+    raw = {k[len(PREFIX) :]: v for k, v in extra.items() if k.startswith(PREFIX)}
+    if cfg.mtp_num_hidden_layers < 1 or not raw:
+        return None
+    try:
+        canonical = canonicalize(cfg, raw)
+    except KeyError as exc:
+        raise MtpCheckpointError(f"checkpoint lacks MTP tensor {PREFIX}{exc.args[0]}") from None
+    for name, shape in mtp_expected_shapes(cfg).items():
+        if name not in canonical:
+            raise MtpCheckpointError(f"checkpoint lacks MTP tensor {PREFIX}{name}")
+        if tuple(canonical[name].shape) != shape:
+            raise MtpCheckpointError(
+                f"MTP tensor {PREFIX}{name} has shape {tuple(canonical[name].shape)}, config implies {shape}"
+            )
+    return {name: canonical[name] for name in mtp_expected_shapes(cfg)}
+
+
+def to_compute_layout(tensor: torch.Tensor) -> torch.Tensor:
+    """[out, in] → [in, out] (experts [E, out, in] → [E, in, out]); 1-D tensors unchanged. Its own
+    inverse."""
+    if tensor.dim() == 2:
+        return tensor.t().contiguous()
+    if tensor.dim() == 3:
+        return tensor.transpose(1, 2).contiguous()
+    return tensor
+
+
+class MtpKv:
+    """One sequence's MTP attention KV, dense by position: [layers, capacity, 2, Hkv, D]. Entries
+    before `valid_from` (prompt positions whose target hidden states this engine never saw) are
+    never attended to; entries past the last accepted position are simply overwritten later."""
+
+    def __init__(self, cfg: ModelConfig, valid_from: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.valid_from = valid_from
+        self._shape = (cfg.mtp_num_hidden_layers, 2, cfg.num_key_value_heads, cfg.head_dim)
+        self.data = torch.zeros((self._shape[0], 64, *self._shape[1:]), dtype=dtype, device=device)
+
+    def ensure(self, end: int) -> None:
+        """Room for positions < end."""
+        capacity = self.data.shape[1] + self.valid_from
+        if end <= capacity:
+            return
+        size = max(end - self.valid_from, 2 * self.data.shape[1])
+        grown = torch.zeros(
+            (self._shape[0], size, *self._shape[1:]), dtype=self.data.dtype, device=self.data.device
+        )
+        grown[:, : self.data.shape[1]] = self.data
+        self.data = grown
+
+
+class MtpHead:
+    def __init__(
+        self, cfg: ModelConfig, weights: dict[str, torch.Tensor], embed: torch.Tensor, lm_head_t: torch.Tensor
+    ) -> None:
+        """`weights`: MTP tensors in compute layout (see `to_compute_layout`), canonical names."""
+        self.cfg = cfg
+        self.w = weights
+        self.embed = embed
+        self.lm_head_t = lm_head_t  # [H, vocab]
+        self.num_layers = cfg.mtp_num_hidden_layers
+
+    @classmethod
+    def from_model(cls, model) -> MtpHead | None:
+        """The head of a loaded `HybridModel` (its `extra_weights`), or None without MTP weights."""
+        canonical = mtp_canonical(model.config, model.extra_weights)
+        if canonical is None:
+            return None
+        weights = {k: to_compute_layout(v.to(model.dtype)) for k, v in canonical.items()}
+        return cls(model.config, weights, model.embed_tokens, model.lm_head_t)
+
+    # ---- one forward ---------------------------------------------------------------------------
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        next_tokens: torch.Tensor,
+        positions: torch.Tensor,
+        groups: list[tuple[MtpKv | None, int, int]],
+    ) -> torch.Tensor:
+        """hidden [N, H] (target final-normed, or a previous MTP output), next_tokens [N], positions
+        [N]; `groups`: (kv, row_start, row_end) per sequence, its rows at consecutive positions (kv
+        None: dense causal attention over the rows alone, for training). Returns the normed output."""
+        cfg, w = self.cfg, self.w
+        eps = cfg.rms_norm_eps
+        e = rms_norm_zero_centered(
+            F.embedding(next_tokens, self.embed), w["pre_fc_norm_embedding.weight"], eps
+        )
+        h = rms_norm_zero_centered(hidden.to(e.dtype), w["pre_fc_norm_hidden.weight"], eps)
+        x = torch.cat([e, h], dim=-1) @ w["fc.weight"]
+        rope = rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, x.dtype)
+        for i in range(self.num_layers):
+            x = self._layer(i, x, rope, positions, groups)
+        return rms_norm_zero_centered(x, w["norm.weight"], eps)
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        return (out @ self.lm_head_t).float()
+
+    def _layer(self, i: int, x, rope, positions, groups) -> torch.Tensor:
+        p, eps = f"layers.{i}.", self.cfg.rms_norm_eps
+        h = rms_norm_zero_centered(x, self.w[p + "input_layernorm.weight"], eps)
+        x = x + self._attention(i, h, rope, positions, groups)
+        h = rms_norm_zero_centered(x, self.w[p + "post_attention_layernorm.weight"], eps)
+        return x + self._ffn(i, h)
+
+    def _attention(self, i: int, x, rope, positions, groups) -> torch.Tensor:
+        cfg, w, p = self.cfg, self.w, f"layers.{i}.self_attn."
+        rows, heads, kv_heads, dim = (
+            x.shape[0],
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        q_gate, k, v = (self._proj(x, p + name) for name in ("q_proj", "k_proj", "v_proj"))
+        q, gate = torch.chunk(q_gate.view(rows, heads, 2 * dim), 2, dim=-1)
+        q = apply_rope(rms_norm_zero_centered(q, w[p + "q_norm.weight"], cfg.rms_norm_eps), *rope)
+        k = apply_rope(
+            rms_norm_zero_centered(k.view(rows, kv_heads, dim), w[p + "k_norm.weight"], cfg.rms_norm_eps),
+            *rope,
+        )
+        v = v.view(rows, kv_heads, dim)
+        scale = dim**-0.5
+        outs = []
+        for kv, start, end in groups:
+            if kv is None:
+                outs.append(chunk_causal_attention(q[start:end], k[start:end], v[start:end], 0, scale))
+                continue
+            first = int(positions[start])
+            lo, hi = first - kv.valid_from, first - kv.valid_from + end - start
+            kv.data[i, lo:hi, 0] = k[start:end].to(kv.data.dtype)
+            kv.data[i, lo:hi, 1] = v[start:end].to(kv.data.dtype)
+            keys, values = kv.data[i, :hi, 0].to(q.dtype), kv.data[i, :hi, 1].to(q.dtype)
+            outs.append(chunk_causal_attention(q[start:end], keys, values, lo, scale))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
+        return self._proj(out, p + "o_proj")
+
+    def _proj(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        y = x @ self.w[name + ".weight"]
+        bias = self.w.get(name + ".bias")
+        return y if bias is None else y + bias
+
+    def _ffn(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        p = f"layers.{i}.mlp."
+        if not self.cfg.is_moe_layer(i):
+            return _swiglu(x, self.w, p)
+        return _moe(x, self.w, p, self.cfg) + _swiglu(x, self.w, p + "shared_expert.") * torch.sigmoid(
+            x @ self.w[p + "shared_expert_gate.weight"]
+        )
+
+
+def _swiglu(x: torch.Tensor, w: dict[str, torch.Tensor], p: str) -> torch.Tensor:
+    return (F.silu(x @ w[p + "gate_proj.weight"]) * (x @ w[p + "up_proj.weight"])) @ w[p + "down_proj.weight"]
+
+
+def _moe(x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig) -> torch.Tensor:
+    """Softmax top-k router (renormalised when `norm_topk_prob`); each hit expert runs once over
+    its rows (same math as `engine.models.moe.SparseMoe`, autograd-friendly)."""
+    probs = torch.softmax(x @ w[p + "gate.weight"], dim=-1, dtype=torch.float32)
+    top_w, top_e = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
+    if cfg.norm_topk_prob:
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+    gate_up, down = w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"]  # [E, H, 2I], [E, I, H]
+    inter = gate_up.shape[-1] // 2
+    out = torch.zeros_like(x)
+    for expert in torch.unique(top_e).tolist():
+        token, slot = torch.nonzero(top_e == expert, as_tuple=True)
+        g, u = torch.split(x[token] @ gate_up[expert], inter, dim=-1)
+        y = (F.silu(g) * u) @ down[expert]
+        out = out.index_add(0, token, y * top_w[token, slot].unsqueeze(-1).to(y.dtype))
+    return out

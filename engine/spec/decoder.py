@@ -1,0 +1,240 @@
+"""`SpecDecoder`: one engine step with speculative decoding (what `LLMEngine.step` calls instead of
+its plain forward + sample when `EngineConfig.num_speculative_tokens` > 0 and the checkpoint has
+an MTP head).
+
+Per step: decoding sequences that may speculate get k drafts from the MTP head, pages for the
+k extra positions and k spare state slots; their chunk becomes a verify chunk [last token, drafts]
+whose DeltaNet state after position j lands in step slot j. One target forward runs the whole
+mixed batch (prefill chunks, plain decodes, verify chunks). Then each verify is accepted
+(`engine.spec.acceptance`), the slot of the last accepted position is promoted to live
+(`SpecSlotPool.promote`: an index update), pages past the accepted positions go back, and the
+accepted tokens are appended like sampled ones. Nothing on this path copies a state; the prefix
+cache's block-end snapshots (checkpoints, as without speculation) are the only state copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from engine.block_manager import blocks_for
+from engine.model_runner import SeqChunk
+from engine.sampler import make_generator
+from engine.scheduler import ScheduledChunk
+from engine.sequence import RequestOutput, Sequence
+from engine.spec.acceptance import accept_greedy, accept_sampled, processed_probs
+from engine.spec.drafter import Draft, Drafter, DraftRequest, SeqSpecState
+from engine.spec.slots import SpecSlotPool
+
+
+@dataclass(slots=True)
+class SpecMetrics:
+    verifies: int = 0  # sequence-steps that verified drafts
+    drafted: int = 0
+    accepted: int = 0  # drafts accepted
+    emitted: int = 0  # tokens emitted by verifies (accepted + one correction/bonus each)
+    state_copies: int = 0  # CacheTensors state copies made on the speculative path (must stay 0)
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "spec_verifies": self.verifies,
+            "spec_drafted": self.drafted,
+            "spec_accepted": self.accepted,
+            "spec_acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "spec_mean_acceptance_length": self.emitted / self.verifies if self.verifies else 0.0,
+            "spec_state_copies": self.state_copies,
+        }
+
+
+@dataclass
+class _Verify:
+    index: int  # chunk index
+    draft: Draft
+    step_slots: list[int]
+
+
+class SpecDecoder:
+    def __init__(self, engine, drafter: Drafter, num_drafts: int) -> None:
+        self.engine = engine
+        self.drafter = drafter
+        self.k = num_drafts
+        self.states: dict[str, SeqSpecState] = {}
+        self.metrics = SpecMetrics()
+        self._generator = make_generator(engine.config.seed + 1)  # unseeded sampled requests
+
+    @property
+    def pool(self) -> SpecSlotPool:
+        return self.engine.memory.live_slots
+
+    def eligible(self, seq: Sequence) -> bool:
+        """Requests whose tokens a verify can reproduce exactly: no penalties (they depend on the
+        tokens drafted in between), no logprobs, no stop strings (checked token by token)."""
+        p = seq.params
+        return not (seq.prefill_only or p.uses_penalties or p.logprobs is not None or seq.detokenizer)
+
+    # ---- one step ------------------------------------------------------------------------------
+    def step(self, chunks: list[ScheduledChunk]) -> list[RequestOutput]:
+        engine = self.engine
+        copies = engine.cache.state_copies
+        self._forget_gone()
+        verifies = self._plan(chunks)
+        hidden, rows = self._forward(chunks, verifies)
+        self.metrics.state_copies += engine.cache.state_copies - copies
+        plain = [i for i in range(len(chunks)) if i not in verifies]
+        for i in plain:
+            chunks[i].seq.num_computed_tokens = chunks[i].end
+            self._record(chunks[i].seq, chunks[i].start, hidden[rows[i][0] : rows[i][1]])
+        if engine.prefix_cache is not None:
+            engine.prefix_cache.after_step([chunks[i] for i in plain])
+        sampling = [i for i in plain if chunks[i].samples]
+        outputs = []
+        if sampling:
+            last = torch.tensor([rows[i][1] - 1 for i in sampling])
+            outputs.extend(engine._sample([chunks[i] for i in sampling], self._logits(hidden[last])))
+        for index, verify in verifies.items():
+            start, end = rows[index]
+            outputs.append(self._accept(chunks[index], verify, hidden[start:end]))
+        return outputs
+
+    def _plan(self, chunks: list[ScheduledChunk]) -> dict[int, _Verify]:
+        requests, indices = [], []
+        for i, c in enumerate(chunks):
+            num_drafts = self._num_drafts(c)
+            if num_drafts == 0:
+                continue
+            seq = c.seq
+            if not self.pool.attach_spares(seq.state_slot, self.k):
+                continue
+            if not self.engine.memory.ensure_pages(seq, seq.num_tokens + num_drafts):
+                continue
+            generator = seq.generator if seq.generator is not None else self._generator
+            state = self.states[seq.request_id]
+            requests.append(DraftRequest(state, seq.all_token_ids, num_drafts, seq.params, generator))
+            indices.append(i)
+        drafts = self.drafter.draft(requests)
+        verifies = {}
+        for i, draft in zip(indices, drafts, strict=True):
+            seq = chunks[i].seq
+            slots = [seq.state_slot, *self.pool.spares(seq.state_slot)[: len(draft.tokens)]]
+            verifies[i] = _Verify(i, draft, slots)
+        return verifies
+
+    def _num_drafts(self, c: ScheduledChunk) -> int:
+        seq = c.seq
+        if not (c.samples and c.end - c.start == 1 and c.start > 0 and self.eligible(seq)):
+            return 0
+        state = self.states.get(seq.request_id)
+        if state is None or state.seq is not seq or state.hidden_end != seq.num_computed_tokens:
+            return 0
+        if state.hidden_end <= state.mtp_pos:
+            return 0
+        room = min(
+            seq.params.max_tokens - len(seq.output_token_ids),
+            self.engine.max_model_len - seq.num_tokens,
+        )
+        return max(0, min(self.k, room - 1))
+
+    def _forward(self, chunks: list[ScheduledChunk], verifies: dict[int, _Verify]):
+        seq_chunks = []
+        for i, c in enumerate(chunks):
+            seq = c.seq
+            if i in verifies:
+                tokens = [seq.all_token_ids[-1], *verifies[i].draft.tokens]
+                seq_chunks.append(
+                    SeqChunk(tokens, c.start, list(seq.block_table), seq.state_slot, verifies[i].step_slots)
+                )
+            else:
+                seq_chunks.append(
+                    SeqChunk(seq.token_slice(c.start, c.end), c.start, list(seq.block_table), seq.state_slot)
+                )
+        watchers = [c for c in chunks if c.seq.layer_callback is not None]
+
+        def on_layer(layer_index: int) -> None:
+            for c in watchers:
+                c.seq.layer_callback(layer_index, c.start, c.end)
+
+        return self.engine.runner.forward_hidden(seq_chunks, on_layer if watchers else None)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden @ self.engine.model.lm_head_t).float()
+
+    # ---- acceptance ----------------------------------------------------------------------------
+    def _accept(self, chunk: ScheduledChunk, verify: _Verify, hidden: torch.Tensor) -> RequestOutput:
+        engine, seq = self.engine, chunk.seq
+        drafts = verify.draft.tokens
+        logits = self._logits(hidden)
+        if seq.params.greedy:
+            emitted = accept_greedy(logits, drafts)
+        else:
+            generator = seq.generator if seq.generator is not None else self._generator
+            target = processed_probs(logits, seq.params)
+            emitted = accept_sampled(target, verify.draft.probs, drafts, generator)
+        self.metrics.verifies += 1
+        self.metrics.drafted += len(drafts)
+        self.metrics.accepted += len(emitted) - 1
+        self.metrics.emitted += len(emitted)
+        emitted = emitted[: self._tokens_before_finish(seq, emitted)]
+        computed = len(emitted)  # positions start .. start + computed - 1 are now in KV and state
+        old_live = seq.state_slot
+        new_live = verify.step_slots[computed - 1]
+        self.pool.promote(old_live, new_live)  # the live state IS the last accepted slot
+        seq.state_slot = new_live
+        seq.num_computed_tokens = chunk.start + computed
+        self._release_pages(seq)
+        self._record(seq, chunk.start, hidden[:computed])
+        self._snapshots(seq, chunk.start, verify.step_slots[:computed])
+        outputs = [engine._append_token(seq, token, None) for token in emitted]
+        tokens = [t for o in outputs for t in o.new_token_ids]
+        return dataclasses.replace(outputs[-1], new_token_ids=tokens)
+
+    def _tokens_before_finish(self, seq: Sequence, emitted: list[int]) -> int:
+        """How many of `emitted` get appended before the finisher would stop the sequence."""
+        p, eos = seq.params, self.engine.eos_token_ids
+        for i, token in enumerate(emitted):
+            if (not p.ignore_eos and token in eos) or token in p.stop_token_ids:
+                return i + 1
+            if len(seq.output_token_ids) + i + 1 >= p.max_tokens:
+                return i + 1
+            if seq.num_tokens + i + 1 >= self.engine.max_model_len:
+                return i + 1
+        return len(emitted)
+
+    def _release_pages(self, seq: Sequence) -> None:
+        """Pages only rejected positions used go back (their KV is overwritten when reused)."""
+        keep = blocks_for(seq.num_computed_tokens + 1, self.engine.config.block_size)
+        if len(seq.block_table) > keep:
+            self.engine.memory.pages.decref(seq.block_table[keep:])
+            del seq.block_table[keep:]
+
+    def _snapshots(self, seq: Sequence, start: int, slots: list[int]) -> None:
+        """The prefix cache's decode snapshots at block ends the verify passed: slots[j] holds the
+        state at position start + j + 1 (the cache copies it, as it copies a decode's live slot)."""
+        glue = self.engine.prefix_cache
+        if glue is None:
+            return
+        live = seq.state_slot
+        for j, slot in enumerate(slots):
+            position = start + j + 1
+            if position % glue.block_size == 0:
+                seq.state_slot = slot
+                try:
+                    glue.after_step([ScheduledChunk(seq, start, position)])
+                finally:
+                    seq.state_slot = live
+
+    # ---- per-sequence MTP inputs ---------------------------------------------------------------
+    def _record(self, seq: Sequence, start: int, rows: torch.Tensor) -> None:
+        if not self.eligible(seq) or rows.shape[0] == 0:
+            return
+        state = self.states.get(seq.request_id)
+        if state is None or state.seq is not seq or state.hidden_end != start:
+            self.states[seq.request_id] = self.drafter.new_state(seq, start, rows.clone())
+        else:
+            state.hidden = torch.cat([state.hidden, rows])
+
+    def _forget_gone(self) -> None:
+        sequences = self.engine.sequences
+        for request_id in [r for r, s in self.states.items() if sequences.get(r) is not s.seq]:
+            del self.states[request_id]

@@ -1,0 +1,111 @@
+"""`Drafter`: runs the MTP head to propose k tokens per speculating sequence.
+
+Per sequence it keeps the target's final-normed hidden states of the positions the MTP has not
+consumed yet ([mtp_pos, num_computed)) and the sequence's MTP attention KV. A draft round first
+catches the MTP up over those positions (entry p reads h[p] and token p+1; its KV is kept), whose
+last row proposes draft 1; drafts 2..k feed the previous MTP output back as the hidden state.
+Draft-time entries past the last verified position are overwritten by the next catch-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.models.mtp import MtpHead, MtpKv
+from engine.sampling_params import SamplingParams
+from engine.spec.acceptance import draw, processed_probs
+
+
+@dataclass
+class SeqSpecState:
+    seq: object  # the engine's Sequence this state belongs to
+    kv: MtpKv
+    mtp_pos: int  # MTP entries exist for positions [kv.valid_from, mtp_pos)
+    hidden: torch.Tensor  # [hidden_end - mtp_pos, H]: target hidden states not yet fed to the MTP
+
+    @property
+    def hidden_end(self) -> int:
+        return self.mtp_pos + self.hidden.shape[0]
+
+
+@dataclass
+class DraftRequest:
+    state: SeqSpecState
+    token_ids: list[int]  # all known tokens of the sequence (prompt + output)
+    num_drafts: int
+    params: SamplingParams
+    generator: torch.Generator | None
+
+
+@dataclass
+class Draft:
+    tokens: list[int]
+    probs: torch.Tensor | None  # [k, V] the distributions the drafts were drawn from (sampling only)
+
+
+class Drafter:
+    def __init__(self, head: MtpHead) -> None:
+        self.head = head
+
+    def new_state(self, seq: object, start: int, hidden: torch.Tensor) -> SeqSpecState:
+        kv = MtpKv(self.head.cfg, start, hidden.dtype, hidden.device)
+        return SeqSpecState(seq, kv, start, hidden)
+
+    @torch.inference_mode()
+    def draft(self, requests: list[DraftRequest]) -> list[Draft]:
+        if not requests:
+            return []
+        out, positions = self._catch_up(requests)
+        drafts = [Draft([], [] if not r.params.greedy else None) for r in requests]
+        active = list(range(len(requests)))
+        step = 0
+        while active:
+            logits = self.head.logits(out)
+            for row, index in enumerate(active):
+                self._choose(requests[index], drafts[index], logits[row])
+            step += 1
+            keep = [row for row, index in enumerate(active) if requests[index].num_drafts > step]
+            if not keep:
+                break
+            active = [active[row] for row in keep]
+            out, positions = out[keep], positions[keep] + 1
+            tokens = torch.tensor([drafts[i].tokens[-1] for i in active], device=out.device)
+            groups = [(requests[i].state.kv, row, row + 1) for row, i in enumerate(active)]
+            out = self.head.forward(out, tokens, positions, groups)
+        for d in drafts:
+            if d.probs is not None:
+                d.probs = torch.stack(d.probs)
+        return drafts
+
+    def _catch_up(self, requests: list[DraftRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MTP over each sequence's pending positions; returns each one's last output row and its
+        position."""
+        hidden, tokens, positions, groups, last = [], [], [], [], []
+        row = 0
+        for r in requests:
+            state = r.state
+            start, end = state.mtp_pos, state.hidden_end
+            state.kv.ensure(end + r.num_drafts)
+            hidden.append(state.hidden)
+            tokens.extend(r.token_ids[start + 1 : end + 1])
+            positions.extend(range(start, end))
+            groups.append((state.kv, row, row + end - start))
+            row += end - start
+            last.append(row - 1)
+            state.mtp_pos, state.hidden = end, state.hidden[:0]
+        device = hidden[0].device
+        pos = torch.tensor(positions, device=device)
+        out = self.head.forward(torch.cat(hidden), torch.tensor(tokens, device=device), pos, groups)
+        index = torch.tensor(last, device=device)
+        return out[index], pos[index]
+
+    @staticmethod
+    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor) -> None:
+        if request.params.greedy:
+            draft.tokens.append(int(logits.argmax()))
+            return
+        probs = processed_probs(logits[None], request.params)[0]
+        draft.tokens.append(draw(probs, request.generator))
+        draft.probs.append(probs)
