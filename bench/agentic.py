@@ -3,11 +3,14 @@ relative to the first, on the workload of `bench/workload.py`.
 
 Sessions run closed-loop (a session sends its next turn as soon as the previous one finishes) and
 start staggered (session i starts when session i-1 has its first token), so their turns overlap.
-Modes: `--engine-only` drives one in-process `LLMEngine`; served modes (through the router and
-workers) plug in as further `run_*` functions with the same result shape.
+Modes: `--engine-only` drives one in-process `LLMEngine`; the served modes (`bench/agentic_modes.py`:
+colocated, disaggregated, global_index, cache_off) run the workload against a live local cluster
+over gRPC, with Poisson session arrivals and a thread per session, one mode after another.
 
 `python -m bench.agentic --engine-only --preset tiny|small` prints a table and writes
-bench/results/agentic_engine.json."""
+bench/results/agentic_engine.json.
+`python -m bench.agentic --preset tiny|small --modes all` prints a table per mode and writes
+bench/results/agentic_<preset>.json + .png."""
 
 from __future__ import annotations
 
@@ -128,34 +131,134 @@ def summarize(records: list[TurnRecord]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+PRESETS = {
+    # sessions, turns, first-turn tokens, tokens appended per turn, output tokens per turn, arrivals/s
+    "tiny": dict(sessions=3, turns=4, first_turn_tokens=1024, turn_tokens=128, output_tokens=16, rate=2.0),
+    "small": dict(sessions=4, turns=12, first_turn_tokens=4096, turn_tokens=200, output_tokens=32, rate=0.5),
+}
+# --engine-only keeps its own defaults whatever the preset (its published numbers used them)
+ENGINE_ONLY_DEFAULTS = dict(
+    sessions=4, turns=12, first_turn_tokens=4096, turn_tokens=200, output_tokens=32, rate=0.0
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine-only", action="store_true", help="drive one in-process engine (no service)")
     parser.add_argument(
-        "--engine-only", action="store_true", help="drive one in-process engine (the only mode so far)"
+        "--modes",
+        default="all",
+        help="'all' or a comma list of colocated,disaggregated,global_index,cache_off",
     )
-    parser.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="tiny")
     parser.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: the preset's)")
     parser.add_argument("--model-type", default="qwen3_next")
-    parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--turns", type=int, default=12)
-    parser.add_argument("--first-turn-tokens", type=int, default=4096)
-    parser.add_argument("--turn-tokens", type=int, default=200)
-    parser.add_argument("--output-tokens", type=int, default=32)
-    parser.add_argument("--checkpoint-every-blocks", type=int, default=16)
-    parser.add_argument("--no-cache", action="store_true", help="prefix cache off (baseline)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--sessions", type=int, default=None)
+    parser.add_argument("--turns", type=int, default=None)
+    parser.add_argument("--first-turn-tokens", type=int, default=None)
+    parser.add_argument("--turn-tokens", type=int, default=None)
+    parser.add_argument("--output-tokens", type=int, default=None)
+    parser.add_argument("--rate", type=float, default=None, help="session arrivals per second (Poisson)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transfer", default="tcp", choices=("tcp", "ucx", "local"))
+    parser.add_argument("--memory-gb", type=float, default=1.0, help="KV + state budget per worker")
+    parser.add_argument("--checkpoint-every-blocks", type=int, default=16, help="engine-only")
+    parser.add_argument("--no-cache", action="store_true", help="engine-only: prefix cache off (baseline)")
+    parser.add_argument("--out", type=Path, default=None, help="engine-only: the JSON file")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="served modes: where JSON + PNG go")
     args = parser.parse_args(argv)
+    defaults = ENGINE_ONLY_DEFAULTS if args.engine_only else PRESETS[args.preset]
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if (
+        min(args.sessions, args.turns, args.output_tokens) < 1
+        or args.first_turn_tokens < 64
+        or args.turn_tokens < 24
+    ):
+        parser.error("need sessions, turns, output tokens >= 1, first-turn tokens >= 64, turn tokens >= 24")
     if not args.engine_only:
-        parser.error("only --engine-only exists so far")
-    model_dir = args.model or checkpoint_dir(args.preset, args.model_type)
-    workload = WorkloadConfig(
+        from bench.agentic_modes import MODES
+
+        names = (
+            list(MODES) if args.modes == "all" else [m.strip() for m in args.modes.split(",") if m.strip()]
+        )
+        unknown = [m for m in names if m not in MODES]
+        if unknown or not names:
+            parser.error(
+                f"unknown mode(s) {unknown or args.modes!r}; choose from {', '.join(MODES)} or 'all'"
+            )
+        args.modes = names
+    return args
+
+
+def workload_config(args: argparse.Namespace) -> WorkloadConfig:
+    return WorkloadConfig(
         sessions=args.sessions,
         turns=args.turns,
         first_turn_tokens=args.first_turn_tokens,
         system_tokens=int(args.first_turn_tokens * 0.75),
         turn_tokens=args.turn_tokens,
         output_tokens=args.output_tokens,
+        seed=args.seed,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model_dir = args.model or checkpoint_dir(args.preset, args.model_type)
+    if args.engine_only:
+        return main_engine_only(args, model_dir)
+    return main_served(args, model_dir)
+
+
+def main_served(args: argparse.Namespace, model_dir: Path) -> int:
+    from bench import agentic_report as report
+    from bench.agentic_modes import MODES, RunOptions, run_mode
+
+    workload = workload_config(args)
+    options = RunOptions(
+        str(model_dir), workload, args.rate, transfer=args.transfer, memory_gb=args.memory_gb
+    )
+    started = time.perf_counter()
+    summaries = {}
+    for name in args.modes:
+        print(f"mode {name}: starting the cluster", flush=True)
+        summaries[name] = report.summarize_mode(run_mode(MODES[name], options))
+    result = {
+        "preset": args.preset,
+        "model": str(model_dir),
+        "wall_s": time.perf_counter() - started,
+        "workload": asdict(workload),
+        "rate_sessions_per_s": args.rate,
+        "transfer": args.transfer,
+        "modes": summaries,
+        "comparisons": report.comparisons(summaries),
+        "cross_check": report.cross_check(summaries),
+    }
+    print()
+    print(report.format_table(summaries))
+    for key, value in result["comparisons"].items():
+        if value is not None:
+            print(f"{key}: {value:.3f}")
+    check = result["cross_check"]
+    print(f"greedy outputs identical across modes: {check['outputs_identical']}")
+    for mode, s in summaries.items():
+        for error in s["errors"]:
+            print(f"ERROR {mode}: {error}")
+    out_json = args.out_dir / f"agentic_{args.preset}.json"
+    out_png = args.out_dir / f"agentic_{args.preset}.png"
+    report.write_json(out_json, result)
+    title = (f"Baton agentic benchmark, {args.preset} preset: {workload.sessions} sessions x {workload.turns} turns, "
+             f"~{workload.first_turn_tokens}+{workload.turn_tokens}/turn tokens, 2 CPU cores")  # fmt: skip
+    report.plot(out_png, summaries, title)
+    print(f"wrote {out_json} and {out_png} ({result['wall_s']:.0f} s)")
+    errors = any(s["errors"] for s in summaries.values())
+    return 1 if errors else 0
+
+
+def main_engine_only(args: argparse.Namespace, model_dir: Path) -> int:
+    workload = workload_config(args)
     max_len = args.first_turn_tokens + args.turns * (args.turn_tokens + args.output_tokens + 64)
     engine_options = dict(
         enable_prefix_cache=not args.no_cache,
