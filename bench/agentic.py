@@ -246,6 +246,10 @@ def main_served(args: argparse.Namespace, model_dir: Path) -> int:
     for mode, s in summaries.items():
         for error in s["errors"]:
             print(f"ERROR {mode}: {error}")
+        if s["client_retries"]:
+            print(
+                f"{mode}: {s['client_retries']} turn attempt(s) failed and were retried: {s['retry_reasons']}"
+            )
     out_json = args.out_dir / f"agentic_{args.preset}.json"
     out_png = args.out_dir / f"agentic_{args.preset}.png"
     report.write_json(out_json, result)

@@ -26,6 +26,10 @@ from bench.workload import AgenticWorkload, WorkloadConfig
 
 NEVER_DISAGGREGATE = 10**9
 WARMUP_TOKENS = 64
+# An agent retries a turn the service refused or dropped (as a real client would, with backoff);
+# every retry is counted in the results, and TTFT/e2e include the failed attempts.
+CLIENT_RETRIES = 3
+RETRY_BACKOFF_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class ServedTurn:
     output: list[int]
     prefill_worker: str
     decode_worker: str
+    retries: int = 0
 
 
 @dataclass(slots=True)
@@ -83,6 +88,7 @@ class ModeRun:
     transfer_bytes: float = 0.0
     workers: dict[str, dict] = field(default_factory=dict)  # worker id -> load deltas over the run
     errors: list[str] = field(default_factory=list)
+    retry_reasons: list[str] = field(default_factory=list)
 
 
 def arrival_times(sessions: int, rate: float, seed: int) -> list[float]:
@@ -175,14 +181,17 @@ def _drive_sessions(address: str, run: ModeRun, options: RunOptions) -> ModeRun:
                 prompt = workload.first_prompt(session)
             for turn in range(config.turns):
                 sent = time.perf_counter()
-                result = client.generate(
-                    session_id=f"agent-{index}", token_ids=prompt, temperature=0.0,
-                    max_tokens=config.output_tokens, ignore_eos=True, timeout_s=options.timeout_s,
-                )  # fmt: skip
+                result, last_started, failures = _generate_with_retries(
+                    client, f"agent-{index}", prompt, config.output_tokens, options
+                )
+                waited = last_started - sent  # failed attempts and backoff before the one that worked
                 record = ServedTurn(
                     index, turn, sent - start, len(prompt), result.cached_tokens, result.fetched_tokens,
-                    result.ttft_s, result.e2e_s, list(result.token_ids), result.prefill_worker, result.decode_worker,
+                    waited + result.ttft_s, waited + result.e2e_s, list(result.token_ids),
+                    result.prefill_worker, result.decode_worker, len(failures),
                 )  # fmt: skip
+                with results_lock:
+                    run.retry_reasons.extend(failures)
                 with results_lock:
                     run.turns.append(record)
                 bar.update(1)
@@ -206,6 +215,33 @@ def _drive_sessions(address: str, run: ModeRun, options: RunOptions) -> ModeRun:
     bar.close()
     run.turns.sort(key=lambda t: (t.session, t.turn))
     return run
+
+
+def _generate_with_retries(client, session_id: str, prompt: list[int], max_tokens: int, options: RunOptions):
+    """Returns (result, when the attempt that worked started, reasons of the failed attempts)."""
+    import grpc
+
+    failures: list[str] = []
+    while True:
+        started = time.perf_counter()
+        try:
+            result = client.generate(
+                session_id=session_id, token_ids=prompt, temperature=0.0, max_tokens=max_tokens,
+                ignore_eos=True, timeout_s=options.timeout_s,
+            )  # fmt: skip
+        except grpc.RpcError as error:
+            if error.code() not in _retryable() or len(failures) >= CLIENT_RETRIES:
+                raise
+            failures.append(f"{error.code().name}: {error.details()}")
+            time.sleep(RETRY_BACKOFF_S * 2 ** (len(failures) - 1))
+            continue
+        return result, started, failures
+
+
+def _retryable():
+    import grpc
+
+    return {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def _transfer_bytes(core) -> float:

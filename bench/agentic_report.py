@@ -49,6 +49,8 @@ def summarize_mode(run: ModeRun) -> dict:
         "mode": run.mode,
         "requests": len(turns),
         "errors": run.errors,
+        "client_retries": len(run.retry_reasons),
+        "retry_reasons": sorted(set(run.retry_reasons)),
         "wall_s": run.wall_s,
         "ttft_p50_s": percentile(ttfts, 0.5),
         "ttft_p99_s": percentile(ttfts, 0.99),
