@@ -110,7 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--spec",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="K",
+        help="batch-1 decode with vs without MTP speculation (K drafts, default 3); see bench/decode_spec.py",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--spec: prompts decoded one after another")
     args = parser.parse_args(argv)
+    if args.spec:
+        from bench.decode_spec import RESULTS as SPEC_RESULTS
+        from bench.decode_spec import run_spec_bench
+
+        out = SPEC_RESULTS if args.out == RESULTS else args.out
+        run_spec_bench(args.model, args.spec, args.tokens, args.rounds, out)
+        return 0
     model_dir = args.model
     if model_dir is None:
         from tests.helpers.checkpoints import small_checkpoint

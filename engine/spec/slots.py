@@ -46,9 +46,9 @@ class SpecSlotPool(StatePool):
         """Make `new_live` (one of `live`'s spares) the live slot; `live` becomes a spare."""
         if new_live == live:
             return
-        spares = self._spares.pop(live, [])
-        if new_live not in spares:
+        if new_live not in self._spares.get(live, ()):
             raise ValueError(f"slot {new_live} is not a spare of live slot {live}")
+        spares = self._spares.pop(live)
         spares[spares.index(new_live)] = live
         self._spares[new_live] = spares
 
