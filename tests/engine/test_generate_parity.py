@@ -82,10 +82,8 @@ def test_batch_equals_each_request_alone_and_preemption_recomputes_exactly() -> 
     model_dir = tiny_checkpoint("qwen3_next")
     prompts = [prompt(n, seed=10 + n) for n in (5, 40, 17, 64)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    alone = []
-    for p in prompts:
-        engine = LLMEngine(model_dir, EngineConfig(enable_prefix_cache=False, num_pages=16))
-        alone.append(run_with_logits(engine, [p], params)[0][0])
+    single = LLMEngine(model_dir, EngineConfig(enable_prefix_cache=False, num_pages=16))
+    alone = [run_with_logits(single, [p], params)[0][0] for p in prompts]
     batched = LLMEngine(
         model_dir, EngineConfig(enable_prefix_cache=False, num_pages=64, prefill_chunk_size=16)
     )
