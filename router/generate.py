@@ -23,7 +23,7 @@ from baton_pb.v1 import common_pb2, public_pb2, worker_pb2
 from engine.tokenizer import IncrementalDecoder
 from router.prompts import PreparedRequest
 from router.registry import WorkerHandle
-from serving.errors import ServiceUnavailable, retry_after_ms
+from serving.errors import ServiceUnavailable, is_draining_refusal, retry_after_ms
 from serving.worker_core import AdmissionRejected
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class GenerateFlow:
         self.explain = explain
         self.state = FlowState()
         self.decoder = IncrementalDecoder(router.tokenizer)
+        self._attempt_route: public_pb2.RouteInfo | None = None
         self.started = time.perf_counter()
 
     def run(self) -> Iterator[public_pb2.GenerateResponse]:
@@ -133,9 +134,9 @@ class GenerateFlow:
         )
         request = self._worker_request(worker_request_id, prompt, remaining)
         decode = decision.decode
-        if self.state.route is None:
-            self.state.route = decision.route_info(self.explain)
-            yield public_pb2.GenerateResponse(request_id=self.prepared.request_id, route=self.state.route)
+        # The client is told the route of the attempt that produces its first token (with it), not
+        # that of an attempt a worker refused (draining, full) before generating anything.
+        self._attempt_route = decision.route_info(self.explain)
         if decision.prefill is None:
             self.state.current = [(decode, worker_request_id)]
             with self._blame(decode):
@@ -215,7 +216,9 @@ class GenerateFlow:
         try:
             yield
         except grpc.RpcError as error:
-            if error.code() in SUSPICIOUS and not self.state.aborted:
+            if is_draining_refusal(error):
+                handle.draining = True  # now, not at the registry's next poll
+            elif error.code() in SUSPICIOUS and not self.state.aborted:
                 self.router.registry.mark_down(handle)
             raise
 
@@ -225,7 +228,13 @@ class GenerateFlow:
             self.router.metrics.observe_ttft(self.state.ttft_s)
         self.state.emitted.extend(tokens)
         text = self.decoder.add(tokens)
-        return public_pb2.GenerateResponse(request_id=self.prepared.request_id, token_ids=tokens, text=text)
+        response = public_pb2.GenerateResponse(
+            request_id=self.prepared.request_id, token_ids=tokens, text=text
+        )
+        if self.state.route is None and self._attempt_route is not None:
+            self.state.route = self._attempt_route
+            response.route.CopyFrom(self.state.route)
+        return response
 
     def _final_response(self) -> public_pb2.GenerateResponse:
         usage = common_pb2.Usage(
@@ -234,9 +243,13 @@ class GenerateFlow:
             cached_tokens=self.state.cached_tokens,
             fetched_tokens=self.state.fetched_tokens,
         )
-        return public_pb2.GenerateResponse(
+        response = public_pb2.GenerateResponse(
             request_id=self.prepared.request_id, finish_reason=self.state.finish_reason, usage=usage
         )
+        if self.state.route is None and self._attempt_route is not None:
+            self.state.route = self._attempt_route
+            response.route.CopyFrom(self.state.route)
+        return response
 
     def _worker_request(
         self, worker_request_id: str, prompt: list[int], remaining: int

@@ -55,6 +55,7 @@ FORWARDED_CODES = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 DEFAULT_RETRY_AFTER_MS = 200
+DRAINING_KEY = "baton-draining"  # trailing metadata of an UNAVAILABLE that means "draining"
 
 
 def retry_after_ms(error: grpc.RpcError, default: int = DEFAULT_RETRY_AFTER_MS) -> int:
@@ -100,10 +101,23 @@ def grpc_errors(context: grpc.ServicerContext) -> Iterator[None]:
         code = status_for(error)
         if code == grpc.StatusCode.INTERNAL:
             log.exception("internal error")
+        trailers = []
         hint = _retry_hint(error, code)
         if hint is not None:
-            context.set_trailing_metadata((("retry-after-ms", str(hint)),))
+            trailers.append(("retry-after-ms", str(hint)))
+        if isinstance(error, AdmissionRejected) and error.draining:
+            trailers.append((DRAINING_KEY, "1"))
+        if trailers:
+            context.set_trailing_metadata(tuple(trailers))
         context.abort(code, _message(error, code))
+
+
+def is_draining_refusal(error: grpc.RpcError) -> bool:
+    """The callee refused because it is draining (it is alive: route elsewhere, do not mark it down)."""
+    try:
+        return dict(error.trailing_metadata() or ()).get(DRAINING_KEY) == "1"
+    except (AttributeError, TypeError):
+        return False
 
 
 def _already_aborted(context: grpc.ServicerContext) -> bool:
