@@ -14,6 +14,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="qwen3_next")
     parser.add_argument("--variant", choices=VARIANTS, default="default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-mtp",
+        action="store_true",
+        help="train the MTP head on the model's own generations (minutes on 2 cores for small)",
+    )
+    parser.add_argument("--mtp-steps", type=int, default=None, help="--train-mtp: optimizer steps")
+    parser.add_argument(
+        "--mtp-sequences", type=int, default=None, help="--train-mtp: sequences the model generates"
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,4 +38,15 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     print(f"wrote {args.preset} {args.model_type} ({args.variant}) checkpoint to {path}")
+    if args.train_mtp:
+        from dataclasses import replace
+
+        from engine.mtp_training import MtpTrainConfig, train_mtp
+
+        config = MtpTrainConfig.quick() if args.preset == "tiny" else MtpTrainConfig()
+        if args.mtp_steps is not None:
+            config = replace(config, steps=args.mtp_steps)
+        if args.mtp_sequences is not None:
+            config = replace(config, num_sequences=args.mtp_sequences)
+        train_mtp(path, replace(config, seed=args.seed))
     return 0
