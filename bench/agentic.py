@@ -170,6 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true", help="engine-only: prefix cache off (baseline)")
     parser.add_argument("--out", type=Path, default=None, help="engine-only: the JSON file")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="served modes: where JSON + PNG go")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-summarize and re-plot a written run")
     args = parser.parse_args(argv)
     defaults = ENGINE_ONLY_DEFAULTS if args.engine_only else PRESETS[args.preset]
     for name, value in defaults.items():
@@ -220,22 +221,37 @@ def main_served(args: argparse.Namespace, model_dir: Path) -> int:
     from bench import agentic_report as report
     from bench.agentic_modes import MODES, RunOptions, run_mode
 
+    if args.from_json:
+        previous = json.loads(args.from_json.read_text())
+        runs = report.load_runs(previous)
+        meta = {k: v for k, v in previous.items() if k not in ("modes", "comparisons", "cross_check")}
+        return report_served(args, meta, runs)
     workload = workload_config(args)
     options = RunOptions(
         str(model_dir), workload, args.rate, transfer=args.transfer, memory_gb=args.memory_gb
     )
     started = time.perf_counter()
-    summaries = {}
+    runs = []
     for name in args.modes:
         print(f"mode {name}: starting the cluster", flush=True)
-        summaries[name] = report.summarize_mode(run_mode(MODES[name], options))
-    result = {
+        runs.append(run_mode(MODES[name], options))
+    meta = {
         "preset": args.preset,
         "model": str(model_dir),
         "wall_s": time.perf_counter() - started,
         "workload": asdict(workload),
         "rate_sessions_per_s": args.rate,
         "transfer": args.transfer,
+    }
+    return report_served(args, meta, runs)
+
+
+def report_served(args: argparse.Namespace, meta: dict, runs: list) -> int:
+    from bench import agentic_report as report
+
+    summaries = {run.mode: report.summarize_mode(run) for run in runs}
+    result = {
+        **meta,
         "modes": summaries,
         "comparisons": report.comparisons(summaries),
         "cross_check": report.cross_check(summaries),
@@ -251,16 +267,18 @@ def main_served(args: argparse.Namespace, model_dir: Path) -> int:
         for error in s["errors"]:
             print(f"ERROR {mode}: {error}")
         if s["client_retries"]:
-            print(
-                f"{mode}: {s['client_retries']} turn attempt(s) failed and were retried: {s['retry_reasons']}"
-            )
-    out_json = args.out_dir / f"agentic_{args.preset}.json"
-    out_png = args.out_dir / f"agentic_{args.preset}.png"
+            reasons = sorted(set(s["retry_reasons"]))
+            print(f"{mode}: {s['client_retries']} turn attempt(s) failed and were retried: {reasons}")
+        if s["usage_check"] != "consistent":
+            print(f"{mode}: {s['usage_check']}")
+    preset, workload = meta["preset"], meta["workload"]
+    out_json = args.out_dir / f"agentic_{preset}.json"
+    out_png = args.out_dir / f"agentic_{preset}.png"
     report.write_json(out_json, result)
-    title = (f"Baton agentic benchmark, {args.preset} preset: {workload.sessions} sessions x {workload.turns} turns, "
-             f"~{workload.first_turn_tokens}+{workload.turn_tokens}/turn tokens, 2 CPU cores")  # fmt: skip
+    title = (f"Baton agentic benchmark, {preset} preset: {workload['sessions']} sessions x {workload['turns']} turns, "
+             f"~{workload['first_turn_tokens']} + {workload['turn_tokens']}/turn prompt tokens, 2 CPU cores")  # fmt: skip
     report.plot(out_png, summaries, title)
-    print(f"wrote {out_json} and {out_png} ({result['wall_s']:.0f} s)")
+    print(f"wrote {out_json} and {out_png} (run took {result['wall_s']:.0f} s)")
     errors = any(s["errors"] for s in summaries.values())
     return 1 if errors else 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,8 +34,27 @@ def _mean(values: list[float]) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def reconcile_usage(run: ModeRun) -> tuple[list[ServedTurn], str]:
+    """Per-request usage vs what the computing workers counted. By the contract fetched tokens are
+    a part of cached_tokens; if the usage counts them twice (local match of the imported prefix +
+    fetched) and the workers' totals prove it, each turn's cached tokens are corrected."""
+    side = _worker_side(run)
+    usage_cached = sum(t.cached_tokens for t in run.turns)
+    fetched = sum(t.fetched_tokens for t in run.turns)
+    if usage_cached == side["cached_tokens"]:
+        return run.turns, "consistent"
+    if fetched and usage_cached - fetched == side["cached_tokens"]:
+        fixed = [dataclasses.replace(t, cached_tokens=t.cached_tokens - t.fetched_tokens) for t in run.turns]
+        return fixed, "usage counted fetched tokens twice; corrected from the workers' totals"
+    return (
+        run.turns,
+        f"usage cached {usage_cached} != workers' {side['cached_tokens']} (retried attempts count there)",
+    )
+
+
 def summarize_mode(run: ModeRun) -> dict:
-    turns = run.turns
+    raw_cached = {(t.session, t.turn): t.cached_tokens for t in run.turns}
+    turns, usage_check = reconcile_usage(run)
     ttfts = [t.ttft_s for t in turns]
     tpots = [v for v in (tpot(t) for t in turns) if v is not None]
     cold = [t.ttft_s for t in turns if t.turn == 0]
@@ -50,7 +70,7 @@ def summarize_mode(run: ModeRun) -> dict:
         "requests": len(turns),
         "errors": run.errors,
         "client_retries": len(run.retry_reasons),
-        "retry_reasons": sorted(set(run.retry_reasons)),
+        "retry_reasons": run.retry_reasons,
         "wall_s": run.wall_s,
         "ttft_p50_s": percentile(ttfts, 0.5),
         "ttft_p99_s": percentile(ttfts, 0.99),
@@ -63,8 +83,11 @@ def summarize_mode(run: ModeRun) -> dict:
         "hit_rate": reused / prompt_tokens if prompt_tokens else 0.0,
         "hit_rate_later_turns": _hit_rate([t for t in turns if t.turn > 0]),
         "fetched_tokens": fetched,
-        "recomputed_tokens": prompt_tokens - reused,
+        # from the workers: what the engines that compute prompts did not find cached (a decode-side
+        # hit the router reports as cached still cost the prefill worker its compute)
+        "recomputed_tokens": _worker_side(run)["computed_tokens"],
         "worker_side": _worker_side(run),
+        "usage_check": usage_check,
         # None: the workers reported no bytes although prefills were shipped (not counted there)
         "transfer_bytes": run.transfer_bytes or (None if run.prefill_role == "prefill" else 0.0),
         "prefill_worker_changes": moved,
@@ -89,6 +112,7 @@ def summarize_mode(run: ModeRun) -> dict:
                 "started_s": t.started_s,
                 "prompt_tokens": t.prompt_tokens,
                 "cached_tokens": t.cached_tokens,
+                "usage_cached_tokens": raw_cached[(t.session, t.turn)],  # as the router reported it
                 "fetched_tokens": t.fetched_tokens,
                 "ttft_s": t.ttft_s,
                 "e2e_s": t.e2e_s,
@@ -128,6 +152,38 @@ def _worker_side(run: ModeRun) -> dict:
         "fetched_tokens": sum(load["fetched_tokens"] for load in side),
         "hit_rate": cached / prompt if prompt else 0.0,
     }
+
+
+def load_runs(result: dict) -> list[ModeRun]:
+    """The raw runs back from a written JSON (to re-summarize / re-plot without re-running)."""
+    runs = []
+    for name, summary in result["modes"].items():
+        run = ModeRun(
+            name, summary["worker_side"]["role"], wall_s=summary["wall_s"], workers=summary["workers"]
+        )
+        run.transfer_bytes = summary["transfer_bytes"] or 0.0
+        run.errors = list(summary["errors"])
+        reasons, count = list(summary.get("retry_reasons", [])), summary.get("client_retries", 0)
+        run.retry_reasons = reasons + reasons[-1:] * (count - len(reasons))  # older files kept distinct ones
+        for t in summary["turns"]:
+            run.turns.append(
+                ServedTurn(
+                    t["session"],
+                    t["turn"],
+                    t["started_s"],
+                    t["prompt_tokens"],
+                    t.get("usage_cached_tokens", t["cached_tokens"]),
+                    t["fetched_tokens"],
+                    t["ttft_s"],
+                    t["e2e_s"],
+                    t["output"],
+                    t["prefill_worker"],
+                    t["decode_worker"],
+                    t.get("retries", 0),
+                )  # fmt: skip
+            )
+        runs.append(run)
+    return runs
 
 
 def outputs_digest(summary: dict) -> str:

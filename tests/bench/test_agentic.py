@@ -58,6 +58,15 @@ def test_all_modes_side_by_side(tmp_path, tiny_model):
             assert summary["hit_rate_later_turns"] > 0.5, name
             assert summary["worker_side"]["cached_tokens"] > 0, name
         assert summary["ttft_p50_s"] > 0 and summary["tpot_p50_s"] > 0
+        # usage keeps to the contract (cached <= prompt, fetched a part of cached), and the workers
+        # that compute prompts saw exactly the prompts sent (no retries here)
+        assert all(
+            t["fetched_tokens"] <= t["cached_tokens"] <= t["prompt_tokens"] for t in summary["turns"]
+        ), name
+        if not summary["client_retries"]:
+            assert summary["worker_side"]["prompt_tokens"] == summary["prompt_tokens"], name
+            side = summary["worker_side"]
+            assert summary["recomputed_tokens"] == side["prompt_tokens"] - side["cached_tokens"] > 0
     check = result["cross_check"]
     assert check["outputs_identical"], check["mismatches"]
     assert len(set(check["digests"].values())) == 1
