@@ -48,7 +48,8 @@ def reconcile_usage(run: ModeRun) -> tuple[list[ServedTurn], str]:
         return fixed, "usage counted fetched tokens twice; corrected from the workers' totals"
     return (
         run.turns,
-        f"usage cached {usage_cached} != workers' {side['cached_tokens']} (retried attempts count there)",
+        f"usage cached {usage_cached} != workers' {side['cached_tokens']} (usage counts decode-side hits "
+        "the prefill worker still recomputed; workers also count retried attempts)",
     )
 
 
