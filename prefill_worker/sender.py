@@ -29,6 +29,9 @@ class LayerwiseSender:
         # blocks already posted per attention layer (posts go out in block order, from block 0)
         self.posted_blocks = dict.fromkeys(self.attention_index.values(), 0)
         self.sent_state = False
+        regions = core.engine.cache.regions()
+        self.unit_bytes = {name: tensor[0, 0].nbytes for name, tensor in regions.items() if tensor.numel()}
+        self.bytes_posted = 0
         self._handle = core.backend.open_send(descriptor)
         self._lock = threading.Lock()
         self.failed: str | None = None
@@ -59,8 +62,9 @@ class LayerwiseSender:
             for region_layer in self.linear_index.values():
                 self._handle.post("conv", region_layer, [result.state_slot])
                 self._handle.post("ssm", region_layer, [result.state_slot])
+                self.bytes_posted += self.unit_bytes["conv"] + self.unit_bytes["ssm"]
         self._handle.finish(result.first_token)
-        return int(getattr(self._handle, "bytes_sent", 0) or 0)
+        return self.bytes_posted
 
     def abort(self, reason: str) -> None:
         try:
@@ -76,3 +80,6 @@ class LayerwiseSender:
                 return
             self._handle.post("kv", region_layer, page_ids[start:end])
             self.posted_blocks[region_layer] = end
+            # the backend drops the blocks the decode side already holds: count only the rest
+            sent = end - max(start, int(self.descriptor.skip_blocks))
+            self.bytes_posted += max(0, sent) * self.unit_bytes["kv"]

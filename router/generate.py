@@ -172,7 +172,7 @@ class GenerateFlow:
                     timeout=config.transfer_deadline_s,
                 )
             if self.state.attempts == 1 or not self.state.cached_tokens:
-                self.state.cached_tokens = prefilled.cached_tokens + prefilled.fetched_tokens
+                self.state.cached_tokens = prefilled.cached_tokens  # fetched tokens are part of it
                 self.state.fetched_tokens = prefilled.fetched_tokens
             self.router.metrics.observe_transfer(prefilled.transfer_bytes)
             yield self._tokens_response([prefilled.first_token])

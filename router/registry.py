@@ -16,7 +16,7 @@ from serving.config import TlsConfig
 from serving.grpc_server import insecure_or_tls_channel
 
 log = logging.getLogger(__name__)
-LOAD_TIMEOUT_S = 2.0
+LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps take seconds
 FAILURES_BEFORE_DOWN = 3
 
 
@@ -81,7 +81,7 @@ class WorkerRegistry:
         (the failure was the request's, not the worker's), stop routing to it until it answers."""
         if verify:
             try:
-                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=1.0)
+                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=LOAD_TIMEOUT_S)
                 return
             except grpc.RpcError:
                 pass
