@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench redis-server
 
 install: $(VENV)/.installed
 
