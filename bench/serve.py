@@ -50,7 +50,7 @@ def ttft_side_by_side(model: str, prompt_tokens: int, repeats: int, transfer: st
             "disaggregated": BatonClient(cluster.address),
             "colocated": BatonClient(colocated_router.address),
         }
-        for mode, client in clients.items():  # warm up both paths (allocations, first transfer)
+        for client in clients.values():  # warm up both paths (allocations, first transfer)
             client.generate(token_ids=[rng.randrange(vocab) for _ in range(256)], temperature=0.0, max_tokens=2)
         for _ in tqdm(range(repeats), desc=f"TTFT {prompt_tokens} tokens", unit="pair"):
             for mode in ("disaggregated", "colocated"):

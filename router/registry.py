@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from baton_pb.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
-from router.index.base import IndexEvent, IndexUnavailable, PrefixIndex
+from router.index.base import IndexUnavailable, PrefixIndex
 from serving.config import TlsConfig
 from serving.grpc_server import insecure_or_tls_channel
+from serving.kv_events import index_events_by_namespace
 
 log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps take seconds
@@ -157,12 +158,7 @@ class WorkerRegistry:
         if batch.snapshot:
             self.index.clear_worker(batch.worker_id)
         self.index.heartbeat(batch.worker_id, batch.epoch, ttl_s=3600.0)
-        by_namespace: dict[str, list[IndexEvent]] = {}
-        for event in batch.events:
-            by_namespace.setdefault(event.namespace, []).append(
-                IndexEvent(event.kind, tuple(event.block_hashes), tuple(event.checkpoint_hashes))
-            )
-        for namespace, events in by_namespace.items():
+        for namespace, events in index_events_by_namespace(batch).items():
             self.index.publish(batch.worker_id, batch.epoch, namespace, events)
 
     def _clear_from_index(self, handle: WorkerHandle) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
-from router.index.base import IndexEvent, IndexUnavailable
+from router.index.base import IndexUnavailable
 from router.index.factory import create_index
+from serving.kv_events import index_events_by_namespace
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 6.0
@@ -43,8 +45,6 @@ class IndexPublisher:
 
     def _run(self) -> None:
         next_beat = 0.0
-        import time
-
         while not self._stopped.is_set():
             now = time.monotonic()
             if now >= next_beat:
@@ -60,12 +60,7 @@ class IndexPublisher:
 
     def _publish(self, batch) -> None:
         worker_id, epoch = self.core.config.worker_id, self.core.epoch
-        by_namespace: dict[str, list[IndexEvent]] = {}
-        for event in batch.events:
-            by_namespace.setdefault(event.namespace, []).append(
-                IndexEvent(event.kind, tuple(event.block_hashes), tuple(event.checkpoint_hashes))
-            )
-        for namespace, events in by_namespace.items():
+        for namespace, events in index_events_by_namespace(batch).items():
             try:
                 self.index.publish(worker_id, epoch, namespace, events)
             except IndexUnavailable:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import queue
 
-import grpc
-
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from serving.errors import grpc_errors
 from serving.worker_core import WorkerCore
@@ -59,7 +57,3 @@ class WorkerControlServicer(worker_pb2_grpc.WorkerControlServicer):
 
             release_exposed(self.core, request.transfer_id)
             return worker_pb2.ReleaseExposedResponse()
-
-
-def abort_unknown(context: grpc.ServicerContext, what: str) -> None:
-    context.abort(grpc.StatusCode.NOT_FOUND, what)
