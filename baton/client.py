@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from baton_pb.v1 import common_pb2, public_pb2, public_pb2_grpc
-from serving.grpc_server import CHANNEL_OPTIONS
+from rpc.grpc_server import CHANNEL_OPTIONS
 
 
 @dataclass

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ModelConfig
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.model_config import ModelConfig
 from engine.sampling_params import SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"

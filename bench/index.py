@@ -21,8 +21,8 @@ from pathlib import Path
 
 import redis
 
-from router.index import EmbeddedPrefixIndex, IndexEvent, PrefixIndex, namespace_for
-from router.index.redis_index import RedisPrefixIndex
+from prefix_index import EmbeddedPrefixIndex, IndexEvent, PrefixIndex, namespace_for
+from prefix_index.redis_index import RedisPrefixIndex
 from tests.helpers.redis_server import RedisServer
 
 BLOCK = 16

@@ -31,7 +31,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def ttft_side_by_side(model: str, prompt_tokens: int, repeats: int, transfer: str) -> dict:
     from baton.client import BatonClient
-    from engine.config import ModelConfig
+    from engine.model_config import ModelConfig
     from router.config import RouterConfig
     from router.local_cluster import ClusterSpec, LocalCluster
     from router.server import start_router
@@ -69,10 +69,10 @@ def ttft_side_by_side(model: str, prompt_tokens: int, repeats: int, transfer: st
 def router_overhead(model: str, prompt_tokens: int, requests: int, sessions: int = 2000, workers: int = 8) -> dict:
     from baton_pb.v1 import common_pb2, public_pb2
     from engine.cache.hashing import block_hashes, cache_extra
+    from prefix_index.base import IndexEvent
+    from prefix_index.embedded import EmbeddedPrefixIndex
     from router.config import RouterConfig
     from router.core import RouterCore
-    from router.index.base import IndexEvent
-    from router.index.embedded import EmbeddedPrefixIndex
     from router.pools.static import StaticPool
     from router.registry import WorkerHandle
 

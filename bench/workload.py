@@ -22,7 +22,7 @@ FILES = (
     "router/policy.py",
     "engine/scheduler.py",
     "kvtransfer/tcp.py",
-    "decode_worker/worker.py",
+    "worker/decode.py",
     "deploy/values.yaml",
 )
 USER_LINES = (

@@ -1,5 +1,5 @@
 import sys
 
-from serving.launch import main
+from decode_worker import run
 
-sys.exit(main("decode"))
+sys.exit(run())

@@ -17,7 +17,7 @@ _EXPORTS = {
     "Reservation": "engine.sequence",
     "Logprob": "engine.sampler",
     "Tokenizer": "engine.tokenizer",
-    "ModelConfig": "engine.config",
+    "ModelConfig": "engine.model_config",
 }
 
 __all__ = sorted(_EXPORTS)

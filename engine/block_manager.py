@@ -1,11 +1,12 @@
 """`BlockManager`: what a sequence owns in memory (pages for its KV, a live state slot) and how it
 gets them: from the free pools, or shared out of the prefix cache. It *has* a page pool, a live slot
-pool and, when the prefix cache is on, a `PrefixCacheGlue`; the scheduler decides who runs, this
+pool and, when the prefix cache is on, a `PrefixCache`; the scheduler decides who runs, this
 decides whether the memory is there."""
 
 from __future__ import annotations
 
 from engine.cache.page_pool import OutOfPages, PagePool
+from engine.cache.prefix_cache import PrefixCache
 from engine.cache.state_pool import OutOfSlots, StatePool
 from engine.cache.tensors import CacheTensors
 from engine.sequence import Sequence
@@ -21,7 +22,7 @@ class BlockManager:
         cache: CacheTensors,
         pages: PagePool,
         live_slots: StatePool,
-        prefix_cache: object | None = None,  # engine.prefix_cache.PrefixCacheGlue
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.cache = cache
         self.block_size = cache.block_size

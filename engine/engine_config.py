@@ -29,7 +29,7 @@ class EngineConfig:
     device: str = "cpu"
     seed: int = 0  # for requests without a seed of their own
     # Speculative decoding with the checkpoint's MTP head: drafts per step (0 = off, 1..4). A
-    # checkpoint without MTP weights runs without speculation. See engine/spec.
+    # checkpoint without MTP weights runs without speculation. See engine/speculative.
     num_speculative_tokens: int = 0
 
     def __post_init__(self) -> None:

@@ -20,19 +20,21 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.cache.page_pool import PagePool
+from engine.cache.prefix_cache import PrefixCache
 from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
-from engine.config import ModelConfig, parse_dtype
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
 from engine.loader import load_model
 from engine.metrics import EngineMetrics
+from engine.model_config import ModelConfig, parse_dtype
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.sampler import Sampler, SampleRequest, make_generator
 from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledChunk, Scheduler
+from engine.scheduled_chunk import ScheduledChunk
+from engine.scheduler import Scheduler
 from engine.sequence import PrefillResult, RequestOutput, Reservation, Sequence, Status
-from engine.spec import setup as spec_setup
+from engine.speculative import setup as spec_setup
 from engine.tokenizer import IncrementalDecoder, Tokenizer
 
 LayerCallback = Callable[[int, int, int], None]
@@ -69,11 +71,9 @@ class LLMEngine:
         )
         self.runner = ModelRunner(self.model, self.cache)
         pages = PagePool(num_pages)
-        self.prefix_cache = None
+        self.prefix_cache: PrefixCache | None = None
         if config.enable_prefix_cache:
-            from engine.prefix_cache import PrefixCacheGlue
-
-            self.prefix_cache = PrefixCacheGlue(
+            self.prefix_cache = PrefixCache(
                 self.cache,
                 pages,
                 list(range(live, live + checkpoints)),
@@ -228,7 +228,7 @@ class LLMEngine:
                 if not chunk.seq.admitted:
                     chunk.seq.admitted = True
                     self.metrics_state.count_admission(chunk.seq)
-            if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/spec)
+            if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/speculative)
                 outputs.extend(self.spec.step(chunks))
             else:
                 logits = self._forward(chunks)

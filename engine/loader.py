@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import canonicalize, expected_shapes
 from engine.models.hybrid import HybridModel
 
@@ -30,7 +30,7 @@ def load_model(
     model_dir: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[ModelConfig, HybridModel]:
     """(config, model) with weights in `dtype` (default: the config's dtype) on `device`."""
-    from engine.config import parse_dtype
+    from engine.model_config import parse_dtype
 
     model_dir = Path(model_dir)
     cfg = ModelConfig.from_json(model_dir)

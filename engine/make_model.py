@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from engine.checkpoint_writer import write_json, write_safetensors_shards
-from engine.config import ModelConfig, parse_dtype
 from engine.make_tokenizer import (
     QWEN2_PRETOKENIZE_REGEX,
     QWEN3_5_PRETOKENIZE_REGEX,
     build_tokenizer,
     write_tokenizer,
 )
+from engine.model_config import ModelConfig, parse_dtype
 from engine.models.checkpoint_format import expected_shapes, to_hf
 
 PRESETS = ("tiny", "small")

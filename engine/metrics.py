@@ -50,6 +50,6 @@ class EngineMetrics:
         if engine.prefix_cache is not None:
             result.update(engine.prefix_cache.stats())
         result["state_copies"] = engine.cache.state_copies
-        if getattr(engine, "spec", None) is not None:  # speculative decoding (engine/spec)
+        if getattr(engine, "spec", None) is not None:  # speculative decoding (engine/speculative)
             result.update(engine.spec.metrics.snapshot())
         return result

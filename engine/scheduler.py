@@ -10,32 +10,21 @@ with its prompt + generated tokens, to be prefilled again."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
+from engine.cache.prefix_cache import PrefixCache
 from engine.engine_config import EngineConfig
+from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import Sequence, Status
-
-
-@dataclass(slots=True)
-class ScheduledChunk:
-    seq: Sequence
-    start: int  # first position computed this step (== seq.num_computed_tokens)
-    end: int  # one past the last position computed
-
-    @property
-    def samples(self) -> bool:
-        """The chunk reaches the end of the known tokens, so its last logits give the next token."""
-        return self.end == self.seq.num_tokens
 
 
 class Scheduler:
     def __init__(
-        self, config: EngineConfig, memory: BlockManager, checkpoint_policy: object | None = None
+        self, config: EngineConfig, memory: BlockManager, checkpoint_policy: PrefixCache | None = None
     ) -> None:
         self.config = config
         self.memory = memory
-        self.checkpoint_policy = checkpoint_policy  # engine.prefix_cache.PrefixCacheGlue or None
+        self.checkpoint_policy = checkpoint_policy
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # sorted by arrival
         self.num_preemptions = 0

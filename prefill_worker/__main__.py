@@ -1,5 +1,5 @@
 import sys
 
-from serving.launch import main
+from prefill_worker import run
 
-sys.exit(main("prefill"))
+sys.exit(run())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serving.config import TlsConfig
+from rpc.tls import TlsConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,20 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton_pb.v1 import admin_pb2, common_pb2, public_pb2, worker_pb2
+from baton_pb.v1 import admin_pb2, public_pb2, worker_pb2
 from engine.cache.hashing import cache_extra
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.tokenizer import Tokenizer
+from prefix_index.base import IndexUnavailable, PrefixIndex
 from router.config import RouterConfig
 from router.generate import GenerateFlow, NoWorkers
-from router.index.base import IndexUnavailable, PrefixIndex
 from router.metrics import RouterMetrics
 from router.prompt_hashes import PromptHasher
 from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
 from router.sessions import SessionTable
-from serving.errors import NotFound, UnknownRequest
-from serving.worker_core import AdmissionRejected
+from rpc.errors import AdmissionRejected, NotFound, UnknownRequest
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.2
@@ -167,26 +166,6 @@ class RouterCore:
         finally:
             self.metrics.observe_index_lookup(time.perf_counter() - started)
         return hits
-
-    def sampling_proto(self, params, max_tokens: int) -> common_pb2.SamplingParams:
-        message = common_pb2.SamplingParams(
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            repetition_penalty=params.repetition_penalty,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            stop_token_ids=list(params.stop_token_ids),
-            stop=list(params.stop),
-            max_tokens=max_tokens,
-            ignore_eos=params.ignore_eos,
-        )
-        if params.seed is not None:
-            message.seed = params.seed
-        if params.logprobs is not None:
-            message.logprobs = params.logprobs
-        return message
 
     # ---- admin ---------------------------------------------------------------------------------
     def list_workers(self) -> admin_pb2.ListWorkersResponse:

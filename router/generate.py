@@ -23,8 +23,8 @@ from baton_pb.v1 import common_pb2, public_pb2, worker_pb2
 from engine.tokenizer import IncrementalDecoder
 from router.prompts import PreparedRequest
 from router.registry import WorkerHandle
-from serving.errors import ServiceUnavailable, is_draining_refusal, retry_after_ms
-from serving.worker_core import AdmissionRejected
+from rpc.convert import sampling_to_proto
+from rpc.errors import AdmissionRejected, ServiceUnavailable, is_draining_refusal, retry_after_ms
 
 log = logging.getLogger(__name__)
 # Every attempt re-routes the session (prompt + tokens already streamed), so a retry is idempotent
@@ -254,7 +254,7 @@ class GenerateFlow:
     def _worker_request(
         self, worker_request_id: str, prompt: list[int], remaining: int
     ) -> worker_pb2.WorkerRequest:
-        sampling = self.router.sampling_proto(self.prepared.params, max_tokens=remaining)
+        sampling = sampling_to_proto(self.prepared.params, max_tokens=remaining)
         return worker_pb2.WorkerRequest(
             request_id=worker_request_id,
             session_id=self.prepared.session_id,

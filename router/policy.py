@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from router.index.base import PrefixHit
+from prefix_index.base import PrefixHit
 
 
 class NoRoutableWorker(RuntimeError):

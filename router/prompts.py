@@ -8,7 +8,7 @@ import numpy as np
 
 from baton_pb.v1 import public_pb2
 from engine.tokenizer import Tokenizer
-from serving.convert import sampling_from_proto
+from rpc.convert import sampling_from_proto
 
 
 @dataclass(frozen=True, slots=True)

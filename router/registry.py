@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from baton_pb.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
-from router.index.base import IndexUnavailable, PrefixIndex
-from serving.config import TlsConfig
-from serving.grpc_server import insecure_or_tls_channel
-from serving.kv_events import index_events_by_namespace
+from prefix_index.base import IndexUnavailable, PrefixIndex
+from rpc.grpc_server import insecure_or_tls_channel
+from rpc.tls import TlsConfig
+from worker.kv_events import index_events_by_namespace
 
 log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps take seconds

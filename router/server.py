@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import grpc
 
 from baton_pb.v1 import admin_pb2_grpc, public_pb2_grpc
+from prefix_index.factory import create_index
 from router.config import RouterConfig
 from router.core import RouterCore
-from router.index.factory import create_index
 from router.service import AdminServicer, BatonServicer
-from serving import grpc_server
-from serving.auth import TokenAuth
-from serving.config import TlsConfig
+from rpc import grpc_server
+from rpc.auth import TokenAuth
+from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 PUBLIC_SERVICES = ("baton.v1.Baton",)
@@ -67,7 +67,7 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
     host = config.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
     metrics_port = 0
     if config.metrics_port:
-        from serving.metrics import start_metrics_server
+        from worker.metrics import start_metrics_server
 
         metrics_port = start_metrics_server(config.metrics_port, registry=core.metrics.registry)
     running = RunningRouter(core, servers, f"{host}:{port}", f"{host}:{admin_port}", metrics_port)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, public_pb2, public_pb2_grpc
 from router.core import RouterCore
-from serving.auth import TokenAuth
-from serving.errors import grpc_errors
+from rpc.auth import TokenAuth
+from rpc.errors import grpc_errors
 
 
 class BatonServicer(public_pb2_grpc.BatonServicer):

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from router.config import RouterConfig
     from router.local_cluster import ClusterSpec, LocalCluster
     from router.pools import PoolError
-    from serving.config import TlsConfig
+    from rpc.tls import TlsConfig
 
     router_config = RouterConfig(
         model=args.model, listen=args.listen, admin_listen=args.admin_listen, metrics_port=args.metrics_port,

@@ -30,8 +30,8 @@ def add_router_flags(parser: argparse.ArgumentParser, default: str = "127.0.0.1:
 
 
 def open_channel(address: str) -> grpc.Channel:
-    from serving.config import TlsConfig
-    from serving.grpc_server import insecure_or_tls_channel
+    from rpc.grpc_server import insecure_or_tls_channel
+    from rpc.tls import TlsConfig
 
     return insecure_or_tls_channel(address, TlsConfig.from_env())
 

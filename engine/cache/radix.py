@@ -13,19 +13,25 @@ Ownership
   slot holding the DeltaNet state after tokens [0, end of its block). Checkpoints exist only at
   block ends. The tree owns them; a match pins the one it returns until `release(handle)`.
 
-Life of a request (what the scheduler does)
-1. `m = cache.match(prompt, extra)`: the longest cached prefix that ends at a checkpoint (any block
-   end when `has_state=False`) and leaves at least one prompt token to compute. The sequence's block
-   table starts with `m.page_ids`; the engine copies `m.checkpoint_slot` into the sequence's live
-   slot, then calls `cache.release(m.handle)`, and prefills from `m.num_tokens`.
-2. To keep a checkpoint at block end p (end of prompt rounded down to a block, every K blocks of a
-   long prefill, end of the finished sequence): `slot = cache.allocate_checkpoint()` (None = no
-   room: skip it), copy the live state at p into it, and pass `{p: slot}` to `insert`.
-3. `cache.insert(tokens, block_table, extra, checkpoints)` after prefill and when the sequence
-   finishes: the tree adopts the pages of new full blocks (incref) and owns the checkpoint slots.
-   The sequence then decrefs its whole block table as usual.
+Life of a request (driven by `engine.cache.prefix_cache.PrefixCache`, which the block manager
+calls on admission and the engine after each step; nothing else calls this tree)
+1. Admission, `PrefixCache.attach_prefix`: `m = cache.match(prompt, extra)` gives the longest
+   cached prefix that ends at a checkpoint (any block end when `has_state=False`) and leaves at
+   least one prompt token to compute. The sequence's block table starts with `m.page_ids`,
+   `m.checkpoint_slot` is copied into its live slot, `cache.release(m.handle)` unpins it, and the
+   sequence prefills from `m.num_tokens`. `match_blocks` also finds where the prompt branches off
+   the cached blocks, so a checkpoint can be taken there.
+2. After each step, `PrefixCache.after_step`: at a due block end p (every K blocks of a long
+   prefill, the prompt's last block end, the branch point) `slot = cache.allocate_checkpoint()`
+   (None = no room: skip it), the live state at p is copied into it, and
+   `cache.insert(tokens[:p], block_table, extra, {p: slot})` adopts the pages of new full blocks
+   (incref) and the slot. A decoding sequence instead keeps one rolling snapshot slot.
+3. At the end, `PrefixCache.cache_finished`: `insert` of prompt + output with the rolling
+   snapshot as its checkpoint. The sequence then decrefs its whole block table as usual.
 4. Under memory pressure `cache.evict(n)` frees pages of least recently used leaves that no
    sequence references; `allocate_checkpoint` thins interior checkpoints before leaf ones.
+5. Peers: `PrefixCache.export_prefix` / `begin_import` / `commit_import` pin a match for a reader
+   or insert pages that arrived from another worker, through the same `match` / `insert`.
 Every change to the set of cached blocks/checkpoints is reported as a `KvEvent` to `on_event`.
 """
 

@@ -16,7 +16,7 @@ import re
 
 import torch
 
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 
 _PER_EXPERT = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 

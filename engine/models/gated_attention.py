@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from engine.cache.tensors import CacheTensors
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.models.forward_batch import ForwardBatch
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.norms import rms_norm_zero_centered

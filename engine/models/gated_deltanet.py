@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.cache.tensors import CacheTensors
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.models.forward_batch import ForwardBatch, VerifyGroup
 from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
 from engine.ops.gdn_chunked import chunk_gated_delta_rule

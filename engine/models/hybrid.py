@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.cache.tensors import CacheTensors
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.models.forward_batch import ForwardBatch
 from engine.models.gated_attention import GatedAttention
 from engine.models.gated_deltanet import GatedDeltaNet

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 
 
 class DenseMlp:

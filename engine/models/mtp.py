@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.config import ModelConfig
+from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.norms import rms_norm_zero_centered

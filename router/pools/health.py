@@ -9,8 +9,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.pools.base import WorkerStartError
-from serving.config import TlsConfig
-from serving.grpc_server import insecure_or_tls_channel
+from rpc.grpc_server import insecure_or_tls_channel
+from rpc.tls import TlsConfig
 
 POLL_S = 0.05
 

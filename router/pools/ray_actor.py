@@ -1,6 +1,8 @@
-"""The Ray actor that hosts one worker: it runs `serving.launch.start_worker` in its own process, so
-the worker's gRPC server lives as long as the actor. Ray restarts a dead actor (`max_restarts`); the
-restarted worker starts with a new epoch, so the index drops what the old one published."""
+"""The Ray actor that hosts one worker: it runs the role's entry point in its own process, so the
+worker's gRPC server lives as long as the actor. The entry point is named by a string
+(`prefill_worker:start` / `decode_worker:start`) and imported only inside the actor's process, so
+the router never imports worker code. Ray restarts a dead actor (`max_restarts`); the restarted
+worker starts with a new epoch, so the index drops what the old one published."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import importlib
 import os
 from typing import Any
 
-DEFAULT_STARTER = "serving.launch:start_worker"
+DEFAULT_STARTER = "{role}_worker:start"  # `start(argv) -> running worker`; {role} is filled in
 
 
 def load_starter(path: str):
@@ -22,11 +24,8 @@ class WorkerActor:
     def __init__(
         self, role: str, argv: list[str], starter: str = DEFAULT_STARTER, advertise_node_ip: bool = False
     ) -> None:
-        from serving.config import worker_config_from_args
-
-        config = worker_config_from_args(role, argv)
-        self._running = load_starter(starter)(config)
-        self._config = config
+        self._running = load_starter(starter.format(role=role))(argv)
+        self._config = self._running.config
         address = self._running.address
         if advertise_node_ip:
             # Bound on 0.0.0.0: peers on other nodes dial this node's IP, not loopback.

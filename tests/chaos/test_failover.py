@@ -13,7 +13,7 @@ import pytest
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from serving.convert import descriptor_from_proto  # noqa: F401 - the descriptor must parse
+from rpc.convert import descriptor_from_proto  # noqa: F401 - the descriptor must parse
 from tests.chaos.harness import (
     WORKER_ARGS,
     failovers,

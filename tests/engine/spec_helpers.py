@@ -7,7 +7,7 @@ import torch
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from engine.spec.drafter import Draft, Drafter
+from engine.speculative.drafter import Draft, Drafter
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.cache.tensors import CacheTensors
-from engine.config import ModelConfig
 from engine.loader import CheckpointError, load_model
+from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner, SeqChunk
 from tests.helpers.checkpoints import tiny_checkpoint
 

@@ -9,8 +9,8 @@ from engine.block_manager import BlockManager
 from engine.cache.page_pool import PagePool
 from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
-from engine.config import ModelConfig
 from engine.engine_config import EngineConfig
+from engine.model_config import ModelConfig
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, Status

@@ -16,8 +16,8 @@ import torch
 from engine.cache.tensors import CacheTensors
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.sampling_params import SamplingParams
-from engine.spec.acceptance import processed_probs
-from engine.spec.drafter import Draft, Drafter
+from engine.speculative.acceptance import processed_probs
+from engine.speculative.drafter import Draft, Drafter
 from tests.engine.spec_helpers import drain, engine, prompt
 from tests.helpers.checkpoints import tiny_checkpoint
 

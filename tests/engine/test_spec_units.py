@@ -12,8 +12,8 @@ from engine.cache.tensors import CacheTensors
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.models.mtp import MtpCheckpointError, MtpHead, mtp_canonical
-from engine.spec.acceptance import accept_greedy, accept_sampled
-from engine.spec.slots import SpecSlotPool
+from engine.speculative.acceptance import accept_greedy, accept_sampled
+from engine.speculative.slots import SpecSlotPool
 from tests.helpers.checkpoints import tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(120)

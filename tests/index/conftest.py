@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.index import EmbeddedPrefixIndex, PrefixIndex
-from router.index.redis_index import RedisPrefixIndex
+from prefix_index import EmbeddedPrefixIndex, PrefixIndex
+from prefix_index.redis_index import RedisPrefixIndex
 from tests.helpers.redis_server import RedisServer
 
 _prefixes = itertools.count()

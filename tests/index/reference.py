@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from router.index import IndexEvent, PrefixHit
+from prefix_index import IndexEvent, PrefixHit
 
 
 class ReferenceIndex:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.index import IndexEvent, PrefixHit, StaleEpoch, create_index, namespace_for
-from router.index.embedded import EmbeddedPrefixIndex
+from prefix_index import IndexEvent, PrefixHit, StaleEpoch, create_index, namespace_for
+from prefix_index.embedded import EmbeddedPrefixIndex
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.index import IndexEvent
+from prefix_index import IndexEvent
 from tests.index.reference import ReferenceIndex
 
 # Three prompts sharing prefixes, so runs, branches and misses all happen.

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from router.index import IndexEvent, IndexUnavailable, PrefixHit, namespace_for
-from router.index.redis_index import RedisPrefixIndex
+from prefix_index import IndexEvent, IndexUnavailable, PrefixHit, namespace_for
+from prefix_index.redis_index import RedisPrefixIndex
 from tests.helpers.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]

@@ -22,8 +22,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from baton_pb.v1 import admin_pb2, worker_pb2_grpc  # noqa: E402
-from serving import grpc_server  # noqa: E402
-from serving.config import WorkerConfig, worker_config_from_args  # noqa: E402
+from rpc import grpc_server  # noqa: E402
+from worker.config import WorkerConfig, worker_config_from_args  # noqa: E402
 
 SERVICE_NAMES = ("baton.v1.WorkerControl",)
 
@@ -74,8 +74,16 @@ def start_fake_worker(config: WorkerConfig) -> FakeRunningWorker:
     if config.ready_file:
         tmp = Path(config.ready_file + ".tmp")
         tmp.write_text(running.address)
-        os.replace(tmp, config.ready_file)  # atomically, as serving.launch does
+        os.replace(tmp, config.ready_file)  # atomically, as worker.launch does
     return running
+
+
+def start_fake_prefill(argv: list[str]) -> FakeRunningWorker:
+    return start_fake_worker(worker_config_from_args("prefill", argv))
+
+
+def start_fake_decode(argv: list[str]) -> FakeRunningWorker:
+    return start_fake_worker(worker_config_from_args("decode", argv))
 
 
 def main(argv: list[str]) -> int:

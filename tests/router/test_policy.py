@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.index import PrefixHit
+from prefix_index import PrefixHit
 from router.policy import NoRoutableWorker, RoutingConfig, RoutingPolicy, WorkerCandidate
 
 pytestmark = pytest.mark.timeout(10)

@@ -30,7 +30,7 @@ from router.pools import (
 from router.pools.health import is_serving
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
-FAKE_STARTER = "tests.router.fake_worker:start_fake_worker"
+FAKE_STARTER = "tests.router.fake_worker:start_fake_{role}"
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_READY = (REPO / "engine" / "llm_engine.py").is_file()
 
@@ -181,7 +181,7 @@ def test_process_pool_startup_deadline_and_sigkill_fallback(tmp_path):
 
 
 def test_worker_spec_argv_matches_the_worker_parser():
-    from serving.config import worker_config_from_args
+    from worker.config import worker_config_from_args
 
     spec = WorkerSpec(model="/m", transfer="ucx", index="redis://r:6379/0", block_size=32, memory_gb=1.5)
     config = worker_config_from_args("decode", spec.argv("decode-3", ready_file="/tmp/r"))

@@ -13,8 +13,8 @@ import pytest
 
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from serving.config import TlsConfig
-from serving.grpc_server import CHANNEL_OPTIONS, channel_credentials
+from rpc.grpc_server import CHANNEL_OPTIONS, channel_credentials
+from rpc.tls import TlsConfig
 from tests.chaos.harness import WORKER_ARGS
 from tests.security.certs import CertFiles, make_pki
 

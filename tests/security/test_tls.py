@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from baton_pb.v1 import public_pb2, public_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from serving.config import TlsConfig
+from rpc.tls import TlsConfig
 from tests.chaos.harness import WORKER_ARGS, stream
 from tests.helpers.reference import greedy_reference
 from tests.security.conftest import bearer, secure_channel, tls_environment

@@ -11,9 +11,9 @@ import queue
 import threading
 import time
 
-from router.index.base import IndexUnavailable
-from router.index.factory import create_index
-from serving.kv_events import index_events_by_namespace
+from prefix_index.base import IndexUnavailable
+from prefix_index.factory import create_index
+from worker.kv_events import index_events_by_namespace
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 6.0

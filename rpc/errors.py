@@ -9,8 +9,6 @@ from collections.abc import Iterator
 
 import grpc
 
-from serving.worker_core import AdmissionRejected
-
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +28,15 @@ class NotFound(KeyError):
 
 
 UnknownRequest = NotFound
+
+
+class AdmissionRejected(RuntimeError):
+    """The worker is full (RESOURCE_EXHAUSTED) or draining (UNAVAILABLE)."""
+
+    def __init__(self, message: str, draining: bool = False, retry_after_ms: int = 200) -> None:
+        super().__init__(message)
+        self.draining = draining
+        self.retry_after_ms = retry_after_ms
 
 
 class PermissionDenied(RuntimeError):

@@ -13,7 +13,7 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.errors import PermissionDenied, Unauthenticated
+from rpc.errors import PermissionDenied, Unauthenticated
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from serving.worker_core import WorkerCore
+from worker.core import WorkerCore
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The global prefix index (see base.py for the lifecycle of a worker in it)."""
 
-from router.index.base import (
+from prefix_index.base import (
     IndexEvent,
     IndexUnavailable,
     PrefixHit,
@@ -8,8 +8,8 @@ from router.index.base import (
     StaleEpoch,
     namespace_for,
 )
-from router.index.embedded import EmbeddedPrefixIndex
-from router.index.factory import create_index
+from prefix_index.embedded import EmbeddedPrefixIndex
+from prefix_index.factory import create_index
 
 __all__ = [
     "EmbeddedPrefixIndex",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 
-from router.index.base import PrefixIndex
-from router.index.embedded import EmbeddedPrefixIndex
+from prefix_index.base import PrefixIndex
+from prefix_index.embedded import EmbeddedPrefixIndex
 
 
 def create_index(spec: str = "embedded", **redis_options: object) -> PrefixIndex:
     if spec == "embedded":
         return EmbeddedPrefixIndex()
     if spec == "redis" or spec.startswith(("redis://", "rediss://", "unix://")):
-        from router.index.redis_index import RedisPrefixIndex  # redis is only needed when used
+        from prefix_index.redis_index import RedisPrefixIndex  # redis is only needed when used
 
         url = os.environ.get("BATON_REDIS_URL") if spec == "redis" else spec
         return RedisPrefixIndex(url, **redis_options)  # type: ignore[arg-type]

@@ -21,8 +21,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from router.index import redis_scripts
-from router.index.base import (
+from prefix_index import redis_scripts
+from prefix_index.base import (
     IndexEvent,
     IndexUnavailable,
     PrefixHit,
@@ -33,7 +33,7 @@ from router.index.base import (
     check_ttl,
     check_worker,
 )
-from router.index.records import PublishedRecords
+from prefix_index.records import PublishedRecords
 
 HASHES_PER_CALL = 16384  # bounds one script's run time when (re)publishing large records
 

@@ -7,9 +7,9 @@ import logging
 
 from engine.engine_config import EngineConfig
 from engine.models.mtp import MtpHead
-from engine.spec.decoder import SpecDecoder
-from engine.spec.drafter import Drafter
-from engine.spec.slots import SpecSlotPool
+from engine.speculative.decoder import SpecDecoder
+from engine.speculative.drafter import Drafter
+from engine.speculative.slots import SpecSlotPool
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,28 @@ def sampling_from_proto(message: common_pb2.SamplingParams, default_max_tokens: 
     return params
 
 
+def sampling_to_proto(params, max_tokens: int) -> common_pb2.SamplingParams:
+    """Engine SamplingParams (already validated by the router) to the wire, with the tokens left."""
+    message = common_pb2.SamplingParams(
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        stop_token_ids=list(params.stop_token_ids),
+        stop=list(params.stop),
+        max_tokens=max_tokens,
+        ignore_eos=params.ignore_eos,
+    )
+    if params.seed is not None:
+        message.seed = params.seed
+    if params.logprobs is not None:
+        message.logprobs = params.logprobs
+    return message
+
+
 def descriptor_to_proto(descriptor) -> worker_pb2.TransferDescriptor:
     return worker_pb2.TransferDescriptor(
         transfer_id=descriptor.transfer_id,

@@ -17,13 +17,19 @@ import uuid
 import grpc
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
-from engine import prefix_share
-from serving.convert import descriptor_from_proto, descriptor_to_proto
-from serving.grpc_server import insecure_or_tls_channel
+from engine.cache.prefix_cache import PrefixCache, PrefixUnavailable
+from rpc.convert import descriptor_from_proto, descriptor_to_proto
+from rpc.grpc_server import insecure_or_tls_channel
 
 log = logging.getLogger(__name__)
 EXPOSE_DEADLINE_S = 30.0
 _exposed_lock = threading.Lock()
+
+
+def _prefix_cache(engine) -> PrefixCache:
+    if engine.prefix_cache is None:
+        raise PrefixUnavailable("this engine runs without a prefix cache")
+    return engine.prefix_cache
 
 
 def _state_regions(core, units: list[int]) -> dict[str, list[int]]:
@@ -37,7 +43,7 @@ def expose_prefix(core, request: worker_pb2.ExposePrefixRequest) -> worker_pb2.E
     tokens = list(request.token_ids)
     if not tokens or request.blocks <= 0:
         raise ValueError("ExposePrefix needs token ids and blocks > 0")
-    exported = core.loop.call(lambda engine: prefix_share.export_prefix(engine, tokens, request.cache_salt, request.blocks))
+    exported = core.loop.call(lambda engine: _prefix_cache(engine).export_prefix(tokens, request.cache_salt, request.blocks))
     blocks = exported.num_tokens // core.config.block_size
     units = {"kv": list(exported.page_ids)}
     if exported.checkpoint_slot is not None:
@@ -47,7 +53,7 @@ def expose_prefix(core, request: worker_pb2.ExposePrefixRequest) -> worker_pb2.E
     try:
         descriptor = core.backend.expose(transfer_id, units, deadline_s)
     except BaseException:
-        core.loop.call(lambda engine: prefix_share.release_export(engine, exported))
+        core.loop.call(lambda engine: _prefix_cache(engine).release_export(exported))
         raise
     with _exposed_lock:
         exposed = getattr(core, "exposed", None)
@@ -64,7 +70,7 @@ def release_exposed(core, transfer_id: str) -> bool:
     if entry is None:
         return False
     exported, _ = entry
-    core.loop.call(lambda engine: prefix_share.release_export(engine, exported))
+    core.loop.call(lambda engine: _prefix_cache(engine).release_export(exported))
     try:
         core.backend.forget(transfer_id)
     except Exception:  # noqa: BLE001 - the backend may have dropped it already
@@ -113,12 +119,12 @@ def fetch_prefix(core, req: worker_pb2.WorkerRequest, source: worker_pb2.FetchSo
 
 def _read_into_cache(core, exposed: worker_pb2.ExposePrefixResponse, tokens: list[int], salt: str) -> int:
     descriptor = descriptor_from_proto(exposed.descriptor)
-    buffer = core.loop.call(lambda engine: prefix_share.begin_import(engine, exposed.blocks))
+    buffer = core.loop.call(lambda engine: _prefix_cache(engine).begin_import(exposed.blocks))
     units = {"kv": buffer.page_ids}
     if buffer.checkpoint_slot is not None:
         units.update(_state_regions(core, [buffer.checkpoint_slot]))
     result = core.backend.read(descriptor, units)
     if result.status.name != "DONE":
-        core.loop.call(lambda engine: prefix_share.abort_import(engine, buffer))
+        core.loop.call(lambda engine: _prefix_cache(engine).abort_import(buffer))
         raise RuntimeError(f"read {result.status.name}: {result.reason}")
-    return core.loop.call(lambda engine: prefix_share.commit_import(engine, buffer, tokens, salt))
+    return core.loop.call(lambda engine: _prefix_cache(engine).commit_import(buffer, tokens, salt))

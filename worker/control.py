@@ -7,8 +7,8 @@ import logging
 import queue
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
-from serving.errors import grpc_errors
-from serving.worker_core import WorkerCore
+from rpc.errors import grpc_errors
+from worker.core import WorkerCore
 
 log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.5
@@ -47,13 +47,13 @@ class WorkerControlServicer(worker_pb2_grpc.WorkerControlServicer):
 
     def ExposePrefix(self, request, context):
         with grpc_errors(context):
-            from serving.prefix_fetch import expose_prefix
+            from worker.prefix_fetch import expose_prefix
 
             return expose_prefix(self.core, request)
 
     def ReleaseExposed(self, request, context):
         with grpc_errors(context):
-            from serving.prefix_fetch import release_exposed
+            from worker.prefix_fetch import release_exposed
 
             release_exposed(self.core, request.transfer_id)
             return worker_pb2.ReleaseExposedResponse()

@@ -2,7 +2,7 @@
 
 Life of a request here:
 1. `Prefill` (from the router) carries the prompt and the decode worker's transfer descriptor
-   (and, optionally, a peer that holds a longer cached prefix: see `serving/prefix_fetch.py`).
+   (and, optionally, a peer that holds a longer cached prefix: see `worker/prefix_fetch.py`).
 2. The engine matches the prompt against its radix cache (a prefix ending at a DeltaNet state
    checkpoint), copies that checkpoint into the request's live slot and computes only the rest, in
    chunks. After each chunk, each layer's finished KV pages are posted to the decode worker while
@@ -21,11 +21,11 @@ import queue
 import time
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
-from prefill_worker.sender import LayerwiseSender
-from serving.convert import descriptor_from_proto, sampling_from_proto
-from serving.engine_loop import EngineStopped
-from serving.errors import grpc_errors
-from serving.worker_core import WorkerCore
+from rpc.convert import descriptor_from_proto, sampling_from_proto
+from rpc.errors import grpc_errors
+from worker.core import WorkerCore
+from worker.engine_loop import EngineStopped
+from worker.prefill_sender import LayerwiseSender
 
 log = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 600.0
@@ -45,7 +45,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
             started = time.perf_counter()
             fetched_tokens, fetch_failed = 0, False
             if request.HasField("fetch") and request.fetch.blocks > 0:
-                from serving.prefix_fetch import fetch_prefix
+                from worker.prefix_fetch import fetch_prefix
 
                 fetched_tokens, fetch_failed = fetch_prefix(self.core, req, request.fetch)
             sender = LayerwiseSender(self.core, descriptor, req.request_id)
@@ -99,3 +99,8 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
             if output.finished:
                 raise RuntimeError(f"request {request_id} finished ({output.finish_reason}) without a prefill result")
         raise TimeoutError(f"prefill of {request_id} took over {PREFILL_TIMEOUT_S:.0f} s")
+
+
+def add_to_server(core: WorkerCore, server) -> None:
+    """What `worker.launch.start_worker` calls to register this role's service."""
+    worker_pb2_grpc.add_PrefillServiceServicer_to_server(PrefillServicer(core), server)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable
 
 from baton_pb.v1 import worker_pb2
-from router.index.base import IndexEvent
+from prefix_index.base import IndexEvent
 
 log = logging.getLogger(__name__)
 

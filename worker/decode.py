@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
-from serving.convert import descriptor_to_proto, sampling_from_proto
-from serving.errors import TransferFailed, UnknownRequest, grpc_errors
-from serving.token_stream import stream_tokens
-from serving.worker_core import WorkerCore
+from rpc.convert import descriptor_to_proto, sampling_from_proto
+from rpc.errors import AdmissionRejected, TransferFailed, UnknownRequest, grpc_errors
+from worker.core import WorkerCore
+from worker.token_stream import stream_tokens
 
 log = logging.getLogger(__name__)
 REAPER_PERIOD_S = 0.5
@@ -53,8 +53,6 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         with grpc_errors(context):
             req = request.request
             if self.core.draining.is_set():
-                from serving.worker_core import AdmissionRejected
-
                 raise AdmissionRejected("worker is draining", draining=True)
             params = sampling_from_proto(req.sampling)
             prompt = list(req.prompt_token_ids)
@@ -146,3 +144,8 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 log.warning("reservation %s expired without a transfer; freeing it", pending.request_id)
                 self.core.backend.forget(pending.transfer_id)
                 self._release(pending.request_id)
+
+
+def add_to_server(core: WorkerCore, server) -> None:
+    """What `worker.launch.start_worker` calls to register this role's service."""
+    worker_pb2_grpc.add_DecodeServiceServicer_to_server(DecodeServicer(core), server)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from router.index.base import IndexEvent
+from prefix_index.base import IndexEvent
 
 BLOCK = 1
 CHECKPOINT = 2

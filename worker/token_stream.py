@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import grpc
 
 from baton_pb.v1 import worker_pb2
-from serving.convert import logprobs_to_proto
-from serving.engine_loop import EngineStopped
-from serving.worker_core import WorkerCore
+from rpc.convert import logprobs_to_proto
+from worker.core import WorkerCore
+from worker.engine_loop import EngineStopped
 
 OUTPUT_POLL_S = 0.25
 STALL_LIMIT_S = 600.0

@@ -1,5 +1,6 @@
 """Starting a worker process (`python -m prefill_worker` / `python -m decode_worker`) or an
-in-process worker (Ray actors, tests): gRPC server + engine + transfer backend, SIGTERM drains."""
+in-process worker (Ray actors, tests): gRPC server + engine + transfer backend, SIGTERM drains.
+The role's entry point hands in its servicer, so this module imports neither role."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +16,13 @@ from pathlib import Path
 import grpc
 
 from baton_pb.v1 import worker_pb2_grpc
-from serving import grpc_server
-from serving.config import Role, WorkerConfig, worker_config_from_args
-from serving.worker_control import WorkerControlServicer
-from serving.worker_core import WorkerCore
+from rpc import grpc_server
+from worker.config import Role, WorkerConfig, worker_config_from_args
+from worker.control import WorkerControlServicer
+from worker.core import WorkerCore
 
 log = logging.getLogger(__name__)
+AddRoleServicer = Callable[[WorkerCore, grpc.Server], None]  # registers a role's servicer on the server
 DRAIN_TIMEOUT_S = 120.0
 SERVICE_NAMES = {
     "prefill": ("baton.v1.WorkerControl", "baton.v1.PrefillService"),
@@ -54,21 +57,16 @@ class RunningWorker:
         self.core.close()
 
 
-def start_worker(config: WorkerConfig) -> RunningWorker:
+def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> RunningWorker:
+    """Serve one worker in this process; `add_role_servicer` registers the role's servicer (given by
+    the role's entry point, `prefill_worker` or `decode_worker`, so this module imports neither)."""
     core = WorkerCore(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(32, 2 * config.max_queue + 16), thread_name_prefix="rpc"),
         options=grpc_server.CHANNEL_OPTIONS,
     )
     worker_pb2_grpc.add_WorkerControlServicer_to_server(WorkerControlServicer(core), server)
-    if config.role == "prefill":
-        from prefill_worker.worker import PrefillServicer
-
-        worker_pb2_grpc.add_PrefillServiceServicer_to_server(PrefillServicer(core), server)
-    else:
-        from decode_worker.worker import DecodeServicer
-
-        worker_pb2_grpc.add_DecodeServiceServicer_to_server(DecodeServicer(core), server)
+    add_role_servicer(core, server)
     health = grpc_server.add_health_and_reflection(server, SERVICE_NAMES[config.role])
     port = grpc_server.bind(server, config.listen, config.tls)
     server.start()
@@ -78,7 +76,7 @@ def start_worker(config: WorkerConfig) -> RunningWorker:
     core.config = _with_address(config, address)
     _start_index_publisher(running)
     if config.metrics_port:
-        from serving.metrics import start_metrics_server
+        from worker.metrics import start_metrics_server
 
         start_metrics_server(config.metrics_port, worker=running)
     if config.ready_file:
@@ -96,7 +94,7 @@ def _with_address(config: WorkerConfig, address: str) -> WorkerConfig:
 def _start_index_publisher(running: RunningWorker) -> None:
     spec = running.config.index
     if spec and spec != "embedded":
-        from serving.index_publisher import IndexPublisher
+        from worker.index_publisher import IndexPublisher
 
         running.core.publisher = IndexPublisher(spec, running.core).start()
 
@@ -107,13 +105,13 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(role: Role, argv: list[str] | None = None) -> int:
+def main(role: Role, add_role_servicer: AddRoleServicer, argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("BATON_LOG_LEVEL", "INFO"),
         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
     config = worker_config_from_args(role, argv)
-    running = start_worker(config)
+    running = start_worker(config, add_role_servicer)
     done = threading.Event()
 
     def on_sigterm(signum, frame):  # drain in a thread: signal handlers must return quickly

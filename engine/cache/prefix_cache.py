@@ -1,4 +1,4 @@
-"""`PrefixCacheGlue`: how the engine uses the hybrid radix cache (`engine.cache.radix.RadixCache`).
+"""`PrefixCache`: how the engine uses the hybrid radix cache (`engine.cache.radix.RadixCache`).
 
 - Admission: a new (or preempted) sequence takes the longest cached prefix that ends at a state
   checkpoint, shares its pages, copies the checkpoint into its live slot and prefills only the rest.
@@ -11,27 +11,53 @@
   goes to the tree when the sequence finishes. The copies run after the step's forward has returned.
 - Pages of finished sequences stay in the tree (refcounted) until evicted under page pressure, which
   the block manager does before it preempts anyone.
-A pure-attention model (no DeltaNet layers) needs no checkpoints: every cached block is usable."""
+- Sharing with peer engines (the global index's "fetch, not recompute"). Holder side:
+  `export_prefix` pins the longest checkpoint-ended cached prefix of a prompt (its pages and its
+  DeltaNet checkpoint) so a peer can read them; `release_export` unpins. Reader side: `begin_import`
+  takes pages + a checkpoint slot for the blocks about to arrive, `commit_import` hands them to the
+  tree (so the next request matches them like any cached prefix), `abort_import` gives them back.
+A pure-attention model (no DeltaNet layers) needs no checkpoints: every cached block is usable.
+Every method runs on the engine's thread."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from engine.cache.events import KvEvent
 from engine.cache.hashing import cache_extra
-from engine.cache.page_pool import PagePool
-from engine.cache.radix import RadixCache
+from engine.cache.page_pool import OutOfPages, PagePool
+from engine.cache.radix import MatchHandle, PrefixMatch, RadixCache
 from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
 from engine.engine_config import EngineConfig
-from engine.scheduler import ScheduledChunk
+from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
 
-class PrefixCacheGlue:
+@dataclass(frozen=True, slots=True)
+class ExportedPrefix:
+    page_ids: tuple[int, ...]
+    checkpoint_slot: int | None
+    num_tokens: int
+    handle: MatchHandle
+
+
+@dataclass(frozen=True, slots=True)
+class ImportBuffer:
+    page_ids: list[int]
+    checkpoint_slot: int | None
+    num_blocks: int
+
+
+class PrefixUnavailable(RuntimeError):
+    pass
+
+
+class PrefixCache:
     def __init__(
         self,
         cache: CacheTensors,
@@ -183,3 +209,57 @@ class PrefixCacheGlue:
             "checkpoint_evictions": self.radix.checkpoint_evictions,
             "checkpoint_slots_free": self.radix.checkpoint_pool.num_free,
         }
+
+    # ---- sharing with peers ----------------------------------------------------------------------
+    def export_prefix(self, token_ids: list[int], cache_salt: str, max_blocks: int) -> ExportedPrefix:
+        limit = min(len(token_ids) - 1, max_blocks * self.block_size) + 1  # match leaves one token uncomputed
+        match = self.radix.match(token_ids[:limit], cache_extra(self.model_id, cache_salt))
+        if match.num_tokens == 0 or (self.has_state and match.checkpoint_slot is None):
+            self._drop_match(match)
+            raise PrefixUnavailable("no checkpoint-ended cached prefix of that prompt here")
+        return ExportedPrefix(tuple(match.page_ids), match.checkpoint_slot, match.num_tokens, match.handle)
+
+    def release_export(self, exported: ExportedPrefix) -> None:
+        self._drop_match(exported)
+
+    def _drop_match(self, match: PrefixMatch | ExportedPrefix) -> None:
+        self.radix.release(match.handle)
+        if match.page_ids:
+            self.radix.page_pool.decref(list(match.page_ids))
+
+    def begin_import(self, num_blocks: int) -> ImportBuffer:
+        if num_blocks <= 0:
+            raise ValueError("nothing to import")
+        page_ids = self._allocate_pages(num_blocks)
+        slot = None
+        if self.has_state:
+            slot = self.radix.allocate_checkpoint()
+            if slot is None:
+                self.radix.page_pool.decref(page_ids)
+                raise PrefixUnavailable("no checkpoint slot free for an imported prefix")
+        return ImportBuffer(list(page_ids), slot, num_blocks)
+
+    def _allocate_pages(self, num_pages: int) -> list[int]:
+        pages = self.radix.page_pool
+        if pages.num_free < num_pages:
+            self.evict_pages(num_pages - pages.num_free)
+        if pages.num_free < num_pages:
+            raise OutOfPages(f"need {num_pages} pages, {pages.num_free} free after eviction")
+        return pages.allocate(num_pages)
+
+    def commit_import(self, buffer: ImportBuffer, token_ids: list[int], cache_salt: str) -> int:
+        """The buffer now holds the KV of `token_ids[:num_blocks * block_size]` and the state at its end."""
+        num_tokens = buffer.num_blocks * self.block_size
+        checkpoints = {num_tokens: buffer.checkpoint_slot} if buffer.checkpoint_slot is not None else {}
+        try:
+            self.radix.insert(token_ids[:num_tokens], buffer.page_ids, cache_extra(self.model_id, cache_salt), checkpoints)
+        except ValueError:
+            self.abort_import(buffer)
+            raise
+        self.radix.page_pool.decref(buffer.page_ids)  # the tree holds its own references now
+        return num_tokens
+
+    def abort_import(self, buffer: ImportBuffer) -> None:
+        if buffer.checkpoint_slot is not None:
+            self.radix.free_checkpoint(buffer.checkpoint_slot)
+        self.radix.page_pool.decref(buffer.page_ids)

@@ -15,7 +15,7 @@ import torch
 
 from engine.models.mtp import MtpHead, MtpKv
 from engine.sampling_params import SamplingParams
-from engine.spec.acceptance import draw, processed_probs
+from engine.speculative.acceptance import draw, processed_probs
 
 
 @dataclass

@@ -6,7 +6,7 @@ Per step: decoding sequences that may speculate get k drafts from the MTP head, 
 k extra positions and k spare state slots; their chunk becomes a verify chunk [last token, drafts]
 whose DeltaNet state after position j lands in step slot j. One target forward runs the whole
 mixed batch (prefill chunks, plain decodes, verify chunks). Then each verify is accepted
-(`engine.spec.acceptance`), the slot of the last accepted position is promoted to live
+(`engine.speculative.acceptance`), the slot of the last accepted position is promoted to live
 (`SpecSlotPool.promote`: an index update), pages past the accepted positions go back, and the
 accepted tokens are appended like sampled ones. Nothing on this path copies a state; the prefix
 cache's block-end snapshots (checkpoints, as without speculation) are the only state copies.
@@ -22,11 +22,11 @@ import torch
 from engine.block_manager import blocks_for
 from engine.model_runner import SeqChunk
 from engine.sampler import make_generator
-from engine.scheduler import ScheduledChunk
+from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import RequestOutput, Sequence
-from engine.spec.acceptance import accept_greedy, accept_sampled, processed_probs
-from engine.spec.drafter import Draft, Drafter, DraftRequest, SeqSpecState
-from engine.spec.slots import SpecSlotPool
+from engine.speculative.acceptance import accept_greedy, accept_sampled, processed_probs
+from engine.speculative.drafter import Draft, Drafter, DraftRequest, SeqSpecState
+from engine.speculative.slots import SpecSlotPool
 
 
 @dataclass(slots=True)
@@ -211,16 +211,16 @@ class SpecDecoder:
     def _snapshots(self, seq: Sequence, start: int, slots: list[int]) -> None:
         """The prefix cache's decode snapshots at block ends the verify passed: slots[j] holds the
         state at position start + j + 1 (the cache copies it, as it copies a decode's live slot)."""
-        glue = self.engine.prefix_cache
-        if glue is None:
+        prefix_cache = self.engine.prefix_cache
+        if prefix_cache is None:
             return
         live = seq.state_slot
         for j, slot in enumerate(slots):
             position = start + j + 1
-            if position % glue.block_size == 0:
+            if position % prefix_cache.block_size == 0:
                 seq.state_slot = slot
                 try:
-                    glue.after_step([ScheduledChunk(seq, start, position)])
+                    prefix_cache.after_step([ScheduledChunk(seq, start, position)])
                 finally:
                     seq.state_slot = live
 

@@ -9,7 +9,7 @@ from itertools import repeat
 
 import numpy as np
 
-from router.index.base import (
+from prefix_index.base import (
     IndexEvent,
     PrefixHit,
     PrefixIndex,
@@ -19,7 +19,7 @@ from router.index.base import (
     check_ttl,
     check_worker,
 )
-from router.index.records import BLOCK, CHECKPOINT, PublishedRecords
+from prefix_index.records import BLOCK, CHECKPOINT, PublishedRecords
 
 
 class EmbeddedPrefixIndex(PrefixIndex):

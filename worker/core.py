@@ -11,20 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from baton_pb.v1 import admin_pb2
-from serving.config import WorkerConfig
-from serving.engine_loop import EngineLoop
-from serving.kv_events import KvEventHub
+from rpc.errors import AdmissionRejected
+from worker.config import WorkerConfig
+from worker.engine_loop import EngineLoop
+from worker.kv_events import KvEventHub
 
 log = logging.getLogger(__name__)
-
-
-class AdmissionRejected(RuntimeError):
-    """The worker is full (RESOURCE_EXHAUSTED) or draining (UNAVAILABLE)."""
-
-    def __init__(self, message: str, draining: bool = False, retry_after_ms: int = 200) -> None:
-        super().__init__(message)
-        self.draining = draining
-        self.retry_after_ms = retry_after_ms
 
 
 def build_engine(config: WorkerConfig, model_id: str, on_kv_event):

@@ -1,1 +1,0 @@
-"""gRPC plumbing shared by the router and both worker kinds (servers, engine loop, conversions)."""
