@@ -151,3 +151,14 @@ class PrefixIndex(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def index_events_by_namespace(batch) -> dict[str, list[IndexEvent]]:
+    """A wire `KvEventBatch` (read by field name, so this package needs no generated protos) as
+    prefix-index events, grouped by namespace (what `PrefixIndex.publish` takes)."""
+    grouped: dict[str, list[IndexEvent]] = {}
+    for event in batch.events:
+        grouped.setdefault(event.namespace, []).append(
+            IndexEvent(event.kind, tuple(event.block_hashes), tuple(event.checkpoint_hashes))
+        )
+    return grouped

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from baton_pb.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
-from prefix_index.base import IndexUnavailable, PrefixIndex
+from prefix_index.base import IndexUnavailable, PrefixIndex, index_events_by_namespace
 from rpc.grpc_server import insecure_or_tls_channel
 from rpc.tls import TlsConfig
-from worker.kv_events import index_events_by_namespace
 
 log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps take seconds

@@ -67,7 +67,7 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
     host = config.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
     metrics_port = 0
     if config.metrics_port:
-        from worker.metrics import start_metrics_server
+        from rpc.metrics_http import start_metrics_server
 
         metrics_port = start_metrics_server(config.metrics_port, registry=core.metrics.registry)
     running = RunningRouter(core, servers, f"{host}:{port}", f"{host}:{admin_port}", metrics_port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from baton_pb.v1 import common_pb2, worker_pb2
+from baton_pb.v1 import common_pb2
 
 SAMPLING_FIELDS = (
     "temperature",
@@ -57,49 +57,6 @@ def sampling_to_proto(params, max_tokens: int) -> common_pb2.SamplingParams:
     if params.logprobs is not None:
         message.logprobs = params.logprobs
     return message
-
-
-def descriptor_to_proto(descriptor) -> worker_pb2.TransferDescriptor:
-    return worker_pb2.TransferDescriptor(
-        transfer_id=descriptor.transfer_id,
-        backend=descriptor.backend,
-        address=descriptor.address,
-        units=[worker_pb2.RegionUnits(name=name, units=list(units)) for name, units in descriptor.dst_units.items()],
-        layouts=[
-            worker_pb2.RegionLayout(
-                name=name,
-                dtype=layout.dtype,
-                num_layers=layout.num_layers,
-                num_units=layout.num_units,
-                unit_shape=list(layout.unit_shape),
-            )
-            for name, layout in descriptor.layouts.items()
-        ],
-        deadline_unix_s=descriptor.deadline_unix_s,
-        skip_blocks=descriptor.skip_blocks,
-    )
-
-
-def descriptor_from_proto(message: worker_pb2.TransferDescriptor):
-    from kvtransfer.base import RegionLayout, TransferDescriptor
-
-    return TransferDescriptor(
-        transfer_id=message.transfer_id,
-        backend=message.backend,
-        address=bytes(message.address),
-        dst_units={region.name: tuple(region.units) for region in message.units},
-        layouts={
-            layout.name: RegionLayout(
-                dtype=layout.dtype,
-                num_layers=layout.num_layers,
-                num_units=layout.num_units,
-                unit_shape=tuple(layout.unit_shape),
-            )
-            for layout in message.layouts
-        },
-        deadline_unix_s=message.deadline_unix_s,
-        skip_blocks=message.skip_blocks,
-    )
 
 
 def logprobs_to_proto(logprobs) -> list[common_pb2.TokenLogprob]:

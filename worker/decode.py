@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
-from rpc.convert import descriptor_to_proto, sampling_from_proto
+from rpc.convert import sampling_from_proto
 from rpc.errors import AdmissionRejected, TransferFailed, UnknownRequest, grpc_errors
 from worker.core import WorkerCore
+from worker.descriptors import descriptor_to_proto
 from worker.token_stream import stream_tokens
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,8 @@ import queue
 import threading
 import time
 
-from prefix_index.base import IndexUnavailable
+from prefix_index.base import IndexUnavailable, index_events_by_namespace
 from prefix_index.factory import create_index
-from worker.kv_events import index_events_by_namespace
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 6.0

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterable
 
 from baton_pb.v1 import worker_pb2
-from prefix_index.base import IndexEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +82,3 @@ class KvEventHub:
 
     def _batch(self, events: Iterable[worker_pb2.KvEvent], snapshot: bool) -> worker_pb2.KvEventBatch:
         return worker_pb2.KvEventBatch(worker_id=self.worker_id, epoch=self.epoch, events=list(events), snapshot=snapshot)
-
-
-def index_events_by_namespace(batch: worker_pb2.KvEventBatch) -> dict[str, list[IndexEvent]]:
-    """A wire batch as prefix-index events, grouped by namespace (what `PrefixIndex.publish` takes)."""
-    grouped: dict[str, list[IndexEvent]] = {}
-    for event in batch.events:
-        grouped.setdefault(event.namespace, []).append(
-            IndexEvent(event.kind, tuple(event.block_hashes), tuple(event.checkpoint_hashes))
-        )
-    return grouped

@@ -1,10 +1,11 @@
-"""Prometheus `/metrics` for routers and workers. A worker's metrics are read from its engine and
+"""Prometheus `/metrics` of a worker. A worker's metrics are read from its engine and
 counters at scrape time (a custom collector), so the hot path only bumps plain integers."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from rpc import metrics_http
 
 
 class WorkerCollector:
@@ -46,10 +47,6 @@ class WorkerCollector:
             yield family
 
 
-def start_metrics_server(port: int, *, registry: CollectorRegistry | None = None, worker=None) -> int:
-    """Serves /metrics on `port` (0 = any free port); returns the bound port."""
-    registry = registry or CollectorRegistry()
-    if worker is not None:
-        registry.register(WorkerCollector(worker))
-    server, _thread = start_http_server(port, registry=registry)
-    return server.server_port
+def start_metrics_server(port: int, *, worker) -> int:
+    """Serves the worker's /metrics on `port` (0 = any free port); returns the bound port."""
+    return metrics_http.start_metrics_server(port, collector=WorkerCollector(worker))

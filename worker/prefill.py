@@ -21,9 +21,10 @@ import queue
 import time
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
-from rpc.convert import descriptor_from_proto, sampling_from_proto
+from rpc.convert import sampling_from_proto
 from rpc.errors import grpc_errors
 from worker.core import WorkerCore
+from worker.descriptors import descriptor_from_proto
 from worker.engine_loop import EngineStopped
 from worker.prefill_sender import LayerwiseSender
 

@@ -18,8 +18,8 @@ import grpc
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from engine.cache.prefix_cache import PrefixCache, PrefixUnavailable
-from rpc.convert import descriptor_from_proto, descriptor_to_proto
 from rpc.grpc_server import insecure_or_tls_channel
+from worker.descriptors import descriptor_from_proto, descriptor_to_proto
 
 log = logging.getLogger(__name__)
 EXPOSE_DEADLINE_S = 30.0

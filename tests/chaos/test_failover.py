@@ -13,7 +13,6 @@ import pytest
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from rpc.convert import descriptor_from_proto  # noqa: F401 - the descriptor must parse
 from tests.chaos.harness import (
     WORKER_ARGS,
     failovers,
@@ -25,6 +24,7 @@ from tests.chaos.harness import (
     wait_pools_idle,
 )
 from tests.helpers.reference import greedy_reference
+from worker.descriptors import descriptor_from_proto  # noqa: F401 - the descriptor must parse
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
