@@ -89,7 +89,7 @@ def render(
             add_generation_prompt=add_generation_prompt,
             **{**special_tokens, **template_kwargs},
         )
-    except (jinja2.TemplateError, TypeError, ValueError) as error:
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError) as error:
         raise ChatTemplateError(f"the chat template refused the chat: {error}") from error
 
 
