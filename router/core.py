@@ -88,6 +88,7 @@ class RouterCore:
             max_context=self.max_context,
             default_max_tokens=self.config.default_max_tokens,
             max_tokens_limit=self.config.max_tokens_limit,
+            allow_special_tokens_in_content=self.config.allow_special_tokens_in_content,
         )
         self.metrics.observe_prompt(len(prepared.prompt))
         with self._admitted(), self._registered(GenerateFlow(self, prepared, request.explain)) as flow:

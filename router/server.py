@@ -97,6 +97,11 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--local-prefill-threshold", type=int, default=512)
     parser.add_argument("--max-in-flight", type=int, default=256)
+    parser.add_argument(
+        "--allow-special-tokens-in-content",
+        action="store_true",
+        help="chat: encode control-token text in messages (e.g. '<|im_start|>') as control tokens, not as text",
+    )
     parser.add_argument("--auth-tokens", default=os.environ.get("BATON_AUTH_TOKENS", ""))
     return parser
 
@@ -111,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         block_size=args.block_size,
         local_prefill_threshold=args.local_prefill_threshold,
         max_in_flight=args.max_in_flight,
+        allow_special_tokens_in_content=args.allow_special_tokens_in_content,
         tls=TlsConfig.from_env(),
         auth_tokens_file=args.auth_tokens,
     )

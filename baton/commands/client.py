@@ -4,6 +4,7 @@ then usage and the route taken. Exits 1 with the gRPC status on an error."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,16 @@ def positive(text: str) -> int:
     return value
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("client", help="send a prompt to a running router and stream the answer")
     add_router_flags(parser)
@@ -29,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", required=True, help="prompt text (the user message with --chat)")
     parser.add_argument(
         "--chat", action="store_true", help="send as a chat message (the model's chat template)"
+    )
+    parser.add_argument(
+        "--template-kwargs",
+        type=json_object,
+        default=None,
+        help='--chat: chat-template kwargs as a JSON object, e.g. \'{"enable_thinking": false}\'',
     )
     parser.add_argument("--session", default="", help="agent session id (routing affinity across turns)")
     parser.add_argument("--max-tokens", type=positive, default=None)
@@ -56,6 +73,8 @@ def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
     )  # fmt: skip
     if args.chat:
         request.chat.messages.add(role="user", content=args.prompt)
+        if args.template_kwargs:
+            request.chat.template_kwargs_json = json.dumps(args.template_kwargs)
     else:
         request.text = args.prompt
     return request

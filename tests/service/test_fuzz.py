@@ -91,6 +91,13 @@ def _prompt(request: public_pb2.GenerateRequest, data) -> None:
         messages = data.draw(st.lists(st.tuples(roles, SOME_TEXT), max_size=4))
         request.chat.SetInParent()  # an empty chat is a chat too
         request.chat.messages.extend(common_pb2.ChatMessage(role=r, content=c) for r, c in messages)
+        json_ish = st.one_of(SOME_TEXT, st.just('{"enable_thinking": false}'), st.just('[{"type": "function"}]'))
+        request.chat.tools_json = data.draw(json_ish)
+        request.chat.template_kwargs_json = data.draw(json_ish)
+        if messages and data.draw(st.booleans()):
+            call = common_pb2.ToolCall(id=data.draw(SOME_TEXT), name=data.draw(SOME_TEXT), arguments=data.draw(json_ish))
+            request.chat.messages[-1].tool_calls.append(call)
+            request.chat.messages.add(role="tool", content="r", tool_call_id=data.draw(st.sampled_from([call.id, "other"])))
     elif kind == "token_ids":
         ids = st.one_of(st.integers(0, 1100), INT32)  # vocabulary is ~1k: in and out of range
         request.token_ids.SetInParent()

@@ -39,6 +39,22 @@ def _messages() -> list:
     return [
         public_pb2.GenerateRequest(session_id="s", token_ids=common_pb2.TokenIds(ids=[1, 2, 3]), sampling=sampling),
         public_pb2.GenerateRequest(chat=common_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content="hi")])),
+        public_pb2.GenerateRequest(
+            chat=common_pb2.ChatMessages(
+                messages=[
+                    common_pb2.ChatMessage(role="user", content="weather?"),
+                    common_pb2.ChatMessage(
+                        role="assistant",
+                        reasoning_content="look it up",
+                        tool_calls=[common_pb2.ToolCall(id="c1", type="function", name="get", arguments='{"city": "Oslo"}')],
+                    ),
+                    common_pb2.ChatMessage(role="tool", content="4 C", tool_call_id="c1", name="get"),
+                ],
+                tools_json='[{"type": "function", "function": {"name": "get"}}]',
+                template_kwargs_json='{"enable_thinking": false}',
+                add_generation_prompt=False,
+            )
+        ),
         public_pb2.GenerateResponse(request_id="r", token_ids=[5], text="x", usage=common_pb2.Usage(cached_tokens=16)),
         admin_pb2.ListWorkersResponse(workers=[admin_pb2.WorkerInfo(worker_id="p0", role="prefill", epoch=3)]),
         worker_pb2.PrefillRequest(request=worker_pb2.WorkerRequest(request_id="r", prompt_token_ids=[1, 2]), destination=descriptor),
