@@ -107,6 +107,8 @@ def _sampling(body: dict) -> common_pb2.SamplingParams:
         value = number(body, name, low=low, high=high)
         if value is not None:
             setattr(sampling, name, value)
+    if optional(body, "ignore_eos", bool, False):  # vLLM's extension, for benchmarks
+        sampling.ignore_eos = True
     seed = optional(body, "seed", int)
     if seed is not None:
         sampling.seed = seed
