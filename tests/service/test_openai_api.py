@@ -9,9 +9,9 @@ import json
 import time
 
 import grpc
-import requests
 import openai
 import pytest
+import requests
 
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, public_pb2, public_pb2_grpc
 from router.config import RouterConfig
