@@ -60,7 +60,7 @@ class Generation:
             self.finished = True
         if not self.api.logprobs or not response.logprobs:
             return []
-        entries = token_logprobs(response.logprobs, self.core.tokenizer, with_top=True)
+        entries = token_logprobs(response.logprobs, self.core.tokenizer)
         self.answer.logprobs.extend(entries)
         return entries
 

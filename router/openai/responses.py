@@ -37,15 +37,22 @@ def finish_reason(reason: str, called_tools: bool) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def token_logprobs(entries, tokenizer, with_top: bool) -> list[dict]:
+def token_logprobs(entries, tokenizer) -> list[dict]:
+    """Worker TokenLogprobs → OpenAI's `logprobs.content` entries (with their `top_logprobs`)."""
     result = []
     for entry in entries:
-        token = tokenizer.decode([entry.token_id], skip_special_tokens=False)
-        item = {"token": token, "logprob": entry.logprob, "bytes": list(token.encode())}
-        if with_top:
-            item["top_logprobs"] = []  # the wire carries the chosen token's logprob only (see README)
+        item = _token_entry(entry.token_id, entry.logprob, tokenizer)
+        item["top_logprobs"] = [
+            _token_entry(token_id, logprob, tokenizer)
+            for token_id, logprob in zip(entry.top_token_ids, entry.top_logprobs, strict=True)
+        ]
         result.append(item)
     return result
+
+
+def _token_entry(token_id: int, logprob: float, tokenizer) -> dict:
+    token = tokenizer.decode([token_id], skip_special_tokens=False)
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 def chat_chunk(answer: Answer, delta: dict, finish: str | None = None, logprobs: list[dict] | None = None) -> dict:
@@ -96,7 +103,9 @@ def text_completion(answer: Answer, text: str, finish: str | None, with_logprobs
     logprobs = None
     if with_logprobs:
         logprobs = {"tokens": [e["token"] for e in answer.logprobs],
-                    "token_logprobs": [e["logprob"] for e in answer.logprobs], "top_logprobs": None, "text_offset": []}  # fmt: skip
+                    "token_logprobs": [e["logprob"] for e in answer.logprobs],
+                    "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in answer.logprobs],
+                    "text_offset": []}  # fmt: skip
         answer.logprobs = []
     result = {"id": f"cmpl-{answer.request_id}", "object": "text_completion", "created": answer.created,
               "model": answer.model, "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}  # fmt: skip

@@ -157,6 +157,10 @@ def test_logprobs_and_seeded_sampling(cluster, client):
     entries = answer.choices[0].logprobs.content
     # the first token comes from the prefill worker, which sends no logprob with it
     assert len(entries) >= answer.usage.completion_tokens - 1 and all(e.logprob <= 0 for e in entries)
+    for entry in entries:
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        assert entry.top_logprobs[0].logprob >= entry.logprob - 1e-5  # the best is at least the sampled one
     again = client.chat.completions.create(model=_model(cluster), messages=messages, temperature=0.9, top_p=0.95,
                                            seed=7, max_completion_tokens=6)  # fmt: skip
     assert again.choices[0].message.content == answer.choices[0].message.content
