@@ -171,8 +171,8 @@ class OpenAiApi:
             try:
                 async for chunk in generation.chunks(stream, first):
                     await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            except (asyncio.CancelledError, ConnectionError):
-                raise
+            except ConnectionError:
+                return response  # the client left; `finally` aborts the request
             except Exception as error:  # noqa: BLE001 - the status is sent: the error goes in the stream
                 await response.write(b"data: " + json.dumps(api_error(error).body()).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")

@@ -47,3 +47,11 @@ def test_error_statuses():
     bad = api_error(BadRequest("'n' must be 1", "n"))
     assert bad.status == 400 and bad.body()["error"]["param"] == "n"
     assert json.dumps(bad.body())
+
+
+def test_engine_logprobs_reach_the_wire_with_their_top_tokens():
+    from engine.sampler import Logprob
+    from serving.convert import logprobs_to_proto
+
+    [entry] = logprobs_to_proto([Logprob(7, -0.5, top_token_ids=(7, 3), top_logprobs=(-0.5, -1.25))])
+    assert (entry.token_id, entry.logprob, list(entry.top_token_ids), list(entry.top_logprobs)) == (7, -0.5, [7, 3], [-0.5, -1.25])

@@ -19,7 +19,7 @@ from router.local_cluster import ClusterSpec, LocalCluster
 from tests.helpers.chat_templates import with_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-TOKEN, ADMIN = "tok-user-a", "tok-admin"
+TOKEN, TOKEN_B, ADMIN = "tok-user-a", "tok-user-b", "tok-admin"
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
      "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -37,7 +37,7 @@ def cluster(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("openai")
     model = with_template(Path(tiny_model), "qwen3_5", root)
     tokens = root / "tokens"
-    tokens.write_text(f"{TOKEN} tenant-a user\n{ADMIN} ops admin\n")
+    tokens.write_text(f"{TOKEN} tenant-a user\n{TOKEN_B} tenant-b user\n{ADMIN} ops admin\n")
     router = RouterConfig(model="", listen="127.0.0.1:0", http_listen="127.0.0.1:0", local_prefill_threshold=0,
                           auth_tokens_file=str(tokens))  # fmt: skip
     with LocalCluster(ClusterSpec(str(model), router=router)) as running:
@@ -132,6 +132,19 @@ def test_greedy_equals_grpc_and_streaming_equals_whole(cluster, client):
     responses = list(stub.Generate(request, timeout=60, metadata=(("authorization", f"Bearer {TOKEN}"),)))
     assert "".join(r.text for r in responses) == whole.choices[0].message.content
     assert responses[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_completions_stream_and_tenants(cluster, client):
+    prompt = "The prefix cache is scoped to a tenant. " * 4
+    whole = client.completions.create(model=_model(cluster), prompt=prompt, **GREEDY)
+    stream = list(client.completions.create(model=_model(cluster), prompt=prompt, stream=True,
+                                            stream_options={"include_usage": True}, **GREEDY))  # fmt: skip
+    assert "".join(c.choices[0].text for c in stream if c.choices) == whole.choices[0].text
+    assert stream[-1].usage.prompt_tokens_details.cached_tokens > 0, "the same tenant hits its cache"
+    other = openai.OpenAI(base_url=client.base_url, api_key=TOKEN_B, max_retries=0)
+    theirs = other.completions.create(model=_model(cluster), prompt=prompt, **GREEDY)
+    assert theirs.usage.prompt_tokens_details.cached_tokens == 0, "another tenant never hits it"
+    assert theirs.choices[0].text == whole.choices[0].text
 
 
 def test_reasoning_split(cluster, client):
