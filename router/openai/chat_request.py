@@ -1,12 +1,14 @@
 """`POST /v1/chat/completions` and `/v1/completions` bodies → the router's `GenerateRequest`.
 
 Every field is type-checked (a wrong type is a 400 naming it). Supported beyond the basics:
-`tools`, `tool_choice` "auto" (default when tools are given) and "none" (tool-call text stays
-content); "required" and a named function are refused with a 400 (no constrained decoding yet).
+`tools`, `tool_choice` "auto" (default when tools are given), "none" (tool-call text stays
+content), "required" and a named function (the call's opening is written into the prompt, so the
+model continues inside a call; there is no constrained decoding, so its arguments are the model's).
 `n` must be 1. Sessions: the `x-session-id` header, else the `user` field."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ from router.openai.fields import check, need, number, optional
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 SESSION_HEADER = "x-session-id"
+REQUIRED = "*"
 MAX_TOP_LOGPROBS = 20
 
 
@@ -30,6 +33,7 @@ class ApiRequest:
     top_logprobs: int
     parse_tools: bool
     tools: tuple = ()
+    forced_call: str = ""  # "": the model chooses; REQUIRED: some call; else the function's name
 
 
 def chat_request(body: dict, session_header: str) -> ApiRequest:
@@ -37,7 +41,7 @@ def chat_request(body: dict, session_header: str) -> ApiRequest:
     if not messages:
         raise BadRequest("'messages' must not be empty", "messages")
     tools = _tools(optional(body, "tools", list, []))
-    choice = _tool_choice(body.get("tool_choice"), bool(tools))
+    choice = _tool_choice(body.get("tool_choice"), tools)
     chat = common_pb2.ChatMessages(messages=_messages(messages))
     if tools:
         chat.tools_json = json.dumps(tools)
@@ -46,7 +50,9 @@ def chat_request(body: dict, session_header: str) -> ApiRequest:
         chat.template_kwargs_json = json.dumps(kwargs)
     generate = _base(body, session_header)
     generate.chat.CopyFrom(chat)
-    return _api_request(body, generate, parse_tools=bool(tools) and choice != "none", tools=tuple(tools))
+    request = _api_request(body, generate, parse_tools=bool(tools) and choice != "none", tools=tuple(tools))
+    forced = {"none": "", "auto": "", "required": REQUIRED}.get(choice, choice)
+    return dataclasses.replace(request, forced_call=forced)
 
 
 def completion_request(body: dict, session_header: str) -> ApiRequest:
@@ -200,11 +206,18 @@ def _tools(tools: list) -> list[dict]:
     return tools
 
 
-def _tool_choice(choice, has_tools: bool) -> str:
+def _tool_choice(choice, tools: list[dict]) -> str:
+    """"none" | "auto" | "required" | the name of the function to call."""
     if choice is None:
-        return "auto" if has_tools else "none"
-    if isinstance(choice, str) and choice in ("none", "auto"):
+        return "auto" if tools else "none"
+    if choice in ("none", "auto", "required"):
+        if choice == "required" and not tools:
+            raise BadRequest("tool_choice 'required' needs 'tools'", "tool_choice")
         return choice
-    if choice == "required" or isinstance(choice, dict):
-        raise BadRequest("tool_choice 'required' and named functions are not supported; use 'auto' or 'none'", "tool_choice")  # noqa: E501
-    raise BadRequest("'tool_choice' must be 'none', 'auto', 'required' or an object", "tool_choice")
+    if isinstance(choice, dict):
+        function = need(choice, "function", dict, where="tool_choice.")
+        name = need(function, "name", str, where="tool_choice.function.")
+        if name not in {t["function"]["name"] for t in tools}:
+            raise BadRequest(f"tool_choice names {name!r}, which is not in 'tools'", "tool_choice")
+        return name
+    raise BadRequest("'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}", "tool_choice")  # noqa: E501

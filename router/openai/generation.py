@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from baton_pb.v1 import public_pb2
 from router.openai.bridge import ThreadStream
-from router.openai.chat_request import ApiRequest
+from router.openai.chat_request import REQUIRED, ApiRequest
+from router.openai.errors import BadRequest
 from router.openai.events import fold
 from router.openai.output import OutputParser
+from router.openai.reasoning import CLOSE as REASONING_CLOSE
 from router.openai.reasoning import ReasoningParser, prompt_opens_thinking
 from router.openai.responses import (
     Answer,
@@ -23,7 +25,7 @@ from router.openai.responses import (
     usage,
     usage_chunk,
 )
-from router.openai.tool_parsers import ToolCallParser, family_for_template, parameter_types
+from router.openai.tool_parsers import ToolCallParser, call_opening, family_for_template, parameter_types
 from router.prompts import render_chat
 
 PROMPT_TAIL_TOKENS = 8  # enough to see whether the template left a `<think>` open
@@ -32,6 +34,7 @@ PROMPT_TAIL_TOKENS = 8  # enough to see whether the template left a `<think>` op
 @dataclass(frozen=True, slots=True)
 class Prepared:
     thinking_open: bool
+    prefix: str  # what the router appended to the prompt for the model to continue
 
 
 class Generation:
@@ -75,14 +78,25 @@ class ChatGeneration(Generation):
 
     def _produce(self) -> Iterator:
         tokenizer = self.core.tokenizer
-        chat = self.api.generate.chat
-        prompt = render_chat(tokenizer, chat)  # in this thread: rendering stays off the event loop
+        prompt = render_chat(tokenizer, self.api.generate.chat)  # in this thread: off the event loop
         tail = tokenizer.decode(prompt[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
-        yield Prepared(thinking_open=prompt_opens_thinking(tail))
+        thinking_open = prompt_opens_thinking(tail)
+        prefix = self._forced_prefix(thinking_open)
+        yield Prepared(thinking_open, prefix)
         request = public_pb2.GenerateRequest()
         request.CopyFrom(self.api.generate)
-        request.token_ids.ids.extend(prompt)  # replaces the chat: the core does not render again
+        request.token_ids.ids.extend(prompt + (tokenizer.encode(prefix) if prefix else []))  # replaces the chat
         yield from self.core.generate(request, self.tenant)
+
+    def _forced_prefix(self, thinking_open: bool) -> str:
+        """tool_choice "required" / named: the call's opening, after closing an open thinking block."""
+        if not self.api.forced_call:
+            return ""
+        family = family_for_template(self.core.tokenizer.chat_template)
+        if family is None:
+            raise BadRequest("this model's chat template has no tool-call format; use tool_choice 'auto' or 'none'", "tool_choice")  # noqa: E501
+        name = "" if self.api.forced_call == REQUIRED else self.api.forced_call
+        return (REASONING_CLOSE + "\n\n" if thinking_open else "") + call_opening(family, name)
 
     async def first(self, stream: ThreadStream) -> public_pb2.GenerateResponse:
         prepared = await stream.next()
@@ -90,7 +104,7 @@ class ChatGeneration(Generation):
         reasoning = ReasoningParser(prepared.thinking_open) if template and "<think>" in template else None
         family = family_for_template(template) if self.api.parse_tools else None
         tools = ToolCallParser(family, parameter_types(list(self.api.tools))) if family else None
-        self.parser = OutputParser(reasoning, tools)
+        self.parser = OutputParser(reasoning, tools, prefix=prepared.prefix)
         return await stream.next()
 
     async def chunks(self, stream: ThreadStream, first) -> AsyncIterator[dict]:

@@ -8,17 +8,25 @@ from router.openai.tool_parsers import ToolCallParser, demote_malformed
 
 
 class OutputParser:
-    def __init__(self, reasoning: ReasoningParser | None, tools: ToolCallParser | None) -> None:
+    def __init__(self, reasoning: ReasoningParser | None, tools: ToolCallParser | None, prefix: str = "") -> None:
+        """`prefix`: text the router wrote into the prompt for the model to continue (a forced
+        call's opening); parsed as if the model had written it."""
         self.reasoning = reasoning
         self.tools = tools
+        self._pending = self._parse(prefix)
 
     def feed(self, text: str) -> list[Event]:
+        events, self._pending = self._pending + self._parse(text), []
+        return events
+
+    def _parse(self, text: str) -> list[Event]:
         if not text:
             return []
         return self._route(self.reasoning.feed(text) if self.reasoning else [Content(text)])
 
     def finish(self) -> list[Event]:
-        events = self._route(self.reasoning.finish()) if self.reasoning else []
+        events, self._pending = self._pending, []
+        events += self._route(self.reasoning.finish()) if self.reasoning else []
         if self.tools:
             events.extend(self.tools.finish())
         return events

@@ -40,6 +40,13 @@ def family_for_template(template: str | None) -> str | None:
     return "xml" if "<function=" in template else "json"
 
 
+def call_opening(family: str, name: str) -> str:
+    """The text that starts a call in `family`'s format; `name` "" stops before the function name."""
+    if family == "json":
+        return OPEN + '\n{"name": ' + (json.dumps(name) + ', "arguments": ' if name else "")
+    return OPEN + "\n" + (f"<function={name}>\n" if name else "")
+
+
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 

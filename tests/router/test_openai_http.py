@@ -44,8 +44,10 @@ class ScriptedCore:
         self.fail_after = -1
         self.registry = ScriptedRegistry()
         self.aborted: list[str] = []
+        self.prompts: list[list[int]] = []
 
     def generate(self, request: public_pb2.GenerateRequest, tenant: str):
+        self.prompts.append(list(request.token_ids.ids))
         if self.failure is not None and self.fail_after < 0:
             raise self.failure
         pieces = [self.script[i : i + 3] for i in range(0, len(self.script), 3)]
@@ -101,6 +103,50 @@ def test_tool_call_whole_and_streamed(served):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
     names = [t.function.name for d in deltas for t in d.tool_calls or [] if t.function.name]
     assert names == ["get_weather"]
+
+
+FORCED = {  # family: (the whole call, its opening for "required", its opening for a named function)
+    "qwen3_next": ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+                   '<tool_call>\n{"name": ', '<tool_call>\n{"name": "get_weather", "arguments": '),
+    "qwen3_5": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n</function>\n</tool_call>",
+                "<tool_call>\n", "<tool_call>\n<function=get_weather>\n"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_forced_tool_choice_opens_the_call_in_the_prompt(served, choice):
+    core, client, _ = served
+    family = "qwen3_5" if "<function=" in core.tokenizer.chat_template else "qwen3_next"
+    whole, required, named = FORCED[family]
+    opening = named if choice == "named" else required
+    core.script = whole[len(opening) :]  # the model continues after the opening the router wrote
+    tool_choice = {"type": "function", "function": {"name": "get_weather"}} if choice == "named" else "required"
+    for stream in (False, True):
+        answer = _ask(client, tool_choice=tool_choice, stream=stream)
+        if stream:
+            deltas = [c.choices[0].delta for c in answer if c.choices]
+            calls = [t for d in deltas for t in d.tool_calls or []]
+            name, arguments = calls[0].function.name, "".join(t.function.arguments or "" for t in calls)
+        else:
+            [call] = answer.choices[0].message.tool_calls
+            name, arguments = call.function.name, call.function.arguments
+        assert name == "get_weather" and json.loads(arguments) == {"city": "Oslo"}
+        tail = core.tokenizer.decode(core.prompts[-1][-30:], skip_special_tokens=False)
+        assert tail.endswith(opening), tail
+
+
+def test_forced_call_closes_an_open_thinking_block(served):
+    core, client, _ = served
+    if "<function=" not in core.tokenizer.chat_template:
+        pytest.skip("only Qwen3.5's template opens <think> in the prompt")
+    whole, _, named = FORCED["qwen3_5"]
+    core.script = whole[len(named) :]
+    answer = _ask(client, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                  extra_body={"chat_template_kwargs": {"enable_thinking": True}})  # fmt: skip
+    assert answer.choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert getattr(answer.choices[0].message, "reasoning_content", None) is None
+    tail = core.tokenizer.decode(core.prompts[-1][-40:], skip_special_tokens=False)
+    assert tail.endswith("<think>\n</think>\n\n" + named), tail
 
 
 def test_tool_choice_none_keeps_the_text(served):

@@ -147,6 +147,15 @@ def test_completions_stream_and_tenants(cluster, client):
     assert theirs.choices[0].text == whole.choices[0].text
 
 
+def test_named_tool_choice_calls_that_function(cluster, client):
+    # The random model's arguments are noise; the call itself is what tool_choice forces.
+    choice = {"type": "function", "function": {"name": "search"}}
+    stream = client.chat.completions.create(model=_model(cluster), messages=_agent_messages(1)[:2], tools=TOOLS,
+                                            tool_choice=choice, stream=True, **GREEDY)  # fmt: skip
+    calls = [t for c in stream if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert calls and calls[0].function.name == "search" and calls[0].id
+
+
 def test_reasoning_split(cluster, client):
     messages = [{"role": "user", "content": "Think about it."}]
     thinking = client.chat.completions.create(model=_model(cluster), messages=messages,
@@ -211,7 +220,8 @@ def test_bad_requests_get_their_status_and_an_error_object(cluster):
         (_chat(messages=[{"role": "wizard", "content": "hi"}]), 400),
         (_chat(messages=[{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}]), 400),
         (_chat(n=2), 400),
-        (_chat(tool_choice="required", tools=TOOLS), 400),
+        (_chat(tool_choice={"type": "function", "function": {"name": "no_such_tool"}}, tools=TOOLS), 400),
+        (_chat(tool_choice="required"), 400),  # without tools
         (_chat(temperature=-1), 400),
         (_chat(max_tokens=0), 400),
         (_chat(max_tokens=10**6), 400),
