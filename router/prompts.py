@@ -85,6 +85,8 @@ def render_chat(tokenizer: Tokenizer, chat: common_pb2.ChatMessages) -> list[int
         text = tokenizer.apply_chat_template(messages, add_generation_prompt, tools=tools, **kwargs)
     except jinja2.TemplateError as error:
         raise ValueError(f"the chat template refused the messages: {error}") from error
+    except TypeError as error:  # a template kwarg that collides with a tokenizer setting
+        raise ValueError(f"bad chat template kwargs: {error}") from error
     return tokenizer.encode(text)
 
 

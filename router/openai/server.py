@@ -82,8 +82,8 @@ def start_http(core, auth, listen: str, max_body_bytes: int) -> RunningHttp:
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, host, port, reuse_address=True)
         loop.run_until_complete(site.start())
-        sockname = site._server.sockets[0].getsockname()  # the real port when 0 was asked
-        bound.append(f"{sockname[0]}:{sockname[1]}")
+        address = runner.addresses[0]  # the real port when 0 was asked
+        bound.append(f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}")
         started.set()
         loop.run_forever()
 

@@ -227,6 +227,23 @@ def test_bad_requests_get_their_status_and_an_error_object(cluster):
         (_chat(max_tokens=10**6), 400),
         (_chat(model="no-such-model"), 404),
         ({"prompt": [10**9], "max_tokens": 2}, 400),
+        ({"prompt": 5, "max_tokens": 2}, 400),
+        ({"prompt": [[1, 2], [3]], "max_tokens": 2}, 400),  # a batch of two
+        ({"prompt": [1, "a"], "max_tokens": 2}, 400),
+        ({"max_tokens": 2}, 400),
+        (_chat(messages=["hi"]), 400),
+        (_chat(messages=[]), 400),
+        (_chat(messages=[{"content": "no role"}]), 400),
+        (_chat(messages=[{"role": "user", "content": 5}]), 400),
+        (_chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), 400),
+        (_chat(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": "x"}]), 400),
+        (_chat(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]), 400),
+        (_chat(tools=[{"type": "function", "function": {"description": "no name"}}]), 400),
+        (_chat(chat_template_kwargs={"messages": []}), 400),
+        (_chat(chat_template_kwargs={"eos_token": "x"}), 400),
+        (_chat(messages=[{"role": "system", "content": "only a system turn"}]), 400),  # the template refuses
+        (_chat(stop=["a", 1]), 400),
     ]
     for body, status in cases:
         path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
