@@ -40,11 +40,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunningHttp:
     address: str
+    _api: OpenAiApi
     _loop: asyncio.AbstractEventLoop
     _runner: web.AppRunner
     _thread: threading.Thread
 
     def stop(self) -> None:
+        self._api.executor.shutdown(wait=False, cancel_futures=True)
         future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
         with contextlib.suppress(Exception):
             future.result(timeout=5)
@@ -92,7 +94,7 @@ def start_http(core, auth, listen: str, max_body_bytes: int) -> RunningHttp:
     if not started.wait(10):
         raise RuntimeError(f"the HTTP server did not start on {listen}")
     log.info("OpenAI HTTP API on http://%s", bound[0])
-    return RunningHttp(bound[0], loop, runner, thread)
+    return RunningHttp(bound[0], api, loop, runner, thread)
 
 
 @web.middleware

@@ -113,6 +113,10 @@ def test_agent_loop_with_two_tools(cluster, client, reference_tokenizer):
             # turn 2 extends turn 1: its prompt was cached
             assert answer.usage.prompt_tokens_details.cached_tokens >= 16
             assert answer.usage.prompt_tokens_details.cached_tokens < answer.usage.prompt_tokens
+    sessions = cluster.router.core.sessions
+    assert sessions.get("agent-loop-1").turns >= 2, "x-session-id is the session"
+    client.chat.completions.create(model=_model(cluster), messages=_agent_messages(1), user="user-7", **GREEDY)
+    assert sessions.get("user-7") is not None, "without the header, `user` is the session"
 
 
 def test_greedy_equals_grpc_and_streaming_equals_whole(cluster, client):
