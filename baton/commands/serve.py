@@ -13,6 +13,7 @@ import sys
 import threading
 
 from baton.commands.scale import non_negative
+from router.openai.listen import split_listen
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,11 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"model directory {args.model} does not exist"
     if args.memory_gb <= 0:
         return "--memory-gb must be > 0"
+    if args.http_listen:
+        try:
+            split_listen(args.http_listen)
+        except ValueError as error:
+            return str(error)
     return None
 
 

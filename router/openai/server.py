@@ -33,6 +33,7 @@ from aiohttp import web
 from router.openai.chat_request import SESSION_HEADER, ApiRequest, chat_request, completion_request
 from router.openai.errors import ApiError, api_error, plain_error
 from router.openai.generation import ChatGeneration, TextGeneration
+from router.openai.listen import split_listen
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ class RunningHttp:
             future.result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """`PORT` (loopback), `HOST:PORT` or `[V6]:PORT`."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit():
-        raise ValueError(f"--http-listen wants [HOST:]PORT, not {listen!r}")
-    return host, int(port)
 
 
 def start_http(core, auth, listen: str, max_body_bytes: int) -> RunningHttp:
