@@ -295,6 +295,19 @@ def test_client_disconnect_aborts_and_frees_pages(cluster):
     _wait_for_free_pages(cluster)
 
 
+def test_concurrent_streams_all_finish(cluster, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> str:
+        stream = client.chat.completions.create(model=_model(cluster), stream=True, temperature=0.0, max_tokens=6,
+                                                messages=[{"role": "user", "content": f"request {i}"}])  # fmt: skip
+        return [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason][-1]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(12))) == ["length"] * 12
+    _wait_for_free_pages(cluster)
+
+
 def _wait_for_free_pages(cluster, timeout_s: float = 30.0) -> None:
     admin = admin_pb2_grpc.BatonAdminStub(grpc.insecure_channel(cluster.admin_address))
     metadata = (("authorization", f"Bearer {ADMIN}"),)
