@@ -15,8 +15,8 @@ from router.openai.errors import BadRequest, api_error
 from router.prompts import render_chat
 from serving.errors import NotFound, ServiceUnavailable, Unauthenticated
 from serving.worker_core import AdmissionRejected
+from tests.helpers.agent_session import TOOLS, agent_messages, reference_ids
 from tests.helpers.chat_templates import with_template
-from tests.service.test_openai_api import TOOLS, _agent_messages, _reference_ids
 
 
 @pytest.mark.parametrize("family", ["qwen3_next", "qwen3_5"])
@@ -25,10 +25,10 @@ def test_render_chat_matches_transformers(tiny_model, tmp_path, family, kwargs):
     transformers = pytest.importorskip("transformers")
     model = with_template(Path(tiny_model), family, tmp_path)
     reference = transformers.AutoTokenizer.from_pretrained(str(model))
-    messages = _agent_messages(2)
+    messages = agent_messages(2)
     body = {"messages": messages, "tools": TOOLS, "chat_template_kwargs": kwargs}
     chat = chat_request(body, "").generate.chat
-    assert render_chat(Tokenizer.from_dir(model), chat) == _reference_ids(reference, messages, **kwargs)
+    assert render_chat(Tokenizer.from_dir(model), chat) == reference_ids(reference, messages, **kwargs)
 
 
 def test_render_chat_refuses_bad_json(tiny_model):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import grpc
 import openai
@@ -16,24 +17,16 @@ import requests
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, public_pb2, public_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
+from tests.helpers.agent_session import TOOLS, agent_messages, reference_ids
 from tests.helpers.chat_templates import with_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 TOKEN, TOKEN_B, ADMIN = "tok-user-a", "tok-user-b", "tok-admin"
-TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-                    "required": ["city"]}}},
-    {"type": "function", "function": {"name": "search", "description": "Search the web",
-     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
-]  # fmt: skip
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    from pathlib import Path
-
     root = tmp_path_factory.mktemp("openai")
     model = with_template(Path(tiny_model), "qwen3_5", root)
     tokens = root / "tokens"
@@ -59,36 +52,6 @@ def _model(cluster) -> str:
     return cluster.router.core.model_id
 
 
-def _agent_messages(turn: int) -> list[dict]:
-    """A scripted agent session: the assistant's tool calls are written here, not sampled."""
-    messages = [
-        {"role": "system", "content": "You are a travel assistant."},
-        {"role": "user", "content": "Weather in Paris for 3 days, and find museums there."},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 3}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "search", "arguments": '{"query": "Paris museums"}'}},
-        ]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21C"},
-        {"role": "tool", "tool_call_id": "call_2", "content": "Louvre; Orsay"},
-    ]  # fmt: skip
-    if turn >= 2:
-        messages += [
-            {"role": "assistant", "content": "Let me check one more thing.", "tool_calls": [
-                {"id": "call_3", "type": "function", "function": {"name": "search", "arguments": '{"query": "Louvre hours"}'}}]},
-            {"role": "tool", "tool_call_id": "call_3", "content": "9:00-18:00"},
-        ]  # fmt: skip
-    return messages
-
-
-def _reference_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
-    parsed = json.loads(json.dumps(messages))
-    for message in parsed:
-        for call in message.get("tool_calls", []):
-            call["function"]["arguments"] = json.loads(call["function"]["arguments"])  # transformers wants mappings
-    text = tokenizer.apply_chat_template(parsed, tools=TOOLS, add_generation_prompt=True, tokenize=False, **kwargs)
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
 def test_health_and_models(cluster, client):
     health = requests.get(f"http://{cluster.router.http_address}/health", timeout=10)
     assert health.status_code == 200
@@ -99,8 +62,8 @@ def test_health_and_models(cluster, client):
 def test_agent_loop_with_two_tools(cluster, client, reference_tokenizer):
     session = {"x-session-id": "agent-loop-1"}
     for turn in (1, 2):
-        messages = _agent_messages(turn)
-        expected = _reference_ids(reference_tokenizer, messages)
+        messages = agent_messages(turn)
+        expected = reference_ids(reference_tokenizer, messages)
         answer = client.chat.completions.create(model=_model(cluster), messages=messages, tools=TOOLS,
                                                 extra_headers=session, **GREEDY)  # fmt: skip
         assert answer.usage.prompt_tokens == len(expected), "the server renders the prompt like transformers"
@@ -115,7 +78,7 @@ def test_agent_loop_with_two_tools(cluster, client, reference_tokenizer):
             assert answer.usage.prompt_tokens_details.cached_tokens < answer.usage.prompt_tokens
     sessions = cluster.router.core.sessions
     assert sessions.get("agent-loop-1").turns >= 2, "x-session-id is the session"
-    client.chat.completions.create(model=_model(cluster), messages=_agent_messages(1), user="user-7", **GREEDY)
+    client.chat.completions.create(model=_model(cluster), messages=agent_messages(1), user="user-7", **GREEDY)
     assert sessions.get("user-7") is not None, "without the header, `user` is the session"
 
 
@@ -154,7 +117,7 @@ def test_completions_stream_and_tenants(cluster, client):
 def test_named_tool_choice_calls_that_function(cluster, client):
     # The random model's arguments are noise; the call itself is what tool_choice forces.
     choice = {"type": "function", "function": {"name": "search"}}
-    stream = client.chat.completions.create(model=_model(cluster), messages=_agent_messages(1)[:2], tools=TOOLS,
+    stream = client.chat.completions.create(model=_model(cluster), messages=agent_messages(1)[:2], tools=TOOLS,
                                             tool_choice=choice, stream=True, **GREEDY)  # fmt: skip
     calls = [t for c in stream if c.choices for t in c.choices[0].delta.tool_calls or []]
     assert calls and calls[0].function.name == "search" and calls[0].id
