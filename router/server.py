@@ -80,7 +80,11 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
         metrics_port = start_metrics_server(config.metrics_port, registry=core.metrics.registry)
     running = RunningRouter(core, servers, f"{host}:{port}", f"{host}:{admin_port}", metrics_port)
     if config.http_listen:
-        running.http = start_http(core, auth, config.http_listen, config.max_prompt_bytes)
+        try:
+            running.http = start_http(core, auth, config.http_listen, config.max_prompt_bytes)
+        except BaseException:
+            running.stop(grace_s=0)
+            raise
     log.info("router serving on %s (admin %s)", running.address, running.admin_address)
     return running
 

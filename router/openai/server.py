@@ -70,12 +70,18 @@ def start_http(core, auth, listen: str, max_body_bytes: int) -> RunningHttp:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     started = threading.Event()
     bound: list[str] = []
+    failed: list[BaseException] = []
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        loop.run_until_complete(site.start())
+        try:
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            loop.run_until_complete(site.start())
+        except BaseException as error:  # noqa: BLE001 - reported to the starting thread
+            failed.append(error)
+            started.set()
+            return
         address = runner.addresses[0]  # the real port when 0 was asked
         bound.append(f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}")
         started.set()
@@ -83,8 +89,9 @@ def start_http(core, auth, listen: str, max_body_bytes: int) -> RunningHttp:
 
     thread = threading.Thread(target=serve, name="router-http", daemon=True)
     thread.start()
-    if not started.wait(10):
-        raise RuntimeError(f"the HTTP server did not start on {listen}")
+    if not started.wait(10) or failed:
+        api.executor.shutdown(wait=False)
+        raise RuntimeError(f"the HTTP server could not listen on {listen}: {failed[0] if failed else 'timed out'}")
     log.info("OpenAI HTTP API on http://%s", bound[0])
     return RunningHttp(bound[0], api, loop, runner, thread)
 
@@ -96,7 +103,8 @@ async def error_middleware(request: web.Request, handler):
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(plain_error(error.status, _http_message(error), _http_kind(error.status)))
+        kind = "not_found_error" if error.status == 404 else "invalid_request_error"
+        return error_response(plain_error(error.status, _http_message(error), kind))
     except asyncio.CancelledError:
         raise
     except Exception as error:  # noqa: BLE001 - every failure becomes an OpenAI error object
@@ -116,10 +124,6 @@ def _http_message(error: web.HTTPException) -> str:
     return error.text or error.reason
 
 
-def _http_kind(status: int) -> str:
-    return {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}.get(status, "invalid_request_error")
-
-
 class OpenAiApi:
     def __init__(self, core, auth) -> None:
         self.core = core
@@ -130,13 +134,13 @@ class OpenAiApi:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         tenant = self._tenant(request)
         api = chat_request(await _json_body(request), request.headers.get(SESSION_HEADER, ""))
-        generation = ChatGeneration(self.core, api, tenant, self._request_id(api, "chatcmpl"))
+        generation = ChatGeneration(self.core, api, tenant, self._request_id(api))
         return await self._respond(request, generation, api)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         tenant = self._tenant(request)
         api = completion_request(await _json_body(request), request.headers.get(SESSION_HEADER, ""))
-        generation = TextGeneration(self.core, api, tenant, self._request_id(api, "cmpl"))
+        generation = TextGeneration(self.core, api, tenant, self._request_id(api))
         return await self._respond(request, generation, api)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -184,7 +188,7 @@ class OpenAiApi:
     def _tenant(self, request: web.Request) -> str:
         return self.auth.tenant_for(_metadata(request), "")
 
-    def _request_id(self, api: ApiRequest, prefix: str) -> str:
+    def _request_id(self, api: ApiRequest) -> str:
         api.generate.request_id = uuid.uuid4().hex
         return api.generate.request_id
 
