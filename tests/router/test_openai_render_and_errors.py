@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from baton_pb.v1 import common_pb2
+from engine.sampler import Logprob
 from engine.tokenizer import Tokenizer
 from router.openai.chat_request import chat_request
 from router.openai.errors import BadRequest, api_error
 from router.prompts import render_chat
+from serving.convert import logprobs_to_proto
 from serving.errors import NotFound, ServiceUnavailable, Unauthenticated
 from serving.worker_core import AdmissionRejected
 from tests.helpers.agent_session import TOOLS, agent_messages, reference_ids
@@ -50,8 +52,5 @@ def test_error_statuses():
 
 
 def test_engine_logprobs_reach_the_wire_with_their_top_tokens():
-    from engine.sampler import Logprob
-    from serving.convert import logprobs_to_proto
-
     [entry] = logprobs_to_proto([Logprob(7, -0.5, top_token_ids=(7, 3), top_logprobs=(-0.5, -1.25))])
     assert (entry.token_id, entry.logprob, list(entry.top_token_ids), list(entry.top_logprobs)) == (7, -0.5, [7, 3], [-0.5, -1.25])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -259,8 +260,6 @@ def test_client_disconnect_aborts_and_frees_pages(cluster):
 
 
 def test_concurrent_streams_all_finish(cluster, client):
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(i: int) -> str:
         stream = client.chat.completions.create(model=_model(cluster), stream=True, temperature=0.0, max_tokens=6,
                                                 messages=[{"role": "user", "content": f"request {i}"}])  # fmt: skip
