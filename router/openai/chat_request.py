@@ -45,6 +45,9 @@ def chat_request(body: dict, session_header: str) -> ApiRequest:
     chat = common_pb2.ChatMessages(messages=_messages(messages))
     if tools:
         chat.tools_json = json.dumps(tools)
+    response_format = optional(body, "response_format", dict, {})
+    if optional(response_format, "type", str, "text", where="response_format.") != "text":
+        raise BadRequest("only response_format 'text' is supported (no constrained decoding)", "response_format")
     kwargs = optional(body, "chat_template_kwargs", dict)
     if kwargs:
         chat.template_kwargs_json = json.dumps(kwargs)

@@ -172,6 +172,7 @@ BAD_FIELDS = {
     "messages": "hello", "max_tokens": "ten", "max_completion_tokens": 1.5, "temperature": "hot", "top_p": [1],
     "seed": "x", "stop": 5, "n": "1", "stream": "yes", "logprobs": 1, "top_logprobs": "2", "tools": {},
     "tool_choice": 3, "chat_template_kwargs": [], "user": 7, "model": 1, "stream_options": True,
+    "response_format": "json", "presence_penalty": "x", "frequency_penalty": [], "ignore_eos": 0,
 }  # fmt: skip
 
 
@@ -212,6 +213,7 @@ def test_bad_requests_get_their_status_and_an_error_object(cluster):
         (_chat(chat_template_kwargs={"eos_token": "x"}), 400),
         (_chat(messages=[{"role": "system", "content": "only a system turn"}]), 400),  # the template refuses
         (_chat(stop=["a", 1]), 400),
+        (_chat(response_format={"type": "json_object"}), 400),
     ]
     for body, status in cases:
         path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
