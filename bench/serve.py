@@ -7,6 +7,8 @@
 2. The router's own overhead per request for a 32K-token prompt: validating the request, hashing
    its blocks, the index lookup (an embedded index holding 2k sessions) and the policy — timed
    inside the router process, p50/p99 over many requests.
+3. What the OpenAI HTTP face adds per request beside gRPC (`bench/http_overhead.py`): both faces
+   in front of an instant core (the faces' own cost), and end to end on the workers.
 Prints a table and writes bench/results/serve.json.
 """
 
@@ -20,6 +22,8 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from bench.http_overhead import face_overhead, http_overhead
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -131,11 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", default="tcp")
     parser.add_argument("--router-prompt-tokens", type=int, default=32768)
     parser.add_argument("--router-requests", type=int, default=200)
+    parser.add_argument("--http-requests", type=int, default=200, help="pairs for the HTTP vs gRPC part; 0 = skip")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
+    parser.add_argument("--http-only", action="store_true", help="only part 3 (HTTP vs gRPC), to --out")
     args = parser.parse_args(argv)
     model = args.model or str(_preset_checkpoint(args.preset))
+    if args.http_only:
+        return _http_only(model, args)
     ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer)
     overhead = router_overhead(model, args.router_prompt_tokens, args.router_requests)
+    http = _http_parts(model, args.http_requests) if args.http_requests else None
     print(f"\nmodel {model}, transfer {args.transfer}")
     print(f"{'mode':<16}{'TTFT p50 ms':>12}{'TTFT min ms':>12}")
     for mode in ("colocated", "disaggregated"):
@@ -148,9 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
-                               "ttft": ttft, "router_overhead": overhead}, indent=2))  # fmt: skip
+                               "ttft": ttft, "router_overhead": overhead, "http_overhead": http}, indent=2))  # fmt: skip
     print(f"wrote {out}")
     return 0
+
+
+def _http_only(model: str, args: argparse.Namespace) -> int:
+    http = _http_parts(model, args.http_requests)
+    Path(args.out).write_text(json.dumps({"model": model, "http_overhead": http}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _http_parts(model: str, requests: int) -> dict:
+    faces = face_overhead(model, 10 * requests)
+    served = http_overhead(model, requests)
+    print(f"\nfaces alone (instant core, {faces['requests']} requests each): gRPC p50 {faces['grpc_p50_ms']:.3f} ms, "
+          f"HTTP p50 {faces['http_p50_ms']:.3f} ms, HTTP adds {faces['added_p50_ms']:.3f} ms  (aim <= 1 ms); first "
+          f"streamed event: gRPC {faces['grpc_first_p50_ms']:.3f} ms, SSE {faces['http_first_p50_ms']:.3f} ms, "
+          f"HTTP adds {faces['added_first_p50_ms']:.3f} ms")
+    print(f"on the workers ({model}, {served['prompt_tokens']}-token prompt, 1 token, {served['requests']} pairs): "
+          f"gRPC p50 {served['grpc_p50_ms']:.2f} ms, HTTP p50 {served['http_p50_ms']:.2f} ms, paired difference "
+          f"p50 {served['added_p50_ms']:.2f} ms; first streamed token adds p50 {served['added_ttft_p50_ms']:.2f} ms")
+    return {"faces": faces, "served": served}  # fmt: skip
 
 
 def _preset_checkpoint(preset: str) -> Path:

@@ -12,6 +12,7 @@ class RouterConfig:
     model: str
     listen: str = "0.0.0.0:50051"
     admin_listen: str = ""  # empty: the admin service shares the public port
+    http_listen: str = ""  # OpenAI-compatible HTTP API: [HOST:]PORT (host defaults to loopback); empty: off
     metrics_port: int = 0
     index: str = "embedded"
     block_size: int = 16

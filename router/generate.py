@@ -198,7 +198,7 @@ class GenerateFlow:
             for chunk in chunks:
                 tokens = list(chunk.token_ids)
                 if tokens:
-                    yield self._tokens_response(tokens)
+                    yield self._tokens_response(tokens, chunk.logprobs)
                 if chunk.finish_reason:
                     self.state.finish_reason = chunk.finish_reason
                     if chunk.cached_tokens and not self.state.cached_tokens:
@@ -222,14 +222,14 @@ class GenerateFlow:
                 self.router.registry.mark_down(handle)
             raise
 
-    def _tokens_response(self, tokens: list[int]) -> public_pb2.GenerateResponse:
+    def _tokens_response(self, tokens: list[int], logprobs=()) -> public_pb2.GenerateResponse:
         if self.state.ttft_s is None:
             self.state.ttft_s = time.perf_counter() - self.started
             self.router.metrics.observe_ttft(self.state.ttft_s)
         self.state.emitted.extend(tokens)
         text = self.decoder.add(tokens)
         response = public_pb2.GenerateResponse(
-            request_id=self.prepared.request_id, token_ids=tokens, text=text
+            request_id=self.prepared.request_id, token_ids=tokens, text=text, logprobs=logprobs
         )
         if self.state.route is None and self._attempt_route is not None:
             self.state.route = self._attempt_route

@@ -179,3 +179,4 @@ def prepare(
         raise ValueError(f"max_tokens {params.max_tokens} exceeds the limit {max_tokens_limit}")
     params.validate(vocab_size)
     return PreparedRequest(request_id, request.session_id, tenant, prompt, params)
+

@@ -17,6 +17,7 @@ from baton_pb.v1 import admin_pb2_grpc, public_pb2_grpc
 from prefix_index.factory import create_index
 from router.config import RouterConfig
 from router.core import RouterCore
+from router.openai.server import RunningHttp, start_http
 from router.service import AdminServicer, BatonServicer
 from rpc import grpc_server
 from rpc.auth import TokenAuth
@@ -34,8 +35,15 @@ class RunningRouter:
     address: str
     admin_address: str
     metrics_port: int = 0
+    http: RunningHttp | None = None
+
+    @property
+    def http_address(self) -> str:
+        return self.http.address if self.http else ""
 
     def stop(self, grace_s: float = 1.0) -> None:
+        if self.http is not None:
+            self.http.stop()
         for server in self.servers:
             server.stop(grace_s).wait(grace_s + 1)
         self.core.close()
@@ -71,6 +79,12 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
 
         metrics_port = start_metrics_server(config.metrics_port, registry=core.metrics.registry)
     running = RunningRouter(core, servers, f"{host}:{port}", f"{host}:{admin_port}", metrics_port)
+    if config.http_listen:
+        try:
+            running.http = start_http(core, auth, config.http_listen, config.max_prompt_bytes)
+        except BaseException:
+            running.stop(grace_s=0)
+            raise
     log.info("router serving on %s (admin %s)", running.address, running.admin_address)
     return running
 
@@ -89,6 +103,7 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True)
     parser.add_argument("--listen", default="0.0.0.0:50051")
     parser.add_argument("--admin-listen", default="")
+    parser.add_argument("--http-listen", default="", help="OpenAI-compatible HTTP API on [HOST:]PORT (loopback when no host); off when unset")
     parser.add_argument("--metrics-port", type=int, default=9100)
     parser.add_argument("--prefill", default="", help="ADDR[,ADDR...] (host:port or dns:///name:port)")
     parser.add_argument("--decode", required=True, help="ADDR[,ADDR...]")
@@ -111,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         model=args.model,
         listen=args.listen,
         admin_listen=args.admin_listen,
+        http_listen=args.http_listen,
         metrics_port=args.metrics_port,
         index=args.index,
         block_size=args.block_size,

@@ -65,7 +65,16 @@ def logprobs_to_proto(logprobs) -> list[common_pb2.TokenLogprob]:
         return []
     result = []
     for entry in logprobs:
-        if isinstance(entry, dict):
+        if hasattr(entry, "token_id") and hasattr(entry, "logprob"):  # engine.sampler.Logprob
+            result.append(
+                common_pb2.TokenLogprob(
+                    token_id=int(entry.token_id),
+                    logprob=float(entry.logprob),
+                    top_token_ids=list(getattr(entry, "top_token_ids", ())),
+                    top_logprobs=list(getattr(entry, "top_logprobs", ())),
+                )
+            )
+        elif isinstance(entry, dict):
             result.extend(common_pb2.TokenLogprob(token_id=int(t), logprob=float(lp)) for t, lp in entry.items())
         elif isinstance(entry, tuple | list) and len(entry) == 2:
             result.append(common_pb2.TokenLogprob(token_id=int(entry[0]), logprob=float(entry[1])))

@@ -109,14 +109,14 @@ def grpc_errors(context: grpc.ServicerContext) -> Iterator[None]:
         if code == grpc.StatusCode.INTERNAL:
             log.exception("internal error")
         trailers = []
-        hint = _retry_hint(error, code)
+        hint = retry_hint_ms(error, code)
         if hint is not None:
             trailers.append(("retry-after-ms", str(hint)))
         if isinstance(error, AdmissionRejected) and error.draining:
             trailers.append((DRAINING_KEY, "1"))
         if trailers:
             context.set_trailing_metadata(tuple(trailers))
-        context.abort(code, _message(error, code))
+        context.abort(code, status_message(error, code))
 
 
 def is_draining_refusal(error: grpc.RpcError) -> bool:
@@ -132,7 +132,7 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     return callable(code) and code() not in (None, grpc.StatusCode.OK)
 
 
-def _retry_hint(error: BaseException, code: grpc.StatusCode) -> int | None:
+def retry_hint_ms(error: BaseException, code: grpc.StatusCode) -> int | None:
     if isinstance(error, AdmissionRejected):
         return error.retry_after_ms
     if isinstance(error, grpc.RpcError):
@@ -140,7 +140,7 @@ def _retry_hint(error: BaseException, code: grpc.StatusCode) -> int | None:
     return DEFAULT_RETRY_AFTER_MS if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
 
 
-def _message(error: BaseException, code: grpc.StatusCode) -> str:
+def status_message(error: BaseException, code: grpc.StatusCode) -> str:
     if isinstance(error, grpc.RpcError) and callable(getattr(error, "details", None)):
         return f"upstream {error.code().name}: {error.details()}"
     return f"{type(error).__name__}: {error}" if code == grpc.StatusCode.INTERNAL else str(error)

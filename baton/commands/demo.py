@@ -1,12 +1,15 @@
 """`baton demo`: the README's main job on the embedded default — writes the tiny checkpoint if
 missing, starts router + 1 prefill + 1 decode worker (local processes, in-memory index), runs a
-short multi-turn agent session and prints, per turn, TTFT, cached tokens and where it ran."""
+short multi-turn agent session and prints, per turn, TTFT, cached tokens and where it ran; then
+one more turn of the same session through the OpenAI-compatible HTTP API."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+import urllib.request
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path("checkpoints") / "tiny-qwen3_next"
@@ -56,15 +59,19 @@ def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     ensure_checkpoint(model_dir)
     started = time.perf_counter()
-    router = RouterConfig(model=str(model_dir), listen="127.0.0.1:0", local_prefill_threshold=args.local_prefill_threshold)
+    router = RouterConfig(
+        model=str(model_dir), listen="127.0.0.1:0", http_listen="127.0.0.1:0",
+        local_prefill_threshold=args.local_prefill_threshold,
+    )  # fmt: skip
     spec = ClusterSpec(str(model_dir), transfer=args.transfer, router=router)
     print("starting router + 1 prefill worker + 1 decode worker (local processes, in-memory index) ...", flush=True)
     with LocalCluster(spec) as cluster:
         print(f"serving on {cluster.address} after {time.perf_counter() - started:.1f} s\n", flush=True)
         client = BatonClient(cluster.address)
-        rows = run_session(client, args.turns, args.max_tokens)
+        rows, messages = run_session(client, args.turns, args.max_tokens)
         client.close()
         print_table(rows)
+        http_turn(cluster.router.http_address, messages, args.max_tokens)
     print(f"\nshut down cleanly; total {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -91,7 +98,37 @@ def run_session(client, turns: int, max_tokens: int) -> list[dict]:
         call = {"id": f"call_{turn}", "type": "function", "function": {"name": "shell", "arguments": {"turn": turn}}}
         messages.append({"role": "assistant", "content": result.text, "tool_calls": [call]})
         messages.append({"role": "tool", "tool_call_id": call["id"], "content": TOOL_OUTPUTS[turn % len(TOOL_OUTPUTS)]})
-    return rows
+    return rows, messages
+
+
+def http_turn(address: str, messages: list[dict], max_tokens: int) -> None:
+    """The next turn of the same session over `POST /v1/chat/completions` (what any OpenAI client sends)."""
+    messages = [*_with_json_arguments(messages), {"role": "user", "content": "Thanks. One line summary, please."}]
+    body = {"model": "", "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
+    request = urllib.request.Request(
+        f"http://{address}/v1/chat/completions", data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "x-session-id": "demo-agent"},
+    )  # fmt: skip
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.load(response)
+    usage = answer["usage"]
+    print(f"\nOpenAI HTTP API (http://{address}/v1/chat/completions, session header x-session-id):")
+    print(f"  prompt {usage['prompt_tokens']} tokens, cached {usage['prompt_tokens_details']['cached_tokens']}, "
+          f"{usage['completion_tokens']} out, {1e3 * (time.perf_counter() - started):.1f} ms, "
+          f"finish {answer['choices'][0]['finish_reason']}")  # fmt: skip
+
+
+def _with_json_arguments(messages: list[dict]) -> list[dict]:
+    """The OpenAI API carries a tool call's arguments as JSON text."""
+    result = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}} for c in calls]
+            message = {**message, "tool_calls": calls}
+        result.append(message)
+    return result
 
 
 def print_table(rows: list[dict]) -> None:

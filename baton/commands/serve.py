@@ -13,6 +13,7 @@ import sys
 import threading
 
 from baton.commands.scale import non_negative
+from router.openai.listen import split_listen
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--listen", default="0.0.0.0:50051", help="public gRPC address")
     parser.add_argument("--admin-listen", default="", help="admin gRPC address (default: the public port)")
     parser.add_argument(
+        "--http-listen", default="", help="OpenAI-compatible HTTP API on [HOST:]PORT (loopback when no host); off when unset"
+    )
+    parser.add_argument(
         "--metrics-port", type=non_negative, default=9100, help="Prometheus /metrics; 0 = off"
     )
     parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget per worker")
@@ -48,6 +52,11 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"model directory {args.model} does not exist"
     if args.memory_gb <= 0:
         return "--memory-gb must be > 0"
+    if args.http_listen:
+        try:
+            split_listen(args.http_listen)
+        except ValueError as error:
+            return str(error)
     return None
 
 
@@ -63,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from rpc.tls import TlsConfig
 
     router_config = RouterConfig(
-        model=args.model, listen=args.listen, admin_listen=args.admin_listen, metrics_port=args.metrics_port,
+        model=args.model, listen=args.listen, admin_listen=args.admin_listen, http_listen=args.http_listen,
+        metrics_port=args.metrics_port,
         index=args.index, tls=TlsConfig.from_env(), auth_tokens_file=os.environ.get("BATON_AUTH_TOKENS", ""),
     )  # fmt: skip
     spec = ClusterSpec(
@@ -94,6 +104,8 @@ def print_endpoints(cluster) -> None:
     print(f"router   {cluster.address}")
     if cluster.admin_address != cluster.address:
         print(f"admin    {cluster.admin_address}")
+    if cluster.router.http_address:
+        print(f"http     http://{cluster.router.http_address}/v1  (OpenAI-compatible)")
     for member in sorted(cluster.pool.members(), key=lambda m: (m.role, m.worker_id)):
         print(f"{member.role:<8} {member.worker_id:<12} {member.address}")
     print("Ctrl-C to stop.", flush=True)

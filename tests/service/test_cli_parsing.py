@@ -19,6 +19,7 @@ from baton.cli import build_parser, main
 from baton.commands.client import build_request
 from baton.commands.serve import check_args
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, public_pb2, public_pb2_grpc
+from router.openai.listen import split_listen
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_READY = (REPO / "engine" / "llm_engine.py").is_file()
@@ -38,6 +39,7 @@ def rejects(*argv: str) -> None:
 def test_serve_defaults_and_every_documented_flag(tmp_path):
     args = parse("serve", "--model", str(tmp_path), "--prefill", "2", "--decode", "3")
     assert (args.prefill, args.decode, args.pool, args.address) == (2, 3, "ray", None)
+    assert args.http_listen == "", "the HTTP API is off unless asked for"
     assert (args.listen, args.admin_listen, args.metrics_port, args.transfer) == (
         "0.0.0.0:50051",
         "",
@@ -49,7 +51,9 @@ def test_serve_defaults_and_every_documented_flag(tmp_path):
         "serve", "--model", str(tmp_path), "--prefill", "0", "--decode", "1", "--pool", "ray",
         "--address", "ray://head:10001", "--index", "redis://r:6379/0", "--transfer", "ucx",
         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-port", "0", "--memory-gb", "0.5",
+        "--http-listen", "8000",
     )  # fmt: skip
+    assert args.http_listen == "8000" and split_listen(args.http_listen) == ("127.0.0.1", 8000)
     assert (args.address, args.index, args.transfer, args.metrics_port) == (
         "ray://head:10001",
         "redis://r:6379/0",
@@ -79,6 +83,7 @@ def test_serve_rejects_inconsistent_settings_before_starting_anything(tmp_path):
     )
     assert "--decode must be >= 1" in check_args(parse("serve", "--model", str(tmp_path), "--decode", "0"))
     assert "does not exist" in check_args(parse("serve", "--model", str(tmp_path / "nope")))
+    assert "--http-listen wants" in check_args(parse("serve", "--model", str(tmp_path), "--http-listen", "localhost"))
     assert main(["serve", "--model", str(tmp_path / "nope")]) == 2
 
 

@@ -28,4 +28,7 @@ def test_baton_demo_reports_cached_tokens_from_turn_two(tmp_path):
     assert turns[0][2] == 0, "the first turn has nothing cached"
     assert all(cached > 0 for _, _, cached in turns[1:]), done.stdout
     assert all(prompt > cached for _, prompt, cached in turns), "the new part of each turn is computed"
+    http = re.search(r"prompt (\d+) tokens, cached (\d+), (\d+) out", done.stdout)
+    assert http, "the demo also runs one turn through the OpenAI HTTP API: " + done.stdout
+    assert int(http[2]) > 0, "the HTTP turn continues the session: its prefix is cached"
     assert "shut down cleanly" in done.stdout
