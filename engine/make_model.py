@@ -20,6 +20,7 @@ import torch
 
 from engine.checkpoint_writer import write_json, write_safetensors_shards
 from engine.config import ModelConfig, parse_dtype
+from engine.fp8_checkpoint import quantize_checkpoint
 from engine.make_tokenizer import (
     QWEN2_PRETOKENIZE_REGEX,
     QWEN3_5_PRETOKENIZE_REGEX,
@@ -30,6 +31,7 @@ from engine.models.checkpoint_format import expected_shapes, to_hf
 
 PRESETS = ("tiny", "small")
 VARIANTS = ("default", "head256")
+QUANTS = (None, "fp8")
 MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 _ARCHITECTURES = {
     "qwen3_next": "Qwen3NextForCausalLM",
@@ -183,8 +185,12 @@ def make_model(
     variant: str = "default",
     seed: int = 0,
     progress: bool = False,
+    quant: str | None = None,
 ) -> Path:
-    """Write a random checkpoint into `out_dir` (created; files overwritten). Returns the path."""
+    """Write a random checkpoint into `out_dir` (created; files overwritten). Returns the path.
+    `quant="fp8"`: the same weights, block-quantized to FP8 (`engine/fp8_checkpoint.py`)."""
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; expected one of {QUANTS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = preset_config(preset, model_type, variant)
@@ -200,11 +206,14 @@ def make_model(
     cfg = ModelConfig.from_json(raw)
     dtype = parse_dtype(raw["dtype"])
     weights = {k: v.to(dtype) for k, v in random_weights(cfg, seed).items()}
+    tensors = to_hf(cfg, weights)
+    if quant == "fp8":
+        tensors, raw["quantization_config"] = quantize_checkpoint(tensors)
     write_json(out / "config.json", raw)
     write_json(
         out / "generation_config.json",
         {"eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]], "pad_token_id": ids["<|endoftext|>"]},
     )
     shard_bytes = 256 * 1024 if preset == "tiny" else 64 * 1024 * 1024
-    write_safetensors_shards(to_hf(cfg, weights), out, shard_bytes, progress=progress)
+    write_safetensors_shards(tensors, out, shard_bytes, progress=progress)
     return out

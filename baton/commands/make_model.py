@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--quant", choices=["fp8"], default=None, help="write linear weights as block-quantized FP8 (128x128)"
+    )
+    parser.add_argument(
         "--train-mtp",
         action="store_true",
         help="train the MTP head on the model's own generations (minutes on 2 cores for small)",
@@ -36,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant,
         seed=args.seed,
         progress=True,
+        quant=getattr(args, "quant", None),
     )
-    print(f"wrote {args.preset} {args.model_type} ({args.variant}) checkpoint to {path}")
+    quant = f", {args.quant}" if getattr(args, "quant", None) else ""
+    print(f"wrote {args.preset} {args.model_type} ({args.variant}{quant}) checkpoint to {path}")
     if args.train_mtp:
         from dataclasses import replace
 

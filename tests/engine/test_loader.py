@@ -57,15 +57,14 @@ def test_wrapper_type_with_language_model_prefix(tmp_path: Path) -> None:
     text_cfg = json.loads((src / "config.json").read_text())
     wrapper = {"model_type": "qwen3_5_moe", "text_config": text_cfg, "tie_word_embeddings": False}
     tensors = {
-        (k if k == "lm_head.weight" else "model.language_model." + k.removeprefix("model.")): v
+        (k if k == "lm_head.weight" or k.startswith("mtp.") else "model.language_model." + k.removeprefix("model.")): v
         for k, v in all_tensors(src).items()
     }
     tensors["model.visual.patch_embed.weight"] = torch.zeros(4, 4)
-    tensors["mtp.fc.weight"] = torch.ones(3, 3)
     path = as_single_file(src, tmp_path / "wrapped", tensors, wrapper)
     cfg, model = load_model(path)
     assert cfg.model_type == "qwen3_5_moe" and cfg.text_model_type == "qwen3_5_moe_text"
-    assert torch.equal(model.extra_weights["mtp.fc.weight"], torch.ones(3, 3))
+    assert torch.equal(model.extra_weights["mtp.fc.weight"], tensors["mtp.fc.weight"])
     torch.testing.assert_close(logits_of(path), logits_of(src), atol=1e-5, rtol=0)
 
 
@@ -125,6 +124,15 @@ def test_misshapen_tensor_is_named(tmp_path: Path) -> None:
     tensors["model.layers.4.linear_attn.out_proj.weight"] = torch.zeros(3, 3)
     path = as_single_file(src, tmp_path / "misshapen", tensors)
     with pytest.raises(CheckpointError, match=r"model\.layers\.4\.linear_attn\.out_proj\.weight.*\(3, 3\)"):
+        load_model(path)
+
+
+def test_misshapen_mtp_tensor_is_named(tmp_path: Path) -> None:
+    src = tiny_checkpoint("qwen3_5_moe_text")
+    tensors = all_tensors(src)
+    tensors["mtp.fc.weight"] = torch.ones(3, 3)
+    path = as_single_file(src, tmp_path / "bad_mtp", tensors)
+    with pytest.raises(CheckpointError, match=r"mtp\.fc\.weight.*\(3, 3\)"):
         load_model(path)
 
 
