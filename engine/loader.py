@@ -85,6 +85,7 @@ def load_checkpoint(
         identity = ident.finish(hasher)
         ident.store_identity(model_dir, files, identity)
     weights, extra = placer.finish()
+    del placer
     return LoadedCheckpoint(cfg, HybridModel(cfg, weights, extra), identity)
 
 
@@ -191,13 +192,13 @@ class _Placer:
                 raise CheckpointError(
                     f"{self.model_dir}: tensor {hf_name} has shape {tuple(piece.tensor.shape)}, config implies {shape}"
                 )
-            self.placed[piece.target] = piece.tensor.to(device=self.device, dtype=self.dtype).contiguous()
+            if _transposed_storage(piece.target, shape):
+                self._target(piece.target, shape).copy_(piece.tensor)
+            else:  # no copy at all when dtype and device already match
+                self.placed[piece.target] = piece.tensor.to(device=self.device, dtype=self.dtype).contiguous()
             self.filled[piece.target] = piece.tensor.numel()
             return
-        stacked = self.placed.get(piece.target)
-        if stacked is None:
-            stacked = self.placed[piece.target] = torch.empty(shape, dtype=self.dtype, device=self.device)
-        dst = stacked[piece.index]
+        dst = self._target(piece.target, shape)[piece.index]
         if dst.shape != piece.tensor.shape:
             raise CheckpointError(
                 f"{self.model_dir}: tensor {hf_name} has shape {tuple(piece.tensor.shape)}, "
@@ -207,13 +208,22 @@ class _Placer:
         self.filled[piece.target] = self.filled.get(piece.target, 0) + piece.tensor.numel()
         self.expert_parts.setdefault(piece.target, set()).add(hf_name)
 
+    def _target(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The preallocated canonical tensor `name` (allocated on first use)."""
+        tensor = self.placed.get(name)
+        if tensor is None:
+            tensor = self.placed[name] = _allocate(name, shape, self.dtype, self.device)
+        return tensor
+
     def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         for name, shape in self.expected.items():
             if self.filled.get(name, 0) != _numel(shape):
                 raise CheckpointError(f"{self.model_dir}: checkpoint lacks tensor {self._hf_name(name)}")
-        weights = {k: v for k, v in self.placed.items() if not k.startswith(MTP_PREFIX)}
-        extra = {k: v for k, v in self.placed.items() if k.startswith(MTP_PREFIX)}
-        return weights, extra
+        # Hand the tensors over and keep no reference: `HybridModel` drops each layer's canonical
+        # tensors once it has built that layer.
+        placed, self.placed = self.placed, {}
+        extra = {k: placed.pop(k) for k in [k for k in placed if k.startswith(MTP_PREFIX)]}
+        return placed, extra
 
     def _hf_name(self, name: str) -> str:
         if name.endswith(("experts.gate_up_proj", "experts.down_proj")) and (
@@ -234,6 +244,23 @@ class _Placer:
                 if f"{base}.{e}.{kind}.weight" not in placed:
                     return f"{base}.{e}.{kind}.weight"
         return base
+
+
+def _transposed_storage(name: str, shape: tuple[int, ...]) -> bool:
+    """Linear weights live in the compute layout the model multiplies with ([in, out]; experts
+    [E, in, out]); the canonical [out, in] tensor is a transposed view of it. The model's
+    `.t().contiguous()` then returns that storage as is: no second copy of the weights at load."""
+    if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+        return False
+    linear = len(shape) == 2 and name.endswith(".weight")
+    return linear or name.endswith(("experts.gate_up_proj", "experts.down_proj"))
+
+
+def _allocate(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if not _transposed_storage(name, shape):
+        return torch.empty(shape, dtype=dtype, device=device)
+    storage_shape = (*shape[:-2], shape[-1], shape[-2])
+    return torch.empty(storage_shape, dtype=dtype, device=device).transpose(-1, -2)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -55,5 +55,5 @@ def test_missing_hub_id_names_where_it_looked(tmp_path, monkeypatch):
 
 
 def test_a_missing_folder_is_not_taken_for_a_hub_id(tmp_path):
-    with pytest.raises(ModelNotFound, match="no such folder"):
+    with pytest.raises(ModelNotFound, match="folder does not exist"):
         resolve_model(str(tmp_path / "nowhere"))
