@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.cache.tensors import CacheTensors
 from engine.config import ModelConfig
-from engine.loader import CheckpointError, load_model
+from engine.loader import CheckpointError, load_checkpoint, load_model
 from engine.model_runner import ModelRunner, SeqChunk
 from tests.helpers.checkpoints import tiny_checkpoint
 
@@ -143,3 +144,12 @@ def test_missing_shard_file_is_named(tmp_path: Path) -> None:
     victim.unlink()
     with pytest.raises(CheckpointError, match=victim.name):
         load_model(path)
+
+
+def test_load_logs_progress_and_shows_a_bar(monkeypatch, caplog, capsys) -> None:
+    monkeypatch.setattr("engine.loader.LOG_EVERY_BYTES", 64 * 1024)
+    with caplog.at_level(logging.INFO, logger="engine.loader"):
+        load_checkpoint(tiny_checkpoint("qwen3_next"), progress=True)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert len(progress) >= 3 and "tensors" in progress[0] and " GB" in progress[0]
+    assert "loading weights" in capsys.readouterr().err  # the tqdm bar
