@@ -43,7 +43,9 @@ def copy_bandwidth(device: str, sync) -> float:
     return 2 * src.numel() / seconds  # read + write
 
 
-def measure(m: int, n: int, k: int, device: str, dtype: torch.dtype, iters: int, sync, bandwidth: float) -> dict:
+def measure(
+    m: int, n: int, k: int, device: str, dtype: torch.dtype, iters: int, sync, bandwidth: float
+) -> dict:
     gen = torch.Generator().manual_seed(m + n + k)
     weight, scale = quantize_block_fp8(torch.randn(n, k, generator=gen) * 0.02, BLOCK)
     weight, scale = weight.to(device), scale.to(device)
@@ -70,7 +72,9 @@ def main() -> None:
     bandwidth = copy_bandwidth(args.device, sync)
     rows = []
     print(f"device {args.device}, copy bandwidth {bandwidth / 1e9:.0f} GB/s, block {BLOCK}")
-    print("| M | N | K | fp8 Triton us | dense matmul (x dtype) us | fp8 weight-read bound us | max abs err vs reference |")
+    print(
+        "| M | N | K | fp8 Triton us | dense matmul (x dtype) us | fp8 weight-read bound us | max abs err vs reference |"
+    )
     print("|---|---|---|---|---|---|---|")
     for m, n, k in GPU_SHAPES if cuda else CPU_SHAPES:
         row = measure(m, n, k, args.device, dtype, args.iters if cuda else 1, sync, bandwidth)
@@ -78,7 +82,9 @@ def main() -> None:
         print(f"| {m} | {n} | {k} | {row['fp8_us']:.1f} | {row['dense_us']:.1f} | {row['bound_us']:.2f} | "
               f"{row['max_abs_err']:.2e} |")  # fmt: skip
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": args.device, "bandwidth": bandwidth, "rows": rows}, indent=2))
+        Path(args.out).write_text(
+            json.dumps({"device": args.device, "bandwidth": bandwidth, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from engine.quant_config import ConfigError, QuantConfig, parse_quantization
+
 log = logging.getLogger(__name__)
 
 TEXT_MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
@@ -77,21 +79,6 @@ IGNORED_KEYS = {
 # get the same position, which is plain 1-D rope.
 _ROPE_IGNORED = frozenset({"mrope_interleaved", "mrope_section", "rope_type"})
 _logged_unknown: set[str] = set()
-
-
-class ConfigError(ValueError):
-    """A config.json Baton cannot serve: a missing or bad field, or a feature it does not implement."""
-
-
-@dataclass(frozen=True, slots=True)
-class QuantConfig:
-    """Block-quantized FP8 (`quant_method: fp8`): float8_e4m3fn weights with one fp32
-    `weight_scale_inv` per `weight_block_size` block ([out, in]); w = fp8 * scale_inv."""
-
-    method: str
-    weight_block_size: tuple[int, int]
-    activation_scheme: str
-    modules_to_not_convert: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,31 +258,6 @@ def _layer_types(text: dict[str, Any], num_layers: int) -> tuple[str, ...]:
     return layer_types
 
 
-def parse_quantization(quant: dict[str, Any] | None) -> QuantConfig | None:
-    if quant is None:
-        return None
-    method = quant.get("quant_method") if isinstance(quant, dict) else None
-    if method != "fp8":
-        raise ConfigError(
-            f"quantization_config with quant_method {method!r} is not supported; Baton loads "
-            "block-quantized fp8 (quant_method 'fp8' with weight_block_size) or unquantized weights"
-        )
-    block = quant.get("weight_block_size")
-    if not (isinstance(block, list | tuple) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
-        raise ConfigError(
-            f"quantization_config fp8 without a [rows, cols] weight_block_size ({block!r}): "
-            "per-tensor fp8 is not supported"
-        )
-    scheme = quant.get("activation_scheme", "dynamic")
-    if scheme != "dynamic":
-        raise ConfigError(f"quantization_config fp8 activation_scheme {scheme!r} is not supported (only 'dynamic')")
-    fmt = quant.get("fmt", "e4m3")
-    if fmt != "e4m3":
-        raise ConfigError(f"quantization_config fp8 fmt {fmt!r} is not supported (only 'e4m3')")
-    skip = quant.get("modules_to_not_convert") or quant.get("ignored_layers") or ()
-    return QuantConfig("fp8", (block[0], block[1]), scheme, tuple(skip))
-
-
 def _parse_text(text: dict[str, Any], model_type: str, text_model_type: str, prefix: str) -> TextConfig:
     for key in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size"):
         if key not in text:
@@ -342,7 +304,9 @@ def _parse_text(text: dict[str, Any], model_type: str, text_model_type: str, pre
         moe_intermediate_size=_int(text, "moe_intermediate_size", 0) if is_moe else 0,
         shared_expert_intermediate_size=_int(text, "shared_expert_intermediate_size", 0),
         # Qwen3.5-MoE's router always renormalises the top-k weights.
-        norm_topk_prob=True if text_model_type == "qwen3_5_moe_text" else bool(text.get("norm_topk_prob", True)),
+        norm_topk_prob=True
+        if text_model_type == "qwen3_5_moe_text"
+        else bool(text.get("norm_topk_prob", True)),
         decoder_sparse_step=max(_int(text, "decoder_sparse_step", 1), 1) if is_next else 1,
         mlp_only_layers=tuple(text.get("mlp_only_layers") or ()) if is_next else (),
         rms_norm_eps=_number(text, "rms_norm_eps", 1e-6),

@@ -100,7 +100,12 @@ class _Placer:
     """Puts each arriving tensor in its place; knows the expected shapes and what is filled."""
 
     def __init__(
-        self, model_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, headers: list[FileHeader]
+        self,
+        model_dir: Path,
+        cfg: ModelConfig,
+        dtype: torch.dtype,
+        device: torch.device,
+        headers: list[FileHeader],
     ) -> None:
         self.model_dir, self.cfg, self.dtype, self.device = model_dir, cfg, dtype, device
         self.headers = headers
@@ -119,7 +124,9 @@ class _Placer:
         read_all = hasher is not None  # the identity needs every byte
         total = sum(h.data_bytes for h in self.headers) if read_all else sum(e.nbytes for e in wanted)
         show = progress if progress is not None else total >= PROGRESS_MIN_BYTES
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not show, file=sys.stderr)
+        bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc="loading weights", disable=not show, file=sys.stderr
+        )
         done_bytes, done_tensors, next_log, started = 0, 0, LOG_EVERY_BYTES, time.monotonic()
         for header in self.headers:
             if hasher is not None:
@@ -138,11 +145,16 @@ class _Placer:
                     bar.update(entry.nbytes)
                     if done_bytes >= next_log:
                         next_log += LOG_EVERY_BYTES
-                        log.info("loaded %d tensors, %.1f / %.1f GB", done_tensors, done_bytes / 1e9, total / 1e9)
+                        log.info(
+                            "loaded %d tensors, %.1f / %.1f GB", done_tensors, done_bytes / 1e9, total / 1e9
+                        )
         bar.close()
         log.info(
             "loaded %s: %d tensors, %.2f GB in %.1f s",
-            self.model_dir, done_tensors, done_bytes / 1e9, time.monotonic() - started,
+            self.model_dir,
+            done_tensors,
+            done_bytes / 1e9,
+            time.monotonic() - started,
         )
 
     def _local_name(self, name: str) -> str | None:
@@ -162,7 +174,9 @@ class _Placer:
         try:
             pieces = route(self.cfg, local, tensor, self.cfg.moe_intermediate_size)
         except RuntimeError as error:  # a fused projection that does not reshape
-            raise CheckpointError(f"{self.model_dir}: tensor {hf_name} {tuple(tensor.shape)}: {error}") from None
+            raise CheckpointError(
+                f"{self.model_dir}: tensor {hf_name} {tuple(tensor.shape)}: {error}"
+            ) from None
         for piece in pieces:
             if piece.target in self.expected:
                 self._put(piece, hf_name)
@@ -233,7 +247,6 @@ class _Placer:
         if name == "lm_head.weight" or name.startswith(MTP_PREFIX):
             return name
         return self.cfg.weight_prefix + name
-
 
     def _missing_expert(self, name: str) -> str:
         base = self._hf_name(name.rsplit(".", 1)[0])

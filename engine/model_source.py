@@ -31,7 +31,9 @@ def resolve_model(model: str | Path) -> Path:
         return path
     text = str(model)
     if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
-        raise ModelNotFound(f"model {text!r}: folder does not exist, and it is not a Hugging Face hub id (Org/Name)")
+        raise ModelNotFound(
+            f"model {text!r}: folder does not exist, and it is not a Hugging Face hub id (Org/Name)"
+        )
     repo_id, _, revision = text.partition("@")
     cache = hub_cache_dir()
     try:

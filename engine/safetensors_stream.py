@@ -112,7 +112,9 @@ def read_entry(f, entry: TensorEntry, hasher: Hasher | None = None) -> torch.Ten
     return buffer.view(DTYPES[entry.dtype]).reshape(entry.shape)
 
 
-def stream_file(header: FileHeader, hasher: Hasher | None = None) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+def stream_file(
+    header: FileHeader, hasher: Hasher | None = None
+) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
     """(entry, tensor) for every tensor of the file in offset order; the header and then each
     tensor's bytes go through `hasher`."""
     if hasher is not None:

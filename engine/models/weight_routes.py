@@ -34,7 +34,11 @@ def route(cfg: ModelConfig, name: str, tensor: torch.Tensor, moe_intermediate: i
         base, expert, kind = match[1], int(match[2]), match[3]
         if kind == "down_proj":
             return [Piece(f"{base}.down_proj", (expert,), tensor)]
-        rows = slice(0, moe_intermediate) if kind == "gate_proj" else slice(moe_intermediate, 2 * moe_intermediate)
+        rows = (
+            slice(0, moe_intermediate)
+            if kind == "gate_proj"
+            else slice(moe_intermediate, 2 * moe_intermediate)
+        )
         return [Piece(f"{base}.gate_up_proj", (expert, rows), tensor)]
     if match := _FUSED.match(name):
         base, kind = match[1], match[2]

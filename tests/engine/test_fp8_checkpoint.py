@@ -29,7 +29,9 @@ def naive_dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple
     for idx in itertools.product(*[range(d) for d in weight.shape[:-2]]):
         for i in range(scale_inv.shape[-2]):
             for j in range(scale_inv.shape[-1]):
-                out[idx + (slice(i * bn, (i + 1) * bn), slice(j * bk, (j + 1) * bk))] *= scale_inv[idx + (i, j)]
+                out[idx + (slice(i * bn, (i + 1) * bn), slice(j * bk, (j + 1) * bk))] *= scale_inv[
+                    idx + (i, j)
+                ]
     return out
 
 
@@ -84,7 +86,11 @@ def test_fp8_logits_equal_the_dequantized_fp32_checkpoint(tmp_path: Path, model_
     tensors = all_tensors(fp8)
     quantized = [n for n, t in tensors.items() if t.dtype == torch.float8_e4m3fn]
     assert quantized and all(n + "_scale_inv" in tensors for n in quantized)
-    left = [n for n in tensors if n.endswith(("embed_tokens.weight", "mlp.gate.weight", "norm.weight", "in_proj_b.weight"))]
+    left = [
+        n
+        for n in tensors
+        if n.endswith(("embed_tokens.weight", "mlp.gate.weight", "norm.weight", "in_proj_b.weight"))
+    ]
     assert left and all(tensors[n].dtype == torch.float32 for n in left)
     reference = dequantized_copy(fp8, tmp_path / "fp32")
     got = logits_of(fp8)
@@ -99,7 +105,9 @@ def test_fp8_tensors_without_quantization_config_are_refused(tmp_path: Path):
     config = json.loads((fp8 / "config.json").read_text())
     del config["quantization_config"]
     (fp8 / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="float8_e4m3fn but config.json declares no quantization_config"):
+    with pytest.raises(
+        CheckpointError, match="float8_e4m3fn but config.json declares no quantization_config"
+    ):
         load_model(fp8)
 
 

@@ -39,7 +39,9 @@ def test_unknown_key_is_logged_once(caplog):
     with caplog.at_level(logging.WARNING, logger="engine.hf_config"):
         parse_config(raw)
         parse_config(raw)
-    assert [r.getMessage() for r in caplog.records].count("config.json: unknown key some_new_field ignored") == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "config.json: unknown key some_new_field ignored"
+    ) == 1
 
 
 def test_fp8_quantization_config_parses_like_qwen_fp8_checkpoints():

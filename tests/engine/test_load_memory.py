@@ -77,7 +77,11 @@ def write_checkpoint(out: Path) -> list[int]:
     shapes = expected_shapes(cfg)
     weight_map, sizes = {}, []
     for layer in range(cfg.num_hidden_layers):
-        names = [n for n in shapes if n.startswith(f"layers.{layer}.") or (layer == 0 and not n.startswith("layers."))]
+        names = [
+            n
+            for n in shapes
+            if n.startswith(f"layers.{layer}.") or (layer == 0 and not n.startswith("layers."))
+        ]
         canonical = {n: torch.randn(shapes[n], generator=gen) * 0.02 for n in names}
         tensors = to_hf(cfg, canonical)
         del canonical
@@ -94,7 +98,11 @@ def test_peak_rss_is_the_model_plus_one_tensor(tmp_path: Path) -> None:
     sizes = write_checkpoint(model_dir)
     assert len(sizes) >= 3 and min(sizes) >= 200 * MB, sizes
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(model_dir)], capture_output=True, text=True, check=True, timeout=500
+        [sys.executable, "-c", MEASURE, str(model_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=500,
     )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     extra = figures["peak"] - figures["baseline"] - figures["model_bytes"]

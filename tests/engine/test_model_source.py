@@ -50,7 +50,9 @@ def test_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
 
 def test_missing_hub_id_names_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(ModelNotFound, match=str(tmp_path / "empty" / "models--Qwen--Qwen3-Next-80B-A3B-Instruct")):
+    with pytest.raises(
+        ModelNotFound, match=str(tmp_path / "empty" / "models--Qwen--Qwen3-Next-80B-A3B-Instruct")
+    ):
         resolve_model("Qwen/Qwen3-Next-80B-A3B-Instruct")
 
 

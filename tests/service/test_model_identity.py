@@ -39,7 +39,9 @@ def test_same_weights_under_other_folder_names_share_cache_hits(tmp_path):
         assert core.model_info().model_identity == core.model_id
         client = BatonClient(cluster.address)
         prompt = list(range(10, 90))
-        first = client.generate(session_id="a", token_ids=prompt, temperature=0.0, max_tokens=4, ignore_eos=True)
+        first = client.generate(
+            session_id="a", token_ids=prompt, temperature=0.0, max_tokens=4, ignore_eos=True
+        )
         hashes = block_hashes(prompt, core.config.block_size, extra=cache_extra(core.model_id, ""))
         hits = _wait_hits(core, hashes)
         assert first.decode_worker in hits

@@ -52,8 +52,12 @@ def _fp8_block_gemm_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + ks
         k_ok = k < K
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None] * stride_wn + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
+        )
+        w = tl.load(
+            w_ptr + cols[:, None] * stride_wn + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
+        )
         scale = tl.load(s_ptr + scale_rows * stride_sn + k0 // BLOCK_SCALE_K, mask=col_ok, other=0.0)
         w_scaled = (w.to(tl.float32) * scale[:, None]).to(x.dtype)
         if IEEE:
@@ -87,7 +91,9 @@ def fp8_block_gemm(
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"shapes do not multiply: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     if tuple(scale_inv.shape) != scale_shape(tuple(weight.shape), block):
-        raise ValueError(f"scale_inv {tuple(scale_inv.shape)} does not match weight {tuple(weight.shape)} in {block} blocks")
+        raise ValueError(
+            f"scale_inv {tuple(scale_inv.shape)} does not match weight {tuple(weight.shape)} in {block} blocks"
+        )
     block_k = min(block_k, block[1])
     if block[1] % block_k:
         raise ValueError(f"block_k {block_k} must divide the scale block's {block[1]} columns")
