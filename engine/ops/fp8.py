@@ -28,7 +28,8 @@ def expand_scales(scale_inv: torch.Tensor, n: int, k: int, block: tuple[int, int
 def dequantize_block_fp8(
     weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """fp8 weight + block scales → `dtype` weight (computed in fp32)."""
+    """fp8 weight + block scales → `dtype` weight, computed in fp32 one row of blocks at a time, so
+    a load holds the fp8 tensor, its `dtype` result and only one `[bn, K]` fp32 slice besides."""
     n, k = weight.shape[-2:]
     expected = scale_shape(tuple(weight.shape), block)
     if tuple(scale_inv.shape) != expected:
@@ -36,8 +37,16 @@ def dequantize_block_fp8(
             f"weight_scale_inv has shape {tuple(scale_inv.shape)}; a {tuple(weight.shape)} weight in "
             f"{block[0]}x{block[1]} blocks needs {expected}"
         )
-    out = weight.to(torch.float32) * expand_scales(scale_inv.to(torch.float32), n, k, block)
-    return out.to(dtype)
+    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    flat_w, flat_out = weight.reshape(-1, n, k), out.view(-1, n, k)
+    flat_s = scale_inv.to(torch.float32).reshape(-1, *expected[-2:])
+    bn, bk = block
+    for lead in range(flat_w.shape[0]):
+        for i in range(expected[-2]):
+            rows = slice(i * bn, min((i + 1) * bn, n))
+            scales = flat_s[lead, i].repeat_interleave(bk)[:k]
+            flat_out[lead, rows] = flat_w[lead, rows].to(torch.float32) * scales
+    return out
 
 
 def quantize_block_fp8(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
