@@ -15,151 +15,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-DTYPE_BYTES: dict[str, float] = {
-    "fp32": 4,
-    "float32": 4,
-    "bf16": 2,
-    "bfloat16": 2,
-    "fp16": 2,
-    "float16": 2,
-    "fp8": 1,
-    "float8": 1,
-    "fp4": 0.5,
-    "nvfp4": 0.5,
-}
+from engine.hf_config import DTYPE_BYTES, ConfigError, TextConfig, canonical_dtype, parse_config
+
 B200_HBM_BYTES = 192 * 10**9
 
-
-class SizingConfigError(ValueError):
-    """The config.json lacks a field the arithmetic needs, or holds a nonsensical value."""
+# The one config parse and dtype table (torch-free), shared with the engine.
+SizingConfigError = ConfigError
+HybridShape = TextConfig
 
 
 def dtype_bytes(name: str) -> float:
-    try:
-        return DTYPE_BYTES[name.lower()]
-    except KeyError:
-        raise SizingConfigError(f"unknown dtype {name!r}; known: {sorted(DTYPE_BYTES)}") from None
+    return DTYPE_BYTES[canonical_dtype(name)]
 
 
-@dataclass(frozen=True, slots=True)
-class HybridShape:
-    """The text model's dimensions that memory depends on."""
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    layer_types: tuple[str, ...]
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    linear_num_key_heads: int
-    linear_num_value_heads: int
-    linear_key_head_dim: int
-    linear_value_head_dim: int
-    linear_conv_kernel_dim: int
-    num_experts: int
-    moe_intermediate_size: int
-    shared_expert_intermediate_size: int
-    intermediate_size: int
-    moe_layer_ids: tuple[int, ...]
-    tie_word_embeddings: bool
-    mamba_ssm_dtype: str
-    mtp_num_hidden_layers: int
-
-    @property
-    def num_full_layers(self) -> int:
-        return self.layer_types.count("full_attention")
-
-    @property
-    def num_linear_layers(self) -> int:
-        return self.layer_types.count("linear_attention")
-
-    @property
-    def linear_key_dim(self) -> int:
-        return self.linear_num_key_heads * self.linear_key_head_dim
-
-    @property
-    def linear_value_dim(self) -> int:
-        return self.linear_num_value_heads * self.linear_value_head_dim
-
-    @property
-    def conv_dim(self) -> int:
-        # The short convolution runs over the concatenated q, k, v projections.
-        return 2 * self.linear_key_dim + self.linear_value_dim
-
-
-def _required(text: dict, key: str) -> int:
-    value = text.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise SizingConfigError(f"config.json: {key} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _layer_types(text: dict, num_layers: int) -> tuple[str, ...]:
-    if "layer_types" in text:
-        types = tuple(text["layer_types"])
-        if len(types) != num_layers or set(types) - {"full_attention", "linear_attention"}:
-            raise SizingConfigError(
-                "config.json: layer_types must list num_hidden_layers entries, "
-                "each 'full_attention' or 'linear_attention'"
-            )
-        return types
-    interval = text.get("full_attention_interval", 4)
-    if not isinstance(interval, int) or interval < 1:
-        raise SizingConfigError(f"config.json: full_attention_interval must be >= 1, got {interval!r}")
-    return tuple(
-        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(num_layers)
-    )
-
-
-def _moe_layer_ids(text: dict, num_layers: int) -> tuple[int, ...]:
-    if not text.get("num_experts"):
-        return ()
-    dense = set(text.get("mlp_only_layers") or [])
-    step = text.get("decoder_sparse_step", 1) or 1
-    return tuple(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
-
-
-def shape_from_config(raw: dict) -> HybridShape:
+def shape_from_config(raw: dict) -> TextConfig:
     """Reads a Hugging Face config.json dict; wrapper configs keep the text model in text_config."""
-    if not isinstance(raw, dict):
-        raise SizingConfigError("config.json must hold a JSON object")
-    text = raw.get("text_config") or raw
-    num_layers = _required(text, "num_hidden_layers")
-    hidden = _required(text, "hidden_size")
-    heads = _required(text, "num_attention_heads")
-    if heads == 0:
-        raise SizingConfigError("config.json: num_attention_heads must be positive")
-    tie = text.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))
-    return HybridShape(
-        model_type=str(text.get("model_type") or raw.get("model_type") or "unknown"),
-        vocab_size=_required(text, "vocab_size"),
-        hidden_size=hidden,
-        layer_types=_layer_types(text, num_layers),
-        num_attention_heads=heads,
-        num_key_value_heads=text.get("num_key_value_heads", heads),
-        head_dim=text.get("head_dim") or hidden // heads,
-        linear_num_key_heads=_required(text, "linear_num_key_heads"),
-        linear_num_value_heads=_required(text, "linear_num_value_heads"),
-        linear_key_head_dim=_required(text, "linear_key_head_dim"),
-        linear_value_head_dim=_required(text, "linear_value_head_dim"),
-        linear_conv_kernel_dim=_required(text, "linear_conv_kernel_dim"),
-        num_experts=text.get("num_experts", 0) or 0,
-        moe_intermediate_size=text.get("moe_intermediate_size", 0) or 0,
-        shared_expert_intermediate_size=text.get("shared_expert_intermediate_size", 0) or 0,
-        intermediate_size=text.get("intermediate_size", 0) or 0,
-        moe_layer_ids=_moe_layer_ids(text, num_layers),
-        tie_word_embeddings=bool(tie),
-        mamba_ssm_dtype=str(text.get("mamba_ssm_dtype", "float32")),
-        mtp_num_hidden_layers=text.get("mtp_num_hidden_layers", 0) or 0,
-    )
+    return parse_config(raw)
 
 
 # --- per-session memory -------------------------------------------------------------------------
 
 
 def kv_bytes_per_token(shape: HybridShape, kv_dtype_bytes: float) -> float:
-    return shape.num_full_layers * 2 * shape.num_key_value_heads * shape.head_dim * kv_dtype_bytes
+    return shape.num_attention_layers * 2 * shape.num_key_value_heads * shape.head_dim * kv_dtype_bytes
 
 
 def kv_bytes(shape: HybridShape, tokens: int, block_size: int, kv_dtype_bytes: float) -> float:
@@ -214,7 +92,7 @@ def session_memory(
     num_checkpoints: int = 1,
 ) -> SessionMemory:
     model_bytes = dtype_bytes(dtype)
-    ssm_bytes = dtype_bytes(ssm_dtype or shape.mamba_ssm_dtype)
+    ssm_bytes = dtype_bytes(ssm_dtype or shape.mamba_ssm_dtype_name)
     slot = state_slot_bytes(shape, model_bytes, ssm_bytes)
     return SessionMemory(
         context_tokens=context_tokens,
@@ -238,10 +116,12 @@ class ParamCounts:
     dense_mlp: int
     norms_and_routers: int
     lm_head: int
-    mtp: int
+    mtp: int  # counted apart: not in `total` or `active`
+    routed_experts_active: int  # the routed-expert weights one token uses (top-k of each MoE layer)
 
     @property
     def total(self) -> int:
+        """The main model's parameters (what model cards publish), without the MTP head."""
         return (
             self.embeddings
             + self.attention
@@ -251,8 +131,16 @@ class ParamCounts:
             + self.dense_mlp
             + self.norms_and_routers
             + self.lm_head
-            + self.mtp
         )
+
+    @property
+    def active(self) -> int:
+        """Parameters one token runs through (the "A3B" / "A17B" of the names), without MTP."""
+        return self.total - self.routed_experts + self.routed_experts_active
+
+    @property
+    def total_with_mtp(self) -> int:
+        return self.total + self.mtp
 
 
 def _attention_layer_params(s: HybridShape) -> int:
@@ -300,7 +188,7 @@ def param_counts(s: HybridShape) -> ParamCounts:
     )
     return ParamCounts(
         embeddings=s.vocab_size * s.hidden_size,
-        attention=s.num_full_layers * _attention_layer_params(s),
+        attention=s.num_attention_layers * _attention_layer_params(s),
         linear_attention=s.num_linear_layers * _linear_layer_params(s),
         routed_experts=num_moe * routed,
         shared_experts=num_moe * shared,
@@ -308,6 +196,7 @@ def param_counts(s: HybridShape) -> ParamCounts:
         norms_and_routers=num_moe * gates + num_layers * 2 * s.hidden_size + s.hidden_size,
         lm_head=0 if s.tie_word_embeddings else s.vocab_size * s.hidden_size,
         mtp=s.mtp_num_hidden_layers * mtp_layer,
+        routed_experts_active=num_moe * routed * s.num_experts_per_tok // max(s.num_experts, 1),
     )
 
 

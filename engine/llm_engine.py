@@ -25,10 +25,11 @@ from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
-from engine.loader import load_model
+from engine.loader import load_checkpoint
 from engine.metrics import EngineMetrics
 from engine.model_config import ModelConfig, parse_dtype
 from engine.model_runner import ModelRunner, SeqChunk
+from engine.model_source import resolve_model
 from engine.sampler import Sampler, SampleRequest, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
@@ -50,11 +51,14 @@ class LLMEngine:
         model_id: str | None = None,
     ) -> None:
         self.config = config = config or EngineConfig()
-        self.model_dir = Path(model_dir)
+        self.model_dir = resolve_model(model_dir)
         dtype = parse_dtype(config.dtype) if config.dtype else None
-        self.model_config, self.model = load_model(self.model_dir, dtype=dtype, device=config.device)
+        loaded = load_checkpoint(self.model_dir, dtype=dtype, device=config.device)
+        self.model_config, self.model = loaded.config, loaded.model
+        # Namespaces the prefix-cache hashes: the weights' digest, never a path (engine/identity.py).
+        self.model_id = model_id or loaded.identity
         self.tokenizer = (
-            Tokenizer.from_dir(model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
+            Tokenizer.from_dir(self.model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
         )
         self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
@@ -79,7 +83,7 @@ class LLMEngine:
                 list(range(live, live + checkpoints)),
                 config,
                 has_state=self.model_config.num_linear_layers > 0,
-                model_id=model_id or self.model_dir.name,
+                model_id=self.model_id,
                 on_kv_event=on_kv_event,
             )
         live_pool = spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))

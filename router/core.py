@@ -14,7 +14,9 @@ from pathlib import Path
 
 from baton_pb.v1 import admin_pb2, public_pb2, worker_pb2
 from engine.cache.hashing import cache_extra
+from engine.identity import model_identity
 from engine.model_config import ModelConfig
+from engine.model_source import resolve_model
 from engine.tokenizer import Tokenizer
 from prefix_index.base import IndexUnavailable, PrefixIndex
 from router.config import RouterConfig
@@ -53,14 +55,18 @@ class RouterCore:
         self.config = config
         self.pool = pool
         self.index = index
-        self.tokenizer = Tokenizer.from_dir(config.model)
-        self.model_config = ModelConfig.from_json(Path(config.model) / "config.json")
-        self.model_id = Path(config.model).resolve().name
+        self.model_dir = resolve_model(config.model)
+        self.tokenizer = Tokenizer.from_dir(self.model_dir)
+        self.model_config = ModelConfig.from_json(self.model_dir / "config.json")
+        # The served name (what clients may send as `model`) and the identity that namespaces the
+        # cache hashes and the index: a digest of the weights, hashed without loading them.
+        self.model_name = str(config.model) if not Path(config.model).is_dir() else self.model_dir.resolve().name
+        self.model_id = model_identity(self.model_dir)
         self.max_context = int(getattr(self.model_config, "max_position_embeddings", 0) or 32768)
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s)
         self.hasher = PromptHasher(config.block_size)
         self.metrics = RouterMetrics()
-        self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None)
+        self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id)
         from router.policy import RoutingConfig, RoutingPolicy
 
         self.policy = RoutingPolicy(
@@ -76,8 +82,8 @@ class RouterCore:
 
     # ---- public API ----------------------------------------------------------------------------
     def generate(self, request: public_pb2.GenerateRequest, tenant: str) -> Iterator[public_pb2.GenerateResponse]:
-        if request.model and request.model not in (self.model_id, self.config.model):
-            raise UnknownModel(f"unknown model {request.model!r}; this router serves {self.model_id!r}")
+        if request.model and request.model not in (self.model_name, self.model_id, self.config.model):
+            raise UnknownModel(f"unknown model {request.model!r}; this router serves {self.model_name!r}")
         request_id = request.request_id or uuid.uuid4().hex
         prepared = prepare(
             request,
@@ -112,7 +118,8 @@ class RouterCore:
     def model_info(self) -> public_pb2.ModelInfo:
         config = self.model_config
         return public_pb2.ModelInfo(
-            model=self.model_id,
+            model=self.model_name,
+            model_identity=self.model_id,
             model_type=config.model_type,
             vocab_size=config.vocab_size,
             max_context=self.max_context,
@@ -126,7 +133,8 @@ class RouterCore:
     def route(self, prepared: PreparedRequest, prompt: list[int]) -> RoutedRequest:
         decode_workers = self.registry.workers("decode", routable=True)
         if not decode_workers:
-            raise NoWorkers("no decode worker is available")
+            refusals = self.registry.refusals("decode")
+            raise NoWorkers("no decode worker is available" + (f": {refusals[0]}" if refusals else ""))
         prefill_workers = self.registry.workers("prefill", routable=True)
         hits = self._lookup(prepared.tenant, prompt, prepared.session_id)
         session = self.sessions.get(prepared.session_id)

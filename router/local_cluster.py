@@ -27,6 +27,7 @@ class ClusterSpec:
     memory_gb: float = 1.0
     worker_args: tuple[str, ...] = ()
     router: RouterConfig | None = None
+    router_model: str | None = None  # the router's copy of the checkpoint, if not `model`
 
 
 class LocalCluster:
@@ -61,7 +62,7 @@ class LocalCluster:
             self.pool = ProcessPool(worker_spec)
         self.pool.start(spec.prefill, spec.decode)
         config = spec.router or RouterConfig(model=spec.model, listen="127.0.0.1:0", index=spec.index)
-        config = dataclasses.replace(config, model=spec.model, index=spec.index)
+        config = dataclasses.replace(config, model=spec.router_model or spec.model, index=spec.index)
         self.router = start_router(config, self.pool)
         self.router.core.registry.wait_until_ready(spec.prefill, spec.decode)
 

@@ -20,6 +20,10 @@ LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps
 FAILURES_BEFORE_DOWN = 3
 
 
+class ModelMismatch(RuntimeError):
+    """A worker serves other weights (another model identity) than the router."""
+
+
 @dataclass
 class WorkerHandle:
     address: str
@@ -33,6 +37,7 @@ class WorkerHandle:
     draining: bool = False
     healthy: bool = False
     subscription: threading.Thread | None = None
+    refused: str = ""  # why the router will not route here (another model), or ""
 
     @property
     def worker_id(self) -> str:
@@ -40,8 +45,18 @@ class WorkerHandle:
 
 
 class WorkerRegistry:
-    def __init__(self, pool, index: PrefixIndex, *, feed_index: bool, poll_s: float = 0.5, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self,
+        pool,
+        index: PrefixIndex,
+        *,
+        feed_index: bool,
+        poll_s: float = 0.5,
+        tls: TlsConfig | None = None,
+        model_identity: str = "",
+    ) -> None:
         self.pool = pool
+        self.model_identity = model_identity  # workers serving other weights are refused
         self.index = index
         self.feed_index = feed_index
         self.poll_s = poll_s
@@ -70,8 +85,12 @@ class WorkerRegistry:
         if role:
             handles = [h for h in handles if h.role == role]
         if routable:
-            handles = [h for h in handles if h.healthy and not h.draining]
+            handles = [h for h in handles if h.healthy and not h.draining and not h.refused]
         return handles
+
+    def refusals(self, role: str | None = None) -> list[str]:
+        """Why workers (of `role`) are refused: they serve other weights than the router."""
+        return [h.refused for h in self.workers(role) if h.refused]
 
     def by_id(self, worker_id: str) -> WorkerHandle | None:
         return next((h for h in self.workers() if h.worker_id == worker_id or h.address == worker_id), None)
@@ -132,6 +151,7 @@ class WorkerRegistry:
                 self.mark_down(handle, verify=False)
             return
         restarted = handle.info.epoch and info.epoch != handle.info.epoch
+        self._check_identity(handle, info)
         handle.info, handle.failures = info, 0
         handle.healthy = info.healthy
         handle.draining = handle.draining or info.draining
@@ -142,6 +162,19 @@ class WorkerRegistry:
                 target=self._follow_events, args=(handle,), name=f"kv-events-{handle.worker_id}", daemon=True
             )
             handle.subscription.start()
+
+    def _check_identity(self, handle: WorkerHandle, info: admin_pb2.WorkerInfo) -> None:
+        if not self.model_identity or info.model_identity == self.model_identity:
+            handle.refused = ""
+            return
+        refused = (
+            f"worker {info.worker_id or handle.address} ({handle.address}) serves model identity "
+            f"{info.model_identity or '(none reported)'} but the router serves {self.model_identity}: "
+            "router and workers must load the same weights and config"
+        )
+        if refused != handle.refused:
+            log.error("refusing %s", refused)
+        handle.refused = refused
 
     # ---- embedded index feed ---------------------------------------------------------------------
     def _follow_events(self, handle: WorkerHandle) -> None:
@@ -176,5 +209,7 @@ class WorkerRegistry:
             self.refresh()
             if len(self.workers("prefill", routable=True)) >= prefill and len(self.workers("decode", routable=True)) >= decode:
                 return
+            if refusals := self.refusals():
+                raise ModelMismatch(refusals[0])
             time.sleep(0.1)
         raise TimeoutError(f"workers not ready after {timeout_s:.0f} s: {[(h.address, h.healthy) for h in self.workers()]}")

@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from baton_pb.v1 import admin_pb2
 from rpc.errors import AdmissionRejected
@@ -19,7 +18,7 @@ from worker.kv_events import KvEventHub
 log = logging.getLogger(__name__)
 
 
-def build_engine(config: WorkerConfig, model_id: str, on_kv_event):
+def build_engine(config: WorkerConfig, on_kv_event):
     from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
 
@@ -28,7 +27,7 @@ def build_engine(config: WorkerConfig, model_id: str, on_kv_event):
         options["num_pages"] = config.max_pages
     else:
         options["cache_bytes"] = int(config.memory_gb * (1 << 30))
-    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event, model_id=model_id)
+    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
 
 
 class WorkerCore:
@@ -37,9 +36,11 @@ class WorkerCore:
 
         self.config = config
         self.epoch = time.time_ns() // 1_000_000
-        self.model_id = Path(config.model).resolve().name
+        # The hub's namespace is the model identity, known once the engine has loaded the weights;
+        # the engine emits no event before its first step.
+        self.engine = build_engine(config, lambda event: self.hub.on_engine_event(event))
+        self.model_id = self.engine.model_id
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
-        self.engine = build_engine(config, self.model_id, self.hub.on_engine_event)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
         self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
@@ -109,6 +110,7 @@ class WorkerCore:
             draining=self.draining.is_set(),
             healthy=self.loop.last_error is None,
             load=load,
+            model_identity=self.model_id,
         )
 
     def wait_idle(self, timeout_s: float) -> bool:

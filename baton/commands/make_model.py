@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--chat-template", default=None, help="a .jinja file written as chat_template.jinja")
     parser.add_argument(
+        "--quant", choices=["fp8"], default=None, help="write linear weights as block-quantized FP8 (128x128)"
+    )
+    parser.add_argument(
         "--train-mtp",
         action="store_true",
         help="train the MTP head on the model's own generations (minutes on 2 cores for small)",
@@ -46,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
         tokenizer=args.tokenizer,
         chat_template=Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None,
+        quant=getattr(args, "quant", None),
     )
-    print(f"wrote {args.preset} {args.model_type} ({args.variant}) checkpoint to {path}")
+    quant = f", {args.quant}" if getattr(args, "quant", None) else ""
+    print(f"wrote {args.preset} {args.model_type} ({args.variant}{quant}) checkpoint to {path}")
     if args.train_mtp:
         from dataclasses import replace
 

@@ -18,7 +18,7 @@ from router.openai.listen import split_listen
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="run the router with prefill and decode worker pools")
-    parser.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout)")
+    parser.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout) or a hub id in the local HF cache")
     parser.add_argument("--prefill", type=non_negative, default=1, help="prefill workers (default 1)")
     parser.add_argument("--decode", type=non_negative, default=1, help="decode workers (default 1)")
     parser.add_argument(
@@ -48,8 +48,12 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--address names a Ray cluster; it needs --pool ray"
     if args.decode < 1:
         return "--decode must be >= 1 (decode workers stream every answer)"
-    if not os.path.isdir(args.model):
-        return f"model directory {args.model} does not exist"
+    from engine.model_source import resolve_model  # CLI laziness: huggingface_hub only for serve
+
+    try:
+        resolve_model(args.model)  # a folder, or a hub id in the local Hugging Face cache
+    except FileNotFoundError as error:
+        return str(error)
     if args.memory_gb <= 0:
         return "--memory-gb must be > 0"
     if args.http_listen:

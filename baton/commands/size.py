@@ -73,8 +73,8 @@ def format_report(raw: dict, args: argparse.Namespace, name: str) -> str:
     shape = sizing.shape_from_config(raw)
     weight_dtype = args.weight_dtype or args.dtype
     params = sizing.param_counts(shape)
-    weight_bytes = params.total * sizing.dtype_bytes(weight_dtype)
-    ssm_dtype = args.ssm_dtype or shape.mamba_ssm_dtype
+    weight_bytes = params.total_with_mtp * sizing.dtype_bytes(weight_dtype)
+    ssm_dtype = args.ssm_dtype or shape.mamba_ssm_dtype_name
     model_bytes = sizing.dtype_bytes(args.dtype)
     ssm_bytes = sizing.dtype_bytes(ssm_dtype)
     slot = sizing.state_slot_bytes(shape, model_bytes, ssm_bytes)
@@ -83,16 +83,17 @@ def format_report(raw: dict, args: argparse.Namespace, name: str) -> str:
     b = 1e9
     lines = [
         f"model: {name} ({shape.model_type}): {len(shape.layer_types)} layers = "
-        f"{shape.num_full_layers} full attention + {shape.num_linear_layers} Gated DeltaNet; "
+        f"{shape.num_attention_layers} full attention + {shape.num_linear_layers} Gated DeltaNet; "
         f"MTP layers: {shape.mtp_num_hidden_layers}",
-        f"weights ({weight_dtype}): {params.total / b:.2f} B params = {human_bytes(weight_bytes)}  "
+        f"weights ({weight_dtype}): {params.total / b:.2f} B params ({params.active / b:.2f} B active) "
+        f"+ MTP {params.mtp / b:.2f} B = {human_bytes(weight_bytes)}  "
         f"[embeddings {params.embeddings / b:.2f} B, attention {params.attention / b:.2f} B, "
         f"linear attention {params.linear_attention / b:.2f} B, routed experts "
         f"{params.routed_experts / b:.2f} B, shared experts {params.shared_experts / b:.2f} B, "
         f"dense MLP {params.dense_mlp / b:.2f} B, norms+routers {params.norms_and_routers / b:.3f} B, "
-        f"lm_head {params.lm_head / b:.2f} B, MTP {params.mtp / b:.2f} B]",
+        f"lm_head {params.lm_head / b:.2f} B]",
         f"KV per token ({args.dtype}): {human_bytes(sizing.kv_bytes_per_token(shape, model_bytes))} "
-        f"= {shape.num_full_layers} layers x 2 x {shape.num_key_value_heads} kv heads x "
+        f"= {shape.num_attention_layers} layers x 2 x {shape.num_key_value_heads} kv heads x "
         f"{shape.head_dim} head_dim; pages of {args.block_size} tokens",
         f"DeltaNet state per slot: {human_bytes(slot)} = {shape.num_linear_layers} layers x (conv "
         f"{human_bytes(sizing.conv_state_bytes_per_layer(shape, model_bytes))} {args.dtype} + "

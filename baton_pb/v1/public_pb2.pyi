@@ -78,7 +78,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "model_type", "vocab_size", "max_context", "block_size", "num_attention_layers", "num_linear_layers", "has_mtp")
+    __slots__ = ("model", "model_type", "vocab_size", "max_context", "block_size", "num_attention_layers", "num_linear_layers", "has_mtp", "model_identity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ModelInfo(_message.Message):
     NUM_ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_LINEAR_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HAS_MTP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_type: str
     vocab_size: int
@@ -95,4 +96,5 @@ class ModelInfo(_message.Message):
     num_attention_layers: int
     num_linear_layers: int
     has_mtp: bool
-    def __init__(self, model: _Optional[str] = ..., model_type: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., block_size: _Optional[int] = ..., num_attention_layers: _Optional[int] = ..., num_linear_layers: _Optional[int] = ..., has_mtp: _Optional[bool] = ...) -> None: ...
+    model_identity: str
+    def __init__(self, model: _Optional[str] = ..., model_type: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., block_size: _Optional[int] = ..., num_attention_layers: _Optional[int] = ..., num_linear_layers: _Optional[int] = ..., has_mtp: _Optional[bool] = ..., model_identity: _Optional[str] = ...) -> None: ...

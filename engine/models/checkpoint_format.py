@@ -23,19 +23,28 @@ _PER_EXPERT = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_pr
 
 def split_qkvz(cfg: ModelConfig, qkvz: torch.Tensor, ba: torch.Tensor) -> dict[str, torch.Tensor]:
     """Qwen3-Next fused projections → canonical `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a`."""
+    return {**split_qkvz_alone(cfg, qkvz), **split_ba(cfg, ba)}
+
+
+def split_qkvz_alone(cfg: ModelConfig, qkvz: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Qwen3-Next `in_proj_qkvz` (rows grouped per key head: [q, k, v-group, z-group]) → canonical
+    `in_proj_qkv` and `in_proj_z`."""
     nk, dk, dv = cfg.linear_num_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
     group = cfg.linear_num_value_heads // nk
     hidden = qkvz.shape[-1]
     per_head = qkvz.reshape(nk, 2 * dk + 2 * group * dv, hidden)
     q, k, v, z = torch.split(per_head, [dk, dk, group * dv, group * dv], dim=1)
+    flat = [t.reshape(-1, hidden) for t in (q, k, v)]
+    return {"in_proj_qkv": torch.cat(flat, dim=0), "in_proj_z": z.reshape(-1, hidden)}
+
+
+def split_ba(cfg: ModelConfig, ba: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Qwen3-Next `in_proj_ba` ([b-group, a-group] per key head) → canonical `in_proj_b`, `in_proj_a`."""
+    nk = cfg.linear_num_key_heads
+    group = cfg.linear_num_value_heads // nk
+    hidden = ba.shape[-1]
     b, a = torch.split(ba.reshape(nk, 2 * group, hidden), [group, group], dim=1)
-    flat = [t.reshape(-1, hidden) for t in (q, k, v, z, b, a)]
-    return {
-        "in_proj_qkv": torch.cat(flat[:3], dim=0),
-        "in_proj_z": flat[3],
-        "in_proj_b": flat[4],
-        "in_proj_a": flat[5],
-    }
+    return {"in_proj_b": b.reshape(-1, hidden), "in_proj_a": a.reshape(-1, hidden)}
 
 
 def fuse_qkvz(cfg: ModelConfig, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,8 +60,9 @@ class HybridModel:
     def __init__(
         self, cfg: ModelConfig, weights: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None = None
     ) -> None:
-        """`weights`: canonical tensors (see `checkpoint_format`); `extra`: e.g. `mtp.*` tensors, kept
-        aside for speculative decoding."""
+        """`weights`: canonical tensors (see `checkpoint_format`), consumed: each layer's entries are
+        removed once the layer has its compute-layout copies, so a load never holds the model twice.
+        `extra`: e.g. `mtp.*` tensors, kept aside for speculative decoding."""
         self.config = cfg
         self.embed_tokens = weights["embed_tokens.weight"]
         self.norm = weights["norm.weight"]
@@ -70,12 +71,12 @@ class HybridModel:
         self.lm_head_t = self.lm_head.t().contiguous()
         attention_index = {layer: i for i, layer in enumerate(cfg.attention_layer_ids)}
         linear_index = {layer: i for i, layer in enumerate(cfg.linear_layer_ids)}
-        self.layers = [
-            DecoderLayer(
-                cfg, i, _sub(weights, f"layers.{i}."), attention_index.get(i, linear_index.get(i, -1))
-            )
-            for i in range(cfg.num_hidden_layers)
-        ]
+        self.layers = []
+        for i in range(cfg.num_hidden_layers):
+            layer_weights = _take(weights, f"layers.{i}.")
+            cache_index = attention_index.get(i, linear_index.get(i, -1))
+            self.layers.append(DecoderLayer(cfg, i, layer_weights, cache_index))
+            del layer_weights
         self.extra_weights = dict(extra or {})
 
     @property
@@ -106,6 +107,12 @@ class HybridModel:
         """Final norm + lm_head, fp32 logits."""
         h = rms_norm_zero_centered(hidden, self.norm, self.config.rms_norm_eps)
         return (h @ self.lm_head_t).float()
+
+
+def _take(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """`_sub`, removing the entries from `weights`."""
+    names = [k for k in weights if k.startswith(prefix)]
+    return {k[len(prefix) :]: weights.pop(k) for k in names}
 
 
 def _sub(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,16 +92,28 @@ def test_bad_config_raises_clear_error(bad):
 
 
 def test_real_configs_match_published_parameter_counts():
-    # Public model cards: Qwen3-Next-80B-A3B has 80B parameters; Qwen3.5-397B-A17B 397B
-    # (text + vision, without the MTP draft layer). The vision tower is ~0.4B.
+    # Model cards: Qwen3-Next-80B-A3B has 80B parameters, 3B activated; Qwen3.5-397B-A17B 397B
+    # (text + a ~0.4B vision tower), 17B activated. MTP heads are counted apart (not in total).
     next80 = sizing.param_counts(
         sizing.shape_from_config(json.loads((CONFIGS / "qwen3-next-80b-a3b.json").read_text()))
     )
-    assert 79.0e9 < next80.total < 81.0e9
+    print(f"80B: total {next80.total / 1e9:.2f} B, active {next80.active / 1e9:.2f} B, mtp {next80.mtp / 1e9:.2f} B")
+    assert abs(next80.total - 80e9) < 0.02 * 80e9
+    assert next80.mtp > 1e9 and next80.total_with_mtp == next80.total + next80.mtp
+    # "3B activated" is a rounded figure; without the 0.62B of embeddings + lm_head it is 3.25B.
+    assert 3.0e9 < next80.active - next80.embeddings - next80.lm_head < 3.4e9
     q35 = sizing.param_counts(
         sizing.shape_from_config(json.loads((CONFIGS / "qwen3.5-397b-a17b.json").read_text()))
     )
-    assert 395.5e9 < q35.total - q35.mtp < 397.5e9
+    print(f"397B: total {q35.total / 1e9:.2f} B, active {q35.active / 1e9:.2f} B, mtp {q35.mtp / 1e9:.2f} B")
+    assert abs(q35.total + 0.4e9 - 397e9) < 0.02 * 397e9
+    assert abs(q35.active - 17e9) < 0.03 * 17e9
+    assert q35.mtp > 1e9
+
+
+def test_sizing_is_torch_free():
+    code = "import sys, baton.sizing, baton.commands.size; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("name", ["qwen3-next-80b-a3b.json", "qwen3.5-397b-a17b.json"])

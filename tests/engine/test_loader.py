@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.cache.tensors import CacheTensors
-from engine.loader import CheckpointError, load_model
+from engine.loader import CheckpointError, load_checkpoint, load_model
 from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner, SeqChunk
 from tests.helpers.checkpoints import tiny_checkpoint
@@ -57,15 +58,14 @@ def test_wrapper_type_with_language_model_prefix(tmp_path: Path) -> None:
     text_cfg = json.loads((src / "config.json").read_text())
     wrapper = {"model_type": "qwen3_5_moe", "text_config": text_cfg, "tie_word_embeddings": False}
     tensors = {
-        (k if k == "lm_head.weight" else "model.language_model." + k.removeprefix("model.")): v
+        (k if k == "lm_head.weight" or k.startswith("mtp.") else "model.language_model." + k.removeprefix("model.")): v
         for k, v in all_tensors(src).items()
     }
     tensors["model.visual.patch_embed.weight"] = torch.zeros(4, 4)
-    tensors["mtp.fc.weight"] = torch.ones(3, 3)
     path = as_single_file(src, tmp_path / "wrapped", tensors, wrapper)
     cfg, model = load_model(path)
     assert cfg.model_type == "qwen3_5_moe" and cfg.text_model_type == "qwen3_5_moe_text"
-    assert torch.equal(model.extra_weights["mtp.fc.weight"], torch.ones(3, 3))
+    assert torch.equal(model.extra_weights["mtp.fc.weight"], tensors["mtp.fc.weight"])
     torch.testing.assert_close(logits_of(path), logits_of(src), atol=1e-5, rtol=0)
 
 
@@ -128,6 +128,15 @@ def test_misshapen_tensor_is_named(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_misshapen_mtp_tensor_is_named(tmp_path: Path) -> None:
+    src = tiny_checkpoint("qwen3_5_moe_text")
+    tensors = all_tensors(src)
+    tensors["mtp.fc.weight"] = torch.ones(3, 3)
+    path = as_single_file(src, tmp_path / "bad_mtp", tensors)
+    with pytest.raises(CheckpointError, match=r"mtp\.fc\.weight.*\(3, 3\)"):
+        load_model(path)
+
+
 def test_missing_shard_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint("qwen3_next"), path)
@@ -135,3 +144,12 @@ def test_missing_shard_file_is_named(tmp_path: Path) -> None:
     victim.unlink()
     with pytest.raises(CheckpointError, match=victim.name):
         load_model(path)
+
+
+def test_load_logs_progress_and_shows_a_bar(monkeypatch, caplog, capsys) -> None:
+    monkeypatch.setattr("engine.loader.LOG_EVERY_BYTES", 64 * 1024)
+    with caplog.at_level(logging.INFO, logger="engine.loader"):
+        load_checkpoint(tiny_checkpoint("qwen3_next"), progress=True)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert len(progress) >= 3 and "tensors" in progress[0] and " GB" in progress[0]
+    assert "loading weights" in capsys.readouterr().err  # the tqdm bar

@@ -4,6 +4,9 @@ prefill/decode split), with every acceptance length exercised, and zero state co
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -97,3 +100,17 @@ def test_prefill_on_a_speculative_decode_on_b() -> None:
     assert out == plain
     assert b.metrics()["spec_accepted"] > 0 and b.metrics()["spec_state_copies"] == 0
     assert a.release("req")
+
+
+def test_qwen3_next_config_without_mtp_key_still_speculates(tmp_path) -> None:
+    """The released Qwen3-Next config has no `mtp_num_hidden_layers`; its `mtp.*` tensors are the head."""
+    model_dir = tmp_path / "next"
+    shutil.copytree(tiny_checkpoint("qwen3_next"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    del config["mtp_num_hidden_layers"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    prompts = {"a": prompt(21, seed=3)}
+    plain = run(engine(model_dir), prompts)
+    spec = engine(model_dir, k=2)
+    assert run(spec, prompts) == plain
+    assert spec.metrics()["spec_verifies"] > 0

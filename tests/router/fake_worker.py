@@ -22,6 +22,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from baton_pb.v1 import admin_pb2, worker_pb2_grpc  # noqa: E402
+from engine.identity import CheckpointFilesError, model_identity  # noqa: E402
 from rpc import grpc_server  # noqa: E402
 from worker.config import WorkerConfig, worker_config_from_args  # noqa: E402
 
@@ -37,7 +38,16 @@ class _Control(worker_pb2_grpc.WorkerControlServicer):
         return admin_pb2.WorkerInfo(
             worker_id=r.config.worker_id, role=r.config.role, address=r.address, epoch=r.epoch,
             draining=r.draining.is_set(), healthy=True, load=admin_pb2.WorkerLoad(total_pages=os.getpid()),
+            model_identity=_identity(r.config.model),
         )  # fmt: skip
+
+
+def _identity(model: str) -> str:
+    """The real identity when the folder holds a checkpoint (pool tests pass an empty folder)."""
+    try:
+        return model_identity(model)
+    except CheckpointFilesError:
+        return ""
 
 
 @dataclass
