@@ -45,10 +45,11 @@ class SpecMetrics:
         self.drafted += drafted
         self.accepted += accepted
         self.emitted += accepted + 1
-        for counts, n in ((self.drafted_at, drafted), (self.accepted_at, accepted)):
-            counts.extend([0] * (n - len(counts)))
-            for j in range(n):
-                counts[j] += 1
+        for counts in (self.drafted_at, self.accepted_at):
+            counts.extend([0] * (drafted - len(counts)))
+        for j in range(drafted):
+            self.drafted_at[j] += 1
+            self.accepted_at[j] += j < accepted
 
     def snapshot(self) -> dict[str, float]:
         return {

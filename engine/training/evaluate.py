@@ -93,6 +93,14 @@ def evaluate(
     )
 
 
+def held_out_prompts(model_dir: str | Path, count: int, length: int) -> list[list[int]]:
+    """`count` token-id prompts of `length` tokens of held-out source, evenly spaced."""
+    tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    ids = _ids(tokenizer, load_corpus().held_out).tolist()
+    step = max(length, len(ids) // (count + 1))
+    return [ids[i * step : i * step + length] for i in range(count)]
+
+
 def function_headers(texts: tuple[str, ...], count: int) -> list[str]:
     """`count` single-line `def` headers spread evenly over the texts, each with its newline."""
     found = [line + "\n" for text in texts for line in text.splitlines() if HEADER.match(line)]
