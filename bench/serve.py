@@ -132,7 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--router-prompt-tokens", type=int, default=32768)
     parser.add_argument("--router-requests", type=int, default=200)
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
+    parser.add_argument(
+        "--spec-tokens",
+        type=int,
+        default=0,
+        help="instead: served decode with vs without MTP speculation (K drafts) on the trained "
+        "checkpoint (bench/serve_spec.py)",
+    )
     args = parser.parse_args(argv)
+    if args.spec_tokens:
+        from bench.serve_spec import run as run_spec
+        from engine.training.shipped import shipped_or_cached
+
+        run_spec(args.model or str(shipped_or_cached()), args.spec_tokens)
+        return 0
     model = args.model or str(_preset_checkpoint(args.preset))
     ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer)
     overhead = router_overhead(model, args.router_prompt_tokens, args.router_requests)
