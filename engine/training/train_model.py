@@ -33,7 +33,7 @@ from engine.training.checkpoint import write_trained_checkpoint
 from engine.training.corpus import Corpus, load_corpus
 
 FORMAT_VERSION = 1  # bump when the model, objective or data pipeline changes what gets trained
-BENCH_STEPS = 1000  # the benchmark (and shipped) model: a longer run of the same config
+BENCH_STEPS = 500  # the benchmark (and shipped) model: a longer run of the same config
 # One thread: on a shared 2-core machine two OpenMP threads made a training step ~20x slower
 # (spinning workers preempted by other processes); one thread loses little when the box is idle.
 TRAIN_THREADS = 1
@@ -41,7 +41,7 @@ TRAIN_THREADS = 1
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
-    steps: int = 300  # the demo budget: ~3 min on an idle 2-core machine
+    steps: int = 200  # the demo budget: ~0.7 s a step, ~2.5 min on an idle 2-core machine
     batch_size: int = 4
     seq_len: int = 256
     lr: float = 3e-3
