@@ -79,7 +79,8 @@ def evaluate(
     programs = [trim_to_lines(h, o.text) for h, o in zip(headers, outputs, strict=True)]
     parsed = [p for p in programs if parses(p)]
     generated = [o.prompt_token_ids + o.token_ids for o in outputs]
-    _, gen_accept, _ = _teacher_forced(model, head, torch.tensor(sum(generated, [])), windows=generated)
+    starts = [len(o.prompt_token_ids) - 1 for o in outputs]  # drafts serving makes: after the prompt
+    _, gen_accept, _ = _teacher_forced(model, head, windows=generated, draft_from=starts)
     return Evaluation(
         held_out_loss=loss,
         unigram_loss=unigram_loss(_ids(tokenizer, corpus.train), held_out, tokenizer.get_vocab_size()),
@@ -131,11 +132,19 @@ def unigram_loss(train_ids: torch.Tensor, held_out: torch.Tensor, vocab: int) ->
 
 
 @torch.inference_mode()
-def _teacher_forced(model, head: MtpHead | None, ids: torch.Tensor, windows: list[list[int]] | None = None):
-    """(mean next-token loss, MTP acceptance, MTP true-token accuracy) over windows of `ids`."""
+def _teacher_forced(
+    model,
+    head: MtpHead | None,
+    ids: torch.Tensor | None = None,
+    windows: list[list[int]] | None = None,
+    draft_from: list[int] | None = None,
+):
+    """(mean next-token loss, MTP acceptance, MTP true-token accuracy) over `windows` (default:
+    `ids` cut into WINDOW-token pieces); drafts count from row `draft_from[i]` of window i."""
     windows = windows or [ids[i : i + WINDOW].tolist() for i in range(0, len(ids) - 2, WINDOW)]
+    draft_from = draft_from or [0] * len(windows)
     nll, count, accepted, correct, drafted = 0.0, 0, 0, 0, 0
-    for tokens in windows:
+    for tokens, first in zip(windows, draft_from, strict=True):
         if len(tokens) < 3:
             continue
         pages = -(-len(tokens) // 16)
@@ -149,10 +158,10 @@ def _teacher_forced(model, head: MtpHead | None, ids: torch.Tensor, windows: lis
             continue
         n = len(tokens) - 2
         out = head.forward(hidden[:n], target[1 : n + 1], torch.arange(n), [(None, 0, n)])
-        drafts = head.logits(out).argmax(-1)
-        accepted += int((drafts == logits[1 : n + 1].argmax(-1)).sum())
-        correct += int((drafts == target[2:]).sum())
-        drafted += n
+        drafts = head.logits(out).argmax(-1)[first:]
+        accepted += int((drafts == logits[1 + first : n + 1].argmax(-1)).sum())
+        correct += int((drafts == target[2 + first :]).sum())
+        drafted += n - first
     return nll / count, accepted / max(drafted, 1), correct / max(drafted, 1)
 
 
