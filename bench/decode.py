@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         help="decode with vs without MTP speculation and its ceiling (K drafts, default 2) on the trained "
         "model; see bench/decode_spec.py",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="--spec: batch-1 prompts decoded one after another")
+    parser.add_argument("--rounds", type=int, default=5, help="--spec: rounds per batch size (median reported)")
     args = parser.parse_args(argv)
     if args.spec:
         from bench.decode_spec import RESULTS as SPEC_RESULTS
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
         out = SPEC_RESULTS if args.out == RESULTS else args.out
         batches = tuple(int(b) for b in (args.batches or "1,8").split(","))
-        spec(args.model, args.spec, batches, args.tokens, args.rounds, out_path=out)
+        tokens = 128 if args.tokens == 64 else args.tokens  # --spec: longer runs, less timer noise
+        spec(args.model, args.spec, batches, tokens, args.rounds, out_path=out)
         return 0
     model_dir = args.model
     if model_dir is None:
