@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--transfer", default="tcp", choices=["tcp", "ucx", "local"])
-    parser.add_argument("--local-prefill-threshold", type=int, default=32)
+    parser.add_argument("--local-prefill-threshold", type=int, default=64)
     parser.add_argument("--spec-tokens", type=int, default=2, help="MTP drafts per decode step (0 = off)")
     parser.set_defaults(func=run)
 
