@@ -107,33 +107,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: the small preset)")
     parser.add_argument("--tokens", type=int, default=64, help="decode tokens per request")
-    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--batches", default=None, help="default 1,16 (1,8 with --spec)")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--spec",
         type=int,
         nargs="?",
-        const=3,
+        const=2,
         default=0,
         metavar="K",
-        help="batch-1 decode with vs without MTP speculation (K drafts, default 3); see bench/decode_spec.py",
+        help="decode with vs without MTP speculation and its ceiling (K drafts, default 2) on the trained "
+        "model; see bench/decode_spec.py",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="--spec: prompts decoded one after another")
+    parser.add_argument("--rounds", type=int, default=5, help="--spec: rounds per batch size (median reported)")
     args = parser.parse_args(argv)
     if args.spec:
         from bench.decode_spec import RESULTS as SPEC_RESULTS
-        from bench.decode_spec import run_spec_bench
+        from bench.decode_spec import spec
 
         out = SPEC_RESULTS if args.out == RESULTS else args.out
-        run_spec_bench(args.model, args.spec, args.tokens, args.rounds, out)
+        batches = tuple(int(b) for b in (args.batches or "1,8").split(","))
+        tokens = 128 if args.tokens == 64 else args.tokens  # --spec: longer runs, less timer noise
+        spec(args.model, args.spec, batches, tokens, args.rounds, out_path=out)
         return 0
     model_dir = args.model
     if model_dir is None:
         from tests.helpers.checkpoints import small_checkpoint
 
         model_dir = small_checkpoint("qwen3_next")
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in (args.batches or "1,16").split(",")]
     engine = LLMEngine(model_dir, EngineConfig(enable_prefix_cache=False, max_num_seqs=max(batches)))
     dtype = engine.model_config.dtype
     weight_bytes, flops_per_token = weight_traffic(engine)

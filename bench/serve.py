@@ -138,7 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-requests", type=int, default=200, help="pairs for the HTTP vs gRPC part; 0 = skip")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
     parser.add_argument("--http-only", action="store_true", help="only part 3 (HTTP vs gRPC), to --out")
+    parser.add_argument(
+        "--spec-tokens",
+        type=int,
+        default=0,
+        help="instead: served decode with vs without MTP speculation (K drafts) on the trained "
+        "checkpoint (bench/serve_spec.py)",
+    )
     args = parser.parse_args(argv)
+    if args.spec_tokens:
+        from bench.serve_spec import run as run_spec
+        from engine.training.shipped import shipped_or_cached
+
+        run_spec(args.model or str(shipped_or_cached()), args.spec_tokens)
+        return 0
     model = args.model or str(_preset_checkpoint(args.preset))
     if args.http_only:
         return _http_only(model, args)

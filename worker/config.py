@@ -30,6 +30,7 @@ class WorkerConfig:
     max_queue: int = 64
     local_prefill_threshold: int = 512
     prefix_cache: bool = True
+    spec_tokens: int = 0  # MTP speculative decoding: drafts per step (0 = off; needs an MTP head)
     ready_file: str = ""
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -55,6 +56,14 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         "--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED"
     )
     parser.add_argument("--ready-file", default="", help="write the bound address here once serving")
+    parser.add_argument(
+        "--spec-tokens",
+        type=int,
+        default=0,
+        choices=range(5),
+        metavar="K",
+        help="speculative decoding with the checkpoint's MTP head: K drafts per step (0-4; 0 = off)",
+    )
     parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
     return parser
 
@@ -76,5 +85,6 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         max_queue=args.max_queue,
         ready_file=args.ready_file,
         prefix_cache=not args.no_prefix_cache,
+        spec_tokens=args.spec_tokens,
         tls=TlsConfig.from_env(),
     )

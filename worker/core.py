@@ -22,7 +22,11 @@ def build_engine(config: WorkerConfig, on_kv_event):
     from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
 
-    options = {"block_size": config.block_size, "enable_prefix_cache": config.prefix_cache}
+    options = {
+        "block_size": config.block_size,
+        "enable_prefix_cache": config.prefix_cache,
+        "num_speculative_tokens": config.spec_tokens,
+    }
     if config.max_pages:
         options["num_pages"] = config.max_pages
     else:
@@ -99,6 +103,8 @@ class WorkerCore:
             cached_tokens=int(metrics.get("cached_tokens", 0)),
             computed_tokens=self.counters["computed_tokens"],
             fetched_tokens=self.counters["fetched_tokens"],
+            spec_drafted=int(metrics.get("spec_drafted", 0)),
+            spec_accepted=int(metrics.get("spec_accepted", 0)),
             # reservations waiting for their transfer + prefill results pinned until shipped
             pending_transfers=int(metrics.get("num_reserved", 0)) + int(metrics.get("num_pinned", 0)),
         )

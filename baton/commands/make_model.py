@@ -30,6 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the MTP head on the model's own generations (minutes on 2 cores for small)",
     )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="instead of random weights, train a small qwen3_next model (with its MTP head) on the "
+        "Python stdlib; --preset/--model-type/--variant do not apply (see engine/training)",
+    )
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="--train: optimizer steps (default: the demo budget)"
+    )
     parser.add_argument("--mtp-steps", type=int, default=None, help="--train-mtp: optimizer steps")
     parser.add_argument(
         "--mtp-sequences", type=int, default=None, help="--train-mtp: sequences the model generates"
@@ -38,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.train:
+        return run_training(args)
     from engine.make_model import make_model
 
     path = make_model(
@@ -64,4 +75,17 @@ def run(args: argparse.Namespace) -> int:
         if args.mtp_sequences is not None:
             config = replace(config, num_sequences=args.mtp_sequences)
         train_mtp(path, replace(config, seed=args.seed))
+    return 0
+
+
+def run_training(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from engine.training.evaluate import evaluate
+    from engine.training.train_model import TrainConfig, train_model, with_steps
+
+    config = replace(with_steps(TrainConfig(), args.train_steps), seed=args.seed)
+    result = train_model(args.out, config)
+    print(f"wrote the trained checkpoint to {result.path} (loss curve: {result.path / 'loss_curve.png'})")
+    print(evaluate(result.path).report())
     return 0

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerLoad(_message.Message):
-    __slots__ = ("running_requests", "waiting_requests", "queued_tokens", "free_pages", "total_pages", "free_slots", "total_slots", "cached_blocks", "checkpoints", "pending_transfers", "hit_rate", "prompt_tokens", "cached_tokens", "computed_tokens", "fetched_tokens")
+    __slots__ = ("running_requests", "waiting_requests", "queued_tokens", "free_pages", "total_pages", "free_slots", "total_slots", "cached_blocks", "checkpoints", "pending_transfers", "hit_rate", "prompt_tokens", "cached_tokens", "computed_tokens", "fetched_tokens", "spec_drafted", "spec_accepted")
     RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class WorkerLoad(_message.Message):
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FETCHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    SPEC_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     running_requests: int
     waiting_requests: int
     queued_tokens: int
@@ -38,7 +40,9 @@ class WorkerLoad(_message.Message):
     cached_tokens: int
     computed_tokens: int
     fetched_tokens: int
-    def __init__(self, running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., total_pages: _Optional[int] = ..., free_slots: _Optional[int] = ..., total_slots: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., checkpoints: _Optional[int] = ..., pending_transfers: _Optional[int] = ..., hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., computed_tokens: _Optional[int] = ..., fetched_tokens: _Optional[int] = ...) -> None: ...
+    spec_drafted: int
+    spec_accepted: int
+    def __init__(self, running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., total_pages: _Optional[int] = ..., free_slots: _Optional[int] = ..., total_slots: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., checkpoints: _Optional[int] = ..., pending_transfers: _Optional[int] = ..., hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., computed_tokens: _Optional[int] = ..., fetched_tokens: _Optional[int] = ..., spec_drafted: _Optional[int] = ..., spec_accepted: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("worker_id", "role", "address", "epoch", "draining", "healthy", "load", "model_identity")

@@ -15,7 +15,7 @@ cache's block-end snapshots (checkpoints, as without speculation) are the only s
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,20 @@ class SpecMetrics:
     accepted: int = 0  # drafts accepted
     emitted: int = 0  # tokens emitted by verifies (accepted + one correction/bonus each)
     state_copies: int = 0  # CacheTensors state copies made on the speculative path (must stay 0)
+    drafted_at: list[int] = field(default_factory=list)  # per draft position j: drafts made there
+    accepted_at: list[int] = field(default_factory=list)  # ... and accepted there
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """One verify: `drafted` drafts, the first `accepted` of them kept."""
+        self.verifies += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.emitted += accepted + 1
+        for counts in (self.drafted_at, self.accepted_at):
+            counts.extend([0] * (drafted - len(counts)))
+        for j in range(drafted):
+            self.drafted_at[j] += 1
+            self.accepted_at[j] += j < accepted
 
     def snapshot(self) -> dict[str, float]:
         return {
@@ -45,6 +59,7 @@ class SpecMetrics:
             "spec_acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
             "spec_mean_acceptance_length": self.emitted / self.verifies if self.verifies else 0.0,
             "spec_state_copies": self.state_copies,
+            "spec_acceptance_per_position": [a / d for a, d in zip(self.accepted_at, self.drafted_at, strict=True)],
         }
 
 
@@ -171,10 +186,7 @@ class SpecDecoder:
             generator = seq.generator if seq.generator is not None else self._generator
             target = processed_probs(logits, seq.params)
             emitted = accept_sampled(target, verify.draft.probs, drafts, generator)
-        self.metrics.verifies += 1
-        self.metrics.drafted += len(drafts)
-        self.metrics.accepted += len(emitted) - 1
-        self.metrics.emitted += len(emitted)
+        self.metrics.record(len(drafts), len(emitted) - 1)
         emitted = emitted[: self._tokens_before_finish(seq, emitted)]
         computed = len(emitted)  # positions start .. start + computed - 1 are now in KV and state
         old_live = seq.state_slot

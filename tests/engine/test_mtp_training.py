@@ -35,7 +35,7 @@ def test_make_model_train_mtp(tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = argparse.Namespace(
         preset="tiny", out=str(out), model_type="qwen3_5_moe_text", variant="default", seed=3,
-        train_mtp=False, mtp_steps=None, mtp_sequences=None,
+        train_mtp=False, mtp_steps=None, mtp_sequences=None, train=False, train_steps=None,
     )  # fmt: skip
     assert command.run(args) == 0
     _, before = load_model(out)

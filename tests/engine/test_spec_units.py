@@ -13,6 +13,7 @@ from engine.loader import load_model
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.models.mtp import MtpCheckpointError, MtpHead, mtp_canonical
 from engine.speculative.acceptance import accept_greedy, accept_sampled
+from engine.speculative.decoder import SpecMetrics
 from engine.speculative.slots import SpecSlotPool
 from tests.helpers.checkpoints import tiny_checkpoint
 
@@ -129,3 +130,14 @@ def test_engine_option_range() -> None:
 
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         EngineConfig(num_speculative_tokens=5)
+
+
+def test_acceptance_is_counted_per_draft_position() -> None:
+    metrics = SpecMetrics()
+    for drafted, accepted in ((2, 1), (2, 2), (1, 0), (2, 0)):
+        metrics.record(drafted, accepted)
+    snapshot = metrics.snapshot()
+    # position 0 was drafted 4 times and kept twice; position 1 drafted 3 times, kept once.
+    assert snapshot["spec_acceptance_per_position"] == [2 / 4, 1 / 3]
+    assert snapshot["spec_drafted"] == 7 and snapshot["spec_accepted"] == 3
+    assert snapshot["spec_mean_acceptance_length"] == (3 + 4) / 4  # accepted + one token per verify
