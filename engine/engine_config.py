@@ -31,6 +31,11 @@ class EngineConfig:
     # Speculative decoding with the checkpoint's MTP head: drafts per step (0 = off, 1..4). A
     # checkpoint without MTP weights runs without speculation. See engine/spec.
     num_speculative_tokens: int = 0
+    # GPU path. Decode steps replay CUDA graphs captured per batch-size bucket unless
+    # `enforce_eager` (graphs need a cuda device; the CPU always runs eagerly).
+    enforce_eager: bool = False
+    # Overlap scheduling (engine/overlap.py): plan step N+1 while step N runs. None = on for cuda.
+    overlap_schedule: bool | None = None
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")

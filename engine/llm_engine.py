@@ -28,11 +28,13 @@ from engine.finisher import Finisher
 from engine.loader import load_model
 from engine.metrics import EngineMetrics
 from engine.model_runner import ModelRunner, SeqChunk
-from engine.sampler import Sampler, SampleRequest, make_generator
+from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
+from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledChunk, Scheduler
 from engine.sequence import PrefillResult, RequestOutput, Reservation, Sequence, Status
 from engine.spec import setup as spec_setup
+from engine.token_readback import TokenReadback
 from engine.tokenizer import IncrementalDecoder, Tokenizer
 
 LayerCallback = Callable[[int, int, int], None]
@@ -94,6 +96,12 @@ class LLMEngine:
         self._lock = threading.RLock()
         self.logits_observer: Callable[[str, torch.Tensor], None] | None = None  # tests: per sampled row
         self.spec = spec_setup.decoder(self, spec_head) if spares else None  # speculative decoding
+        self.readback = TokenReadback(config.device)
+        # Overlap scheduling (engine/overlap.py): on by default where a device runs asynchronously.
+        overlap = config.overlap_schedule
+        self.overlap = (torch.device(config.device).type == "cuda" if overlap is None else overlap) and not self.spec
+        self._plan: list[ScheduledChunk] | None = None  # step N+1, planned while step N ran
+        self.step_trace: StepTrace | None = None  # tests: ("schedule" | "launch" | "read", step)
 
     def _cache_dtype(self) -> torch.dtype:
         return parse_dtype(self.config.dtype, self.model_config.dtype)
@@ -221,7 +229,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         with self._lock:
             outputs, self._pending = self._pending, []
-            chunks = self.scheduler.schedule()
+            chunks = self._next_chunks()
             if not chunks:
                 return outputs
             for chunk in chunks:
@@ -231,16 +239,39 @@ class LLMEngine:
             if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/spec)
                 outputs.extend(self.spec.step(chunks))
             else:
-                logits = self._forward(chunks)
-                for chunk in chunks:
-                    chunk.seq.num_computed_tokens = chunk.end
-                if self.prefix_cache is not None:
-                    self.prefix_cache.after_step(chunks)
-                outputs.extend(self._sample(chunks, logits))
+                launched = self._launch(chunks)
+                if self.overlap:
+                    self._trace("schedule", launched.index + 1)
+                    self._plan = plan_ahead(self.scheduler, launched, self.max_model_len)
+                outputs.extend(self._complete(launched))
             outputs.extend(self._pending)
             self._pending = []
             self.metrics_state.steps += 1
             return outputs
+
+    def _next_chunks(self) -> list[ScheduledChunk]:
+        """The plan made while the last step ran (what is still runnable of it), else a fresh one."""
+        plan, self._plan = self._plan, None
+        if plan is not None:
+            plan = still_runnable(plan)
+            if plan:
+                return plan
+        self._trace("schedule", self.metrics_state.steps)
+        return self.scheduler.schedule()
+
+    def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep:
+        """Queue the forward and the sampling of one step; nothing is read back yet."""
+        self._trace("launch", self.metrics_state.steps)
+        logits = self._forward(chunks)
+        for chunk in chunks:
+            chunk.seq.num_computed_tokens = chunk.end
+        if self.prefix_cache is not None:
+            self.prefix_cache.after_step(chunks)
+        return self._start_sampling(chunks, logits)
+
+    def _trace(self, event: str, step: int) -> None:
+        if self.step_trace is not None:
+            self.step_trace(event, step)
 
     def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         seq_chunks = [
@@ -257,21 +288,37 @@ class LLMEngine:
             return self.runner.forward(seq_chunks, layer_callback=on_layer if watchers else None)
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
+        return self._complete(self._start_sampling(chunks, logits))
+
+    def _start_sampling(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> LaunchedStep:
         rows = [i for i, c in enumerate(chunks) if c.samples]
-        if not rows:
-            return []
         seqs = [chunks[i].seq for i in rows]
-        row_logits = logits[rows]
+        if len(rows) != len(chunks):
+            logits = logits[rows] if rows else logits[:0]
         if self.logits_observer is not None:
-            for seq, row in zip(seqs, row_logits, strict=True):
+            for seq, row in zip(seqs, logits, strict=True):
                 self.logits_observer(seq.request_id, row)
         requests = [
             SampleRequest(s.params, s.prompt_token_ids, s.output_token_ids, s.generator) for s in seqs
         ]
-        result = self.sampler(row_logits, requests)
-        outputs = []
-        for seq, token, logprob in zip(seqs, result.token_ids, result.logprobs, strict=True):
-            outputs.append(self._append_token(seq, token, logprob))
+        token_ids = self.sampler.choose(logits, requests) if seqs else torch.empty(0, dtype=torch.long)
+        pending = self.readback.start(token_ids)  # the one copy to the host of this step
+        return LaunchedStep(self.metrics_state.steps, seqs, requests, logits, pending)
+
+    def _complete(self, launched: LaunchedStep) -> list[RequestOutput]:
+        """Read the step's tokens, append them, finish whom they finish."""
+        if not launched.seqs:
+            return []
+        self._trace("read", launched.index)
+        chosen = launched.tokens.read()
+        drop_expectations(launched)
+        logprobs = compute_logprobs(launched.logits, chosen, launched.requests)
+        outputs = [
+            self._append_token(seq, token, logprob)
+            for seq, token, logprob in zip(launched.seqs, chosen, logprobs, strict=True)
+        ]
+        if self._plan is not None:
+            self._plan = still_runnable(self._plan)
         return outputs
 
     def _append_token(self, seq: Sequence, token: int, logprob, announce: bool = True) -> RequestOutput:
@@ -293,8 +340,8 @@ class LLMEngine:
         if seq.prefill_only:
             seq.prefill = self._pin(seq)
             return
-        if self.prefix_cache is not None:
-            self.prefix_cache.cache_finished(seq)
+        if self.prefix_cache is not None and seq.status is Status.RUNNING:
+            self.prefix_cache.cache_finished(seq)  # (not when overlap planning preempted it)
         self.memory.free(seq)
         seq.status = Status.FINISHED
         self.sequences.pop(seq.request_id, None)

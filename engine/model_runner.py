@@ -17,6 +17,7 @@ import torch
 from engine.cache.tensors import CacheTensors
 from engine.models.forward_batch import build_forward_batch
 from engine.models.hybrid import HybridModel
+from engine.models.step_metadata import MetadataUploader
 from engine.ops.norms import rms_norm_zero_centered
 
 
@@ -42,6 +43,7 @@ class ModelRunner:
             )
         self.model = model
         self.cache = cache
+        self.uploader = MetadataUploader(model.device)  # the step's index tensors: one copy
 
     @torch.inference_mode()
     def forward(
@@ -57,17 +59,25 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
-        batch = build_forward_batch(
-            chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots, self.model.device
-        )
+        batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         if all_logits:
             rows = [r for start, end in batch.chunk_rows for r in range(start, end)]
-        else:
-            rows = [end - 1 for _, end in batch.chunk_rows]
-        if rows != list(range(batch.num_tokens)):
-            hidden = hidden[torch.tensor(rows, device=hidden.device)]
+            if rows != list(range(batch.num_tokens)):
+                hidden = hidden[torch.tensor(rows, device=hidden.device)]
+        elif len(chunks) != batch.num_tokens or any(s != i for i, (s, _) in enumerate(batch.chunk_rows)):
+            hidden = hidden[batch.last_rows]  # planned on the host, already on the device
         return self.model.logits(hidden)
+
+    def _batch(self, chunks: list[SeqChunk]):
+        return build_forward_batch(
+            chunks,
+            self.cache.block_size,
+            self.cache.num_pages,
+            self.cache.num_slots,
+            self.model.device,
+            self.uploader,
+        )
 
     @torch.inference_mode()
     def forward_hidden(
@@ -79,9 +89,7 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
-        batch = build_forward_batch(
-            chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots, self.model.device
-        )
+        batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         normed = rms_norm_zero_centered(hidden, self.model.norm, self.model.config.rms_norm_eps)
         return normed, batch.chunk_rows
