@@ -99,7 +99,9 @@ class LLMEngine:
         self.readback = TokenReadback(config.device)
         # Overlap scheduling (engine/overlap.py): on by default where a device runs asynchronously.
         overlap = config.overlap_schedule
-        self.overlap = (torch.device(config.device).type == "cuda" if overlap is None else overlap) and not self.spec
+        if overlap is None:
+            overlap = torch.device(config.device).type == "cuda"
+        self.overlap = overlap and self.spec is None  # the speculative step reads its tokens itself
         self._plan: list[ScheduledChunk] | None = None  # step N+1, planned while step N ran
         self.step_trace: StepTrace | None = None  # tests: ("schedule" | "launch" | "read", step)
 

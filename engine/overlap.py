@@ -37,9 +37,7 @@ class LaunchedStep:
     expecting: list[Sequence] | None = None  # sequences holding a PLACEHOLDER token
 
 
-def plan_ahead(
-    scheduler: Scheduler, launched: LaunchedStep, max_model_len: int
-) -> list[ScheduledChunk]:
+def plan_ahead(scheduler: Scheduler, launched: LaunchedStep, max_model_len: int) -> list[ScheduledChunk]:
     """Schedule the next step as if each sampling sequence decodes on (see the module docstring)."""
     launched.expecting = []
     for seq in launched.seqs:
@@ -67,9 +65,7 @@ def drop_expectations(launched: LaunchedStep) -> None:
 
 def still_runnable(plan: list[ScheduledChunk]) -> list[ScheduledChunk]:
     """The chunks of a plan made ahead whose sequence still runs from where the plan expects."""
-    return [
-        c for c in plan if c.seq.status is Status.RUNNING and c.start == c.seq.num_computed_tokens
-    ]
+    return [c for c in plan if c.seq.status is Status.RUNNING and c.start == c.seq.num_computed_tokens]
 
 
 StepTrace = Callable[[str, int], None]  # (event, step index): "schedule" | "launch" | "read"

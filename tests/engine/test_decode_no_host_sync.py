@@ -37,7 +37,9 @@ ENGINE_DIR = str(Path(engine.__file__).parent) + "/"
 # The routed experts still run one matmul per expert hit, sized by a host read of the counts; the
 # loop-free MoE of issue 15 part 1 removes it. Strict: when it lands these cases fail as XPASS and
 # the marker must go.
-MOE_LOOP = pytest.mark.xfail(strict=True, raises=AssertionError, reason="engine/models/moe.py reads expert counts to the host")
+MOE_LOOP = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="engine/models/moe.py reads expert counts to the host"
+)
 
 
 class SyncRecorder(TorchDispatchMode):
@@ -81,7 +83,7 @@ def where() -> str:
     if not frames:
         return "?"
     frame = frames[-1]
-    return f"engine/{frame.filename[len(ENGINE_DIR):]}:{frame.lineno}"
+    return f"engine/{frame.filename[len(ENGINE_DIR) :]}:{frame.lineno}"
 
 
 def decode_engine(model_type: str, device: str) -> LLMEngine:
@@ -117,7 +119,11 @@ def assert_one_copy_per_step(hits: Counter, steps: int) -> None:
 
 @pytest.mark.parametrize(
     "model_type",
-    [pytest.param("qwen3_next", marks=MOE_LOOP), "qwen3_5_text", pytest.param("qwen3_5_moe_text", marks=MOE_LOOP)],
+    [
+        pytest.param("qwen3_next", marks=MOE_LOOP),
+        "qwen3_5_text",
+        pytest.param("qwen3_5_moe_text", marks=MOE_LOOP),
+    ],
 )
 def test_decode_steps_read_back_only_the_token_ids(model_type: str) -> None:
     engine = decode_engine(model_type, "cpu")

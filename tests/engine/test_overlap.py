@@ -23,7 +23,9 @@ pytestmark = pytest.mark.timeout(600)
 def run_traced(overlap: bool) -> tuple[list[tuple[str, int]], dict[str, list[int]]]:
     engine = LLMEngine(
         tiny_checkpoint("qwen3_next"),
-        EngineConfig(enable_prefix_cache=False, num_pages=64, prefill_chunk_size=16, overlap_schedule=overlap),
+        EngineConfig(
+            enable_prefix_cache=False, num_pages=64, prefill_chunk_size=16, overlap_schedule=overlap
+        ),
     )
     events: list[tuple[str, int]] = []
     engine.step_trace = lambda event, step: events.append((event, step))
