@@ -34,6 +34,7 @@ class EngineConfig:
     # GPU path. Decode steps replay CUDA graphs captured per batch-size bucket unless
     # `enforce_eager` (graphs need a cuda device; the CPU always runs eagerly).
     enforce_eager: bool = False
+    cuda_graph_bytes: int = 256 << 20  # taken from cache_bytes for the graphs (measured: metrics)
     # Overlap scheduling (engine/overlap.py): plan step N+1 while step N runs. None = on for cuda.
     overlap_schedule: bool | None = None
 

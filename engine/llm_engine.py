@@ -23,6 +23,7 @@ from engine.cache.page_pool import PagePool
 from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
 from engine.config import ModelConfig, parse_dtype
+from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
 from engine.loader import load_model
@@ -58,18 +59,30 @@ class LLMEngine:
         )
         self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype())
+        use_graphs = torch.device(config.device).type == "cuda" and not config.enforce_eager
+        graph_reserve = config.cuda_graph_bytes if use_graphs else 0
+        num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype(), graph_reserve)
         spec_head = spec_setup.load_head(self.model, config)
         spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
+        scratch = 1 if use_graphs else 0  # a page and a slot the padding rows of a graph write to
         self.cache = CacheTensors.allocate(
             self.model_config,
-            num_pages,
-            live + checkpoints + spares,
+            num_pages + scratch,
+            live + checkpoints + spares + scratch,
             config.block_size,
             self._cache_dtype(),
             config.device,
         )
         self.runner = ModelRunner(self.model, self.cache)
+        if use_graphs:
+            self.runner.graphs = DecodeGraphs(
+                self.model,
+                self.cache,
+                max_batch=config.max_num_seqs,
+                max_model_len=self.max_model_len,
+                scratch_page=num_pages,
+                scratch_slot=self.cache.num_slots - 1,
+            )
         pages = PagePool(num_pages)
         self.prefix_cache = None
         if config.enable_prefix_cache:
@@ -141,7 +154,7 @@ class LLMEngine:
             raise ValueError(
                 f"prompt of {len(prompt)} tokens does not fit max_model_len={self.max_model_len}"
             )
-        if self.cache.num_pages < -(-len(prompt) // self.config.block_size) + 1:
+        if self.memory.pages.num_total < -(-len(prompt) // self.config.block_size) + 1:
             raise ValueError(f"prompt of {len(prompt)} tokens is larger than the whole KV cache")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer.json next to the model")
@@ -385,13 +398,16 @@ def _generation_eos(model_dir: Path, model_config: ModelConfig) -> tuple[int, ..
     return tuple(model_config.eos_token_id)
 
 
-def _pool_sizes(model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(pages, live slots, checkpoint slots) from explicit counts or the byte budget."""
+def _pool_sizes(
+    model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype, graph_reserve: int = 0
+) -> tuple[int, int, int]:
+    """(pages, live slots, checkpoint slots) from explicit counts or the byte budget (less what
+    CUDA graphs are budgeted to take)."""
     live, checkpoints = config.live_slots, config.cache_checkpoint_slots
     if config.num_pages is not None:
         return config.num_pages, live, checkpoints
     page_bytes, slot_bytes = CacheTensors.bytes_for(model_config, config.block_size, dtype)
-    left = config.cache_bytes - (live + checkpoints) * slot_bytes
+    left = config.cache_bytes - graph_reserve - (live + checkpoints) * slot_bytes
     if page_bytes == 0:
         return config.cache_bytes // (config.block_size * 64), live, checkpoints
     if left < page_bytes * 16:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.cache.tensors import CacheTensors
-from engine.models.forward_batch import build_forward_batch
+from engine.cuda_graphs import DecodeGraphs
+from engine.models.forward_batch import build_forward_batch, validate_chunks
 from engine.models.hybrid import HybridModel
 from engine.models.step_metadata import MetadataUploader
 from engine.ops.norms import rms_norm_zero_centered
@@ -44,6 +45,7 @@ class ModelRunner:
         self.model = model
         self.cache = cache
         self.uploader = MetadataUploader(model.device)  # the step's index tensors: one copy
+        self.graphs: DecodeGraphs | None = None  # set by the engine on cuda unless enforce_eager
 
     @torch.inference_mode()
     def forward(
@@ -59,6 +61,9 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
+        if self.graphs is not None and not all_logits and layer_callback is None and self.graphs.can_run(chunks):
+            validate_chunks(chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots)
+            return self.graphs.run(chunks)
         batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         if all_logits:

@@ -70,7 +70,7 @@ def build_forward_batch(
     index tensor is planned on the host and reaches the device in one copy (`uploader`)."""
     if not chunks:
         raise ValueError("forward needs at least one chunk")
-    _validate(chunks, block_size, num_pages, num_slots)
+    validate_chunks(chunks, block_size, num_pages, num_slots)
     decode = [
         i
         for i, c in enumerate(chunks)
@@ -173,7 +173,8 @@ def _verify_groups(chunks: list, verify: list[int], row_start: int, slot_tables:
     return tuple(groups)
 
 
-def _validate(chunks: list, block_size: int, num_pages: int, num_slots: int) -> None:
+def validate_chunks(chunks: list, block_size: int, num_pages: int, num_slots: int) -> None:
+    """Raise ValueError on chunks that do not fit the cache (host-side checks only)."""
     slots = [c.state_slot for c in chunks]
     for c in chunks:
         step_slots = _step_slots(c)
