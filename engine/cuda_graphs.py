@@ -1,18 +1,21 @@
-"""`DecodeGraphs`: pure-decode steps as CUDA-graph replays, one graph per batch-size bucket.
+"""`DecodeGraphs`: decode and speculative-verify steps as CUDA-graph replays, one graph per
+(batch-size bucket, tokens per sequence).
 
-A decode step of n sequences runs the graph of the smallest bucket >= n (1, 2, 4, 8, 16, 24, ...,
-up to `max_batch`). Its inputs are static device buffers (token ids, positions, the page and
-offset each new KV row goes to, state slots, block tables, context lengths), all views of ONE
-device buffer: the host plans the step into a pinned copy of that buffer and sends it with one
-non_blocking copy, then replays. Rows n..bucket are padding: they write their KV to a scratch page
-and their state to a scratch slot that no sequence owns, attend to one token, and their logits are
-dropped. Block tables are as wide as `max_model_len` needs, so kernels size their work by a bound
-planned once (graph-safe: no host read, no data-dependent shape).
+A step of n sequences with T tokens each (T = 1: decode; T = k + 1: verify of k drafts) runs the
+graph of the smallest bucket >= n (1, 2, 4, 8, 16, 24, ..., up to `max_batch`). Its inputs are
+static device buffers (token ids, positions, the page and offset each new KV row goes to, state
+slots, block tables, context lengths, the verify step slots), all views of ONE device buffer: the
+host plans the step into a pinned twin of that buffer and sends it with one non_blocking copy,
+then replays. Padding sequences write their KV to a scratch page and their states to a scratch
+slot that no sequence owns, attend to their own few tokens, and their outputs are dropped. Block
+tables are as wide as `max_model_len` needs (capped by the pool), so kernels size their work by a
+bound planned once: no host read, no data-dependent shape.
 
-Steps with prefill chunks, speculative verify chunks, a layer callback, or more sequences than the
-largest bucket run eagerly. `capture=False` runs the same static-buffer forward without graphs:
-what the CPU tests check padding and planning with. The memory captured graphs take is measured
-around capture (`torch.cuda.mem_get_info`) as `graph_bytes`.
+Decode graphs return logits [n, vocab]; verify graphs the final-normed hidden rows [n * T, hidden]
+(what `ModelRunner.forward_hidden` returns; the MTP drafter reads them). Steps mixing kinds or
+lengths, steps with a prefill chunk or a layer callback, and steps larger than the largest bucket
+run eagerly. `capture=False` runs the same static-buffer forward without graphs: what the CPU tests
+check padding and planning with. `graph_bytes` is the memory capture took (`mem_get_info`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from __future__ import annotations
 import torch
 
 from engine.cache.tensors import CacheTensors
-from engine.models.forward_batch import ForwardBatch
+from engine.models.forward_batch import ForwardBatch, VerifyGroup
 from engine.models.hybrid import HybridModel
+from engine.ops.norms import rms_norm_zero_centered
 
-_VECTORS = ("token_ids", "positions", "write_pages", "write_offsets", "slots")  # int64, [max_batch]
+_ROW_VECTORS = ("token_ids", "positions", "write_pages", "write_offsets", "step_slots")  # int64, per row
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -43,24 +47,27 @@ class DecodeGraphs:
         max_model_len: int,
         scratch_page: int,
         scratch_slot: int,
+        verify_steps: int = 0,  # k + 1 with k speculative tokens; 0: no verify graphs
         capture: bool = True,
     ) -> None:
         self.model = model
         self.cache = cache
         self.buckets = batch_buckets(max_batch)
         self.max_batch = max_batch
+        self.steps = (1, verify_steps) if verify_steps > 1 else (1,)
+        if max(self.steps) > cache.block_size:
+            raise ValueError(f"verify steps {verify_steps} exceed block_size {cache.block_size}")
         # A row's table never needs more pages than the pool has.
         self.max_blocks = min(-(-max_model_len // cache.block_size), cache.num_pages)
         self.scratch_page, self.scratch_slot = scratch_page, scratch_slot
         self.device = model.device
-        self.capture = capture and self.device.type == "cuda"
-        self._layout_buffers()
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self._layout_buffers(max_batch * max(self.steps))
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
         self.graph_bytes = 0
         self.replays = 0
         self.capture_error: str | None = None  # why graphs are off although asked for
-        if self.capture:
+        if capture and self.device.type == "cuda":
             try:
                 self._capture_all()
             except RuntimeError as error:  # an op of the step is not graph-safe: run eagerly
@@ -69,10 +76,9 @@ class DecodeGraphs:
                 self.capture_error = f"{type(error).__name__}: {error}"
 
     # ---- static buffers ----------------------------------------------------------------------
-    def _layout_buffers(self) -> None:
-        rows = self.max_batch
-        self._vector_bytes = len(_VECTORS) * rows * 8 + rows * 4  # + context_lens int32
-        self._vector_bytes = -(-self._vector_bytes // 8) * 8
+    def _layout_buffers(self, rows: int) -> None:
+        self.max_rows = rows
+        self._vector_bytes = -(-(len(_ROW_VECTORS) * rows * 8 + rows * 4) // 8) * 8  # + context_lens
         self._row_bytes = self.max_blocks * 4
         total = self._vector_bytes + rows * self._row_bytes
         pinned = self.device.type == "cuda"
@@ -82,54 +88,64 @@ class DecodeGraphs:
         self.static = _views(self._buffer, rows, self.max_blocks, self._vector_bytes)
         self._event: torch.cuda.Event | None = None
 
+    def steps_of(self, chunks: list) -> int | None:
+        """T when the step is n sequences of T tokens each that a graph can run, else None."""
+        if not 0 < len(chunks) <= self.max_batch:
+            return None
+        steps = len(chunks[0].token_ids)
+        if steps not in self.steps:
+            return None
+        limit = self.max_blocks * self.cache.block_size
+        for c in chunks:
+            step_slots = getattr(c, "step_slots", None)
+            if len(c.token_ids) != steps or c.start_pos <= 0 or c.start_pos + steps > limit:
+                return None
+            if (step_slots is None) != (steps == 1):
+                return None
+        return steps
+
     def can_run(self, chunks: list) -> bool:
-        return 0 < len(chunks) <= self.max_batch and all(
-            len(c.token_ids) == 1
-            and c.start_pos > 0
-            and getattr(c, "step_slots", None) is None
-            and c.start_pos < self.max_blocks * self.cache.block_size
-            for c in chunks
-        )
+        return self.steps_of(chunks) == 1
 
     def bucket_for(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
-    def _plan(self, chunks: list, bucket: int) -> None:
-        """Write the step into the host staging buffer (rows past len(chunks) are padding)."""
+    def _plan(self, chunks: list, steps: int, bucket: int) -> None:
+        """Write the step into the host staging buffer (sequences past len(chunks) are padding)."""
         if self._event is not None:
             self._event.synchronize()  # the previous step's copy has read the staging buffer
-        host, block_size, n = self.host, self.cache.block_size, len(chunks)
-        positions = [c.start_pos for c in chunks]
-        host["token_ids"][:n] = torch.tensor([c.token_ids[0] for c in chunks])
-        host["positions"][:n] = torch.tensor(positions)
-        host["write_pages"][:n] = torch.tensor(
-            [c.block_table[p // block_size] for c, p in zip(chunks, positions, strict=True)]
+        host, block_size = self.host, self.cache.block_size
+        rows = len(chunks) * steps
+        positions = [c.start_pos + t for c in chunks for t in range(steps)]
+        host["token_ids"][:rows] = torch.tensor([t for c in chunks for t in c.token_ids])
+        host["positions"][:rows] = torch.tensor(positions)
+        host["write_pages"][:rows] = torch.tensor(
+            [c.block_table[(c.start_pos + t) // block_size] for c in chunks for t in range(steps)]
         )
-        host["write_offsets"][:n] = torch.tensor([p % block_size for p in positions])
-        host["slots"][:n] = torch.tensor([c.state_slot for c in chunks])
-        host["context_lens"][:n] = torch.tensor([p + 1 for p in positions], dtype=torch.int32)
+        host["write_offsets"][:rows] = torch.tensor([p % block_size for p in positions])
+        slots = [s for c in chunks for s in (c.step_slots if steps > 1 else [c.state_slot])]
+        host["step_slots"][:rows] = torch.tensor(slots)
+        host["context_lens"][:rows] = torch.tensor([p + 1 for p in positions], dtype=torch.int32)
         tables = host["block_tables"]
-        for row, (c, p) in enumerate(zip(chunks, positions, strict=True)):
+        for row, p in enumerate(positions):
             used = p // block_size + 1
-            tables[row, :used] = torch.tensor(c.block_table[:used], dtype=torch.int32)
-        self._pad(n, bucket)
+            tables[row, :used] = torch.tensor(chunks[row // steps].block_table[:used], dtype=torch.int32)
+        self._pad(rows, bucket * steps, steps)
 
-    def _pad(self, start: int, end: int) -> None:
+    def _pad(self, start: int, end: int, steps: int) -> None:
         host = self.host
-        for name, value in (
-            ("token_ids", 0),
-            ("positions", 0),
-            ("write_pages", self.scratch_page),
-            ("write_offsets", 0),
-            ("slots", self.scratch_slot),
-            ("context_lens", 1),
-        ):
-            host[name][start:end] = value
+        offsets = torch.arange(start, end) % steps  # padding sequences hold positions 0..T-1
+        host["token_ids"][start:end] = 0
+        host["positions"][start:end] = offsets
+        host["write_pages"][start:end] = self.scratch_page
+        host["write_offsets"][start:end] = offsets
+        host["step_slots"][start:end] = self.scratch_slot
+        host["context_lens"][start:end] = (offsets + 1).to(torch.int32)
         host["block_tables"][start:end, 0] = self.scratch_page
 
-    def _upload(self, bucket: int) -> None:
-        """ONE non_blocking copy: all vectors, and the block-table rows of the bucket."""
-        nbytes = self._vector_bytes + bucket * self._row_bytes
+    def _upload(self, rows: int) -> None:
+        """ONE non_blocking copy: all row vectors, and the block-table rows in use."""
+        nbytes = self._vector_bytes + rows * self._row_bytes
         if self.device.type == "cpu":
             self._buffer[:nbytes].copy_(self._staging[:nbytes])
             return
@@ -137,24 +153,31 @@ class DecodeGraphs:
         self._event = torch.cuda.Event()
         self._event.record()
 
-    def _batch(self, bucket: int) -> ForwardBatch:
-        s = self.static
+    def _batch(self, bucket: int, steps: int) -> ForwardBatch:
+        s, rows = self.static, bucket * steps
+        verify = steps > 1
         return ForwardBatch(
-            token_ids=s["token_ids"][:bucket],
-            positions=s["positions"][:bucket],
-            write_pages=s["write_pages"][:bucket],
-            write_offsets=s["write_offsets"][:bucket],
-            num_decode=bucket,
-            decode_slots=s["slots"][:bucket],
-            decode_block_tables=s["block_tables"][:bucket],
-            decode_context_lens=s["context_lens"][:bucket],
+            token_ids=s["token_ids"][:rows],
+            positions=s["positions"][:rows],
+            write_pages=s["write_pages"][:rows],
+            write_offsets=s["write_offsets"][:rows],
+            num_decode=0 if verify else bucket,
+            decode_slots=s["step_slots"][: 0 if verify else bucket],
+            decode_block_tables=s["block_tables"][:rows],
+            decode_context_lens=s["context_lens"][:rows],
             prefills=(),
-            chunk_rows=[(i, i + 1) for i in range(bucket)],
+            chunk_rows=[(i * steps, (i + 1) * steps) for i in range(bucket)],
+            num_verify_rows=rows if verify else 0,
+            verify_groups=(VerifyGroup(0, steps, s["step_slots"][:rows].view(bucket, steps)),)
+            if verify
+            else (),
         )
 
-    def _forward(self, bucket: int) -> torch.Tensor:
-        hidden = self.model.hidden_states(self._batch(bucket), self.cache)
-        return self.model.logits(hidden)
+    def _forward(self, bucket: int, steps: int) -> torch.Tensor:
+        hidden = self.model.hidden_states(self._batch(bucket, steps), self.cache)
+        if steps == 1:
+            return self.model.logits(hidden)
+        return rms_norm_zero_centered(hidden, self.model.norm, self.model.config.rms_norm_eps)
 
     # ---- capture and replay ------------------------------------------------------------------
     def _capture_all(self) -> None:
@@ -162,38 +185,45 @@ class DecodeGraphs:
         free_before = torch.cuda.mem_get_info()[0]
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
-        for bucket in reversed(self.buckets):  # largest first: smaller ones reuse its pool memory
-            self._pad(0, bucket)
-            self._upload(bucket)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), torch.inference_mode():
-                self._forward(bucket)  # warm-up: Triton compiles, lazy allocations
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
-                self.outputs[bucket] = self._forward(bucket)
-            self.graphs[bucket] = graph
+        for steps in self.steps:
+            for bucket in reversed(self.buckets):  # largest first: smaller ones reuse its memory
+                self._pad(0, bucket * steps, steps)
+                self._upload(bucket * steps)
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream), torch.inference_mode():
+                    self._forward(bucket, steps)  # warm-up: Triton compiles, lazy allocations
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+                    self.outputs[(bucket, steps)] = self._forward(bucket, steps)
+                self.graphs[(bucket, steps)] = graph
         torch.cuda.synchronize()
         self.graph_bytes = max(free_before - torch.cuda.mem_get_info()[0], 0)
 
     @torch.inference_mode()
     def run(self, chunks: list) -> torch.Tensor:
-        """fp32 logits [len(chunks), vocab] of one decode step; writes KV and advances states."""
+        """Decode (T = 1): fp32 logits [n, vocab]. Verify: normed hidden rows [n * T, hidden], chunk
+        by chunk. Writes the KV of the new tokens and advances (verify: fans out) the states."""
+        steps = self.steps_of(chunks)
+        if steps is None:
+            raise ValueError("these chunks are not a step a graph runs (see DecodeGraphs.steps_of)")
         bucket = self.bucket_for(len(chunks))
-        self._plan(chunks, bucket)
-        self._upload(bucket)
+        self._plan(chunks, steps, bucket)
+        self._upload(bucket * steps)
         self.replays += 1
-        if bucket in self.graphs:
-            self.graphs[bucket].replay()
-            return self.outputs[bucket][: len(chunks)]
-        return self._forward(bucket)[: len(chunks)]
+        rows = len(chunks) * steps
+        key = (bucket, steps)
+        if key in self.graphs:
+            self.graphs[key].replay()
+            return self.outputs[key][:rows]
+        return self._forward(bucket, steps)[:rows]
 
 
 def _views(buffer: torch.Tensor, rows: int, max_blocks: int, vector_bytes: int) -> dict[str, torch.Tensor]:
     views = {}
-    for i, name in enumerate(_VECTORS):
+    for i, name in enumerate(_ROW_VECTORS):
         views[name] = buffer[i * rows * 8 : (i + 1) * rows * 8].view(torch.int64)
-    start = len(_VECTORS) * rows * 8
+    start = len(_ROW_VECTORS) * rows * 8
     views["context_lens"] = buffer[start : start + rows * 4].view(torch.int32)
     views["block_tables"] = buffer[vector_bytes:].view(torch.int32).view(rows, max_blocks)
     return views

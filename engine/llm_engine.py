@@ -82,6 +82,7 @@ class LLMEngine:
                 max_model_len=self.max_model_len,
                 scratch_page=num_pages,
                 scratch_slot=self.cache.num_slots - 1,
+                verify_steps=config.num_speculative_tokens + 1 if spares else 0,
             )
         pages = PagePool(num_pages)
         self.prefix_cache = None

@@ -61,9 +61,8 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
-        if self.graphs is not None and not all_logits and layer_callback is None and self.graphs.can_run(chunks):
-            validate_chunks(chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots)
-            return self.graphs.run(chunks)
+        if not all_logits and self._graph_steps(chunks, layer_callback) == 1:
+            return self.graphs.run(chunks)  # a decode step: one graph replay
         batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         if all_logits:
@@ -73,6 +72,15 @@ class ModelRunner:
         elif len(chunks) != batch.num_tokens or any(s != i for i, (s, _) in enumerate(batch.chunk_rows)):
             hidden = hidden[batch.last_rows]  # planned on the host, already on the device
         return self.model.logits(hidden)
+
+    def _graph_steps(self, chunks: list[SeqChunk], layer_callback: Callable | None) -> int | None:
+        """T when a captured graph runs this step (decode: 1, verify: k + 1), else None."""
+        if self.graphs is None or layer_callback is not None:
+            return None
+        steps = self.graphs.steps_of(chunks)
+        if steps is not None:  # the graph path skips build_forward_batch: check the chunks here
+            validate_chunks(chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots)
+        return steps
 
     def _batch(self, chunks: list[SeqChunk]):
         return build_forward_batch(
@@ -94,6 +102,9 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
+        steps = self._graph_steps(chunks, layer_callback)
+        if steps is not None and steps > 1:  # a speculative verify step: one graph replay
+            return self.graphs.run(chunks), [(i * steps, (i + 1) * steps) for i in range(len(chunks))]
         batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         normed = rms_norm_zero_centered(hidden, self.model.norm, self.model.config.rms_norm_eps)

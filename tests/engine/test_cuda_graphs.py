@@ -92,6 +92,54 @@ def test_static_buffer_decode_equals_eager_decode(model_type: str) -> None:
     assert graphs.replays == 2
 
 
+def eager_then_static(cache, eager, static):
+    """Run `eager()` and `static()` from the same cache contents; (outputs, caches after each)."""
+    before = {name: t.clone() for name, t in cache.regions().items()}
+    out_eager = eager()
+    after_eager = {name: t.clone() for name, t in cache.regions().items()}
+    for name, t in cache.regions().items():
+        t.copy_(before[name])
+    out_static = static()
+    return out_eager, out_static, after_eager, cache.regions()
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5_moe_text"])
+def test_static_buffer_verify_equals_eager_verify(model_type: str) -> None:
+    engine = decoding_engine(model_type, (6, 30, 17))
+    scratch_page = engine.memory.pages.allocate(1)[0]
+    scratch_slot = engine.memory.live_slots.allocate()
+    graphs = DecodeGraphs(
+        engine.model,
+        engine.cache,
+        max_batch=4,
+        max_model_len=256,
+        scratch_page=scratch_page,
+        scratch_slot=scratch_slot,
+        verify_steps=3,
+        capture=False,
+    )
+    chunks = []
+    for seq in engine.sequences.values():  # the last token + 2 drafts, a state slot per token
+        assert engine.memory.ensure_pages(seq, seq.num_tokens + 2)
+        spares = [engine.memory.live_slots.allocate() for _ in range(2)]
+        drafts = prompt(2, seed=seq.num_tokens)
+        start = seq.num_tokens - 1
+        chunks.append(
+            SeqChunk([seq.all_token_ids[-1], *drafts], start, list(seq.block_table), seq.state_slot)
+        )
+        chunks[-1].step_slots = [seq.state_slot, *spares]
+    assert graphs.steps_of(chunks) == 3 and graphs.bucket_for(3) == 4
+    (eager, eager_rows), static, after_eager, after_static = eager_then_static(
+        engine.cache, lambda: engine.runner.forward_hidden(chunks), lambda: graphs.run(chunks)
+    )
+    assert eager_rows == [(0, 3), (3, 6), (6, 9)]
+    torch.testing.assert_close(static, eager, atol=1e-5, rtol=1e-5)
+    slots = torch.tensor([s for c in chunks for s in c.step_slots])
+    pages = torch.tensor(sorted({p for c in chunks for p in c.block_table}))
+    for name, index in (("conv", slots), ("ssm", slots), ("kv", pages)):
+        torch.testing.assert_close(after_static[name][:, index], after_eager[name][:, index])
+
+
 def test_steps_that_are_not_pure_decode_run_eagerly() -> None:
     engine = decoding_engine("qwen3_5_text", (9,))
     seq = next(iter(engine.sequences.values()))
@@ -112,6 +160,7 @@ def test_steps_that_are_not_pure_decode_run_eagerly() -> None:
     assert graphs.can_run([decode])
     assert not graphs.can_run([decode, prefill]) and not graphs.can_run([verify])
     assert not graphs.can_run([decode] * 3)  # more than the largest bucket
+    assert graphs.steps_of([verify]) is None  # no verify graphs without speculation
 
 
 # ---- on a GPU ------------------------------------------------------------------------------------
@@ -157,3 +206,14 @@ def test_cuda_one_graph_replay_per_decode_step(model_type: str) -> None:
         engine.step()
         steps += 1
     assert engine.metrics()["cuda_graph_replays"] - replays == steps
+
+
+@pytest.mark.cuda
+@no_cuda
+def test_cuda_speculative_verify_runs_as_graph_replays() -> None:
+    prompts = [prompt(20, seed=5), prompt(9, seed=6)]
+    cpu, _ = generate("qwen3_next", prompts, enable_prefix_cache=False)
+    spec, llm = generate("qwen3_next", prompts, device="cuda", num_speculative_tokens=2)
+    assert spec == cpu  # greedy speculation changes no token
+    graphs = llm.engine.runner.graphs
+    assert any(steps == 3 for _, steps in graphs.graphs) and graphs.replays > 0
