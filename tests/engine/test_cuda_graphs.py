@@ -140,6 +140,45 @@ def test_static_buffer_verify_equals_eager_verify(model_type: str) -> None:
         torch.testing.assert_close(after_static[name][:, index], after_eager[name][:, index])
 
 
+def run_to_end(engine: LLMEngine, prompts: list[list[int]]) -> dict[str, list[int]]:
+    tokens: dict[str, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        engine.add_request(f"r{i}", ids, GREEDY)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+    return tokens
+
+
+@pytest.mark.parametrize("num_speculative_tokens", [0, 2])
+def test_engine_routes_decode_and_verify_steps_through_the_graph_runner(num_speculative_tokens: int) -> None:
+    """The engine's steps on the CPU with a capture-free DecodeGraphs attached, as on a GPU: the
+    same tokens as the plain engine, and every pure decode / verify step goes through it."""
+    model_dir = tiny_checkpoint("qwen3_next")
+    config = EngineConfig(num_pages=64, max_num_seqs=4, num_speculative_tokens=num_speculative_tokens)
+    prompts = [prompt(n, seed=20 + n) for n in (5, 23, 40)]
+    expected = run_to_end(LLMEngine(model_dir, config), prompts)
+    engine = LLMEngine(model_dir, config)
+    graphs = DecodeGraphs(
+        engine.model,
+        engine.cache,
+        max_batch=4,
+        max_model_len=256,
+        scratch_page=engine.memory.pages.allocate(1)[0],
+        scratch_slot=engine.memory.live_slots.allocate(),
+        verify_steps=num_speculative_tokens + 1 if num_speculative_tokens else 0,
+        capture=False,
+    )
+    engine.runner.graphs = graphs
+    kinds: list[int | None] = []
+    run = graphs.run
+    graphs.run = lambda chunks: (kinds.append(graphs.steps_of(chunks)), run(chunks))[1]
+    assert run_to_end(engine, prompts) == expected
+    assert len(kinds) == graphs.replays >= 8
+    if num_speculative_tokens:
+        assert kinds.count(num_speculative_tokens + 1) > 0  # verify steps replayed
+
+
 def test_steps_that_are_not_pure_decode_run_eagerly() -> None:
     engine = decoding_engine("qwen3_5_text", (9,))
     seq = next(iter(engine.sequences.values()))
