@@ -56,6 +56,8 @@ class EngineConfig:
             raise ValueError(
                 f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
             )
+        if not isinstance(self.cuda_graph_bytes, int) or self.cuda_graph_bytes < 0:
+            raise ValueError(f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}")
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 
