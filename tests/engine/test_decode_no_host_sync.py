@@ -86,10 +86,9 @@ def where() -> str:
     return f"engine/{frame.filename[len(ENGINE_DIR) :]}:{frame.lineno}"
 
 
-def decode_engine(model_type: str, device: str) -> LLMEngine:
-    engine = LLMEngine(
-        tiny_checkpoint(model_type), EngineConfig(enable_prefix_cache=True, num_pages=64, device=device)
-    )
+def decode_engine(model_type: str, device: str, enforce_eager: bool = False) -> LLMEngine:
+    config = EngineConfig(enable_prefix_cache=True, num_pages=64, device=device, enforce_eager=enforce_eager)
+    engine = LLMEngine(tiny_checkpoint(model_type), config)
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     for i, length in enumerate((7, 19, 33)):
         ids = torch.randint(3, 500, (length,), generator=torch.Generator().manual_seed(i)).tolist()
@@ -148,8 +147,9 @@ def test_the_recorder_sees_syncs() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a cuda device")
-def test_cuda_decode_steps_read_back_only_the_token_ids() -> None:
-    engine = decode_engine("qwen3_5_text", "cuda")
+@pytest.mark.parametrize("enforce_eager", [True, False])  # eager: every op of the step is seen
+def test_cuda_decode_steps_read_back_only_the_token_ids(enforce_eager: bool) -> None:
+    engine = decode_engine("qwen3_5_text", "cuda", enforce_eager)
     engine.step()  # warm up (lazy kernel compiles, graph capture)
     hits, produced = record_decode_steps(engine, steps=4)
     assert produced == 12
