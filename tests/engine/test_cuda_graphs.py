@@ -204,7 +204,8 @@ def test_steps_that_are_not_pure_decode_run_eagerly() -> None:
 
 # ---- on a GPU ------------------------------------------------------------------------------------
 def generate(model_type: str, prompts: list[list[int]], **options) -> tuple[list[list[int]], LLM]:
-    llm = LLM(tiny_checkpoint(model_type), **options)
+    # prefill chunks of 16 tokens: the long prompt prefills while the short ones decode (mixed steps)
+    llm = LLM(tiny_checkpoint(model_type), prefill_chunk_size=16, **options)
     results = llm.generate(prompts, GREEDY)
     return [r.token_ids for r in results], llm
 
