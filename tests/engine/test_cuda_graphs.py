@@ -210,6 +210,19 @@ def generate(model_type: str, prompts: list[list[int]], **options) -> tuple[list
     return [r.token_ids for r in results], llm
 
 
+def transformers_greedy(model_type: str, ids: list[int]) -> list[int]:
+    from transformers import AutoModelForCausalLM  # test-only reference, loaded only on a GPU run
+
+    model_dir = tiny_checkpoint(model_type)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    n = GREEDY.max_tokens
+    with torch.inference_mode():
+        out = reference.generate(
+            torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+    return out[0, len(ids) :].tolist()
+
+
 @pytest.mark.cuda
 @no_cuda
 @pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5_moe_text"])
@@ -222,7 +235,7 @@ def test_cuda_graph_tokens_equal_eager_and_cpu(model_type: str, prefix_cache: bo
         model_type, first, device="cuda", enforce_eager=True, enable_prefix_cache=prefix_cache
     )
     graphed, llm = generate(model_type, first, device="cuda", enable_prefix_cache=prefix_cache)
-    assert graphed == eager == cpu
+    assert graphed == eager == cpu == [transformers_greedy(model_type, ids) for ids in first]
     metrics = llm.engine.metrics()
     assert metrics["cuda_graphs"] > 0 and metrics["cuda_graph_replays"] > 0
     assert metrics["cuda_graph_bytes"] >= 0
