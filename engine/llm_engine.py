@@ -7,7 +7,12 @@ back their pages and slot (into the prefix cache first, when it is on). Disaggre
 `prefill_only` request stops after its first token and stays PINNED (pages + slot) until
 `release`; `reserve` + `commit_reservation` let a sequence whose KV and state were written from
 outside join the running batch. Every public method takes one lock, so gRPC threads may call
-add_request/abort/reserve/release while another thread runs step()."""
+add_request/abort/reserve/release while another thread runs step().
+
+A step is launched (forward + sampling queued on the device), its token ids come back in one copy
+(`TokenReadback`), and with overlap scheduling (default on cuda) the next step is planned between
+the two (`engine/overlap.py`). On cuda, pure decode and verify steps replay CUDA graphs
+(`engine/cuda_graphs.py`)."""
 
 from __future__ import annotations
 
