@@ -21,20 +21,24 @@ _ALIGN = 8  # bytes: every array starts at a multiple of the widest element (int
 
 
 class MetadataUploader:
-    def __init__(self, device: torch.device | str, initial_bytes: int = 1 << 16) -> None:
+    def __init__(
+        self, device: torch.device | str, initial_bytes: int = 1 << 16, *, pack_on_cpu: bool = False
+    ) -> None:
+        """`pack_on_cpu`: pack and copy even on the CPU (tests of the packing)."""
         self.device = torch.device(device)
+        self._identity = self.device.type == "cpu" and not pack_on_cpu
         self._capacity = 0
         self._device_buffer: torch.Tensor | None = None
         self._staging: list[torch.Tensor] = []
         self._events: list[torch.cuda.Event | None] = [None, None]
         self._turn = 0
         self.num_uploads = 0  # host-to-device copies issued (tests and metrics)
-        if self.device.type != "cpu":
+        if not self._identity:
             self._grow(initial_bytes)
 
     def upload(self, arrays: list[torch.Tensor]) -> list[torch.Tensor]:
         """Device tensors equal to the host `arrays` (integer, contiguous), in order."""
-        if self.device.type == "cpu":
+        if self._identity:
             return arrays
         offsets, total = _layout(arrays)
         if total > self._capacity:
