@@ -31,6 +31,12 @@ class EngineConfig:
     # Speculative decoding with the checkpoint's MTP head: drafts per step (0 = off, 1..4). A
     # checkpoint without MTP weights runs without speculation. See engine/speculative.
     num_speculative_tokens: int = 0
+    # GPU path. Decode steps replay CUDA graphs captured per batch-size bucket unless
+    # `enforce_eager` (graphs need a cuda device; the CPU always runs eagerly).
+    enforce_eager: bool = False
+    cuda_graph_bytes: int = 256 << 20  # taken from cache_bytes for the graphs (measured: metrics)
+    # Overlap scheduling (engine/overlap.py): plan step N+1 while step N runs. None = on for cuda.
+    overlap_schedule: bool | None = None
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -50,6 +56,8 @@ class EngineConfig:
             raise ValueError(
                 f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
             )
+        if not isinstance(self.cuda_graph_bytes, int) or self.cuda_graph_bytes < 0:
+            raise ValueError(f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}")
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 

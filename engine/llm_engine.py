@@ -7,7 +7,12 @@ back their pages and slot (into the prefix cache first, when it is on). Disaggre
 `prefill_only` request stops after its first token and stays PINNED (pages + slot) until
 `release`; `reserve` + `commit_reservation` let a sequence whose KV and state were written from
 outside join the running batch. Every public method takes one lock, so gRPC threads may call
-add_request/abort/reserve/release while another thread runs step()."""
+add_request/abort/reserve/release while another thread runs step().
+
+A step is launched (forward + sampling queued on the device), its token ids come back in one copy
+(`TokenReadback`), and with overlap scheduling (default on cuda) the next step is planned between
+the two (`engine/overlap.py`). On cuda, pure decode and verify steps replay CUDA graphs
+(`engine/cuda_graphs.py`)."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from engine.cache.page_pool import PagePool
 from engine.cache.prefix_cache import PrefixCache
 from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
+from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
 from engine.loader import load_checkpoint
@@ -30,12 +36,14 @@ from engine.metrics import EngineMetrics
 from engine.model_config import ModelConfig, parse_dtype
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.model_source import resolve_model
-from engine.sampler import Sampler, SampleRequest, make_generator
+from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
+from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
 from engine.scheduler import Scheduler
 from engine.sequence import PrefillResult, RequestOutput, Reservation, Sequence, Status
 from engine.speculative import setup as spec_setup
+from engine.token_readback import TokenReadback
 from engine.tokenizer import IncrementalDecoder, Tokenizer
 
 LayerCallback = Callable[[int, int, int], None]
@@ -62,18 +70,31 @@ class LLMEngine:
         )
         self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype())
+        use_graphs = torch.device(config.device).type == "cuda" and not config.enforce_eager
+        graph_reserve = config.cuda_graph_bytes if use_graphs else 0
+        num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype(), graph_reserve)
         spec_head = spec_setup.load_head(self.model, config)
         spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
+        scratch = 1 if use_graphs else 0  # a page and a slot the padding rows of a graph write to
         self.cache = CacheTensors.allocate(
             self.model_config,
-            num_pages,
-            live + checkpoints + spares,
+            num_pages + scratch,
+            live + checkpoints + spares + scratch,
             config.block_size,
             self._cache_dtype(),
             config.device,
         )
         self.runner = ModelRunner(self.model, self.cache)
+        if use_graphs:
+            self.runner.graphs = DecodeGraphs(
+                self.model,
+                self.cache,
+                max_batch=config.max_num_seqs,
+                max_model_len=self.max_model_len,
+                scratch_page=num_pages,
+                scratch_slot=self.cache.num_slots - 1,
+                verify_steps=config.num_speculative_tokens + 1 if spares else 0,
+            )
         pages = PagePool(num_pages)
         self.prefix_cache: PrefixCache | None = None
         if config.enable_prefix_cache:
@@ -98,6 +119,14 @@ class LLMEngine:
         self._lock = threading.RLock()
         self.logits_observer: Callable[[str, torch.Tensor], None] | None = None  # tests: per sampled row
         self.spec = spec_setup.decoder(self, spec_head) if spares else None  # speculative decoding
+        self.readback = TokenReadback(config.device)
+        # Overlap scheduling (engine/overlap.py): on by default where a device runs asynchronously.
+        overlap = config.overlap_schedule
+        if overlap is None:
+            overlap = torch.device(config.device).type == "cuda"
+        self.overlap = overlap and self.spec is None  # the speculative step reads its tokens itself
+        self._plan: list[ScheduledChunk] | None = None  # step N+1, planned while step N ran
+        self.step_trace: StepTrace | None = None  # tests: ("schedule" | "launch" | "read", step)
 
     def _cache_dtype(self) -> torch.dtype:
         return parse_dtype(self.config.dtype, self.model_config.dtype)
@@ -135,7 +164,7 @@ class LLMEngine:
             raise ValueError(
                 f"prompt of {len(prompt)} tokens does not fit max_model_len={self.max_model_len}"
             )
-        if self.cache.num_pages < -(-len(prompt) // self.config.block_size) + 1:
+        if self.memory.pages.num_total < -(-len(prompt) // self.config.block_size) + 1:
             raise ValueError(f"prompt of {len(prompt)} tokens is larger than the whole KV cache")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer.json next to the model")
@@ -225,7 +254,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         with self._lock:
             outputs, self._pending = self._pending, []
-            chunks = self.scheduler.schedule()
+            chunks = self._next_chunks()
             if not chunks:
                 return outputs
             for chunk in chunks:
@@ -235,16 +264,39 @@ class LLMEngine:
             if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/speculative)
                 outputs.extend(self.spec.step(chunks))
             else:
-                logits = self._forward(chunks)
-                for chunk in chunks:
-                    chunk.seq.num_computed_tokens = chunk.end
-                if self.prefix_cache is not None:
-                    self.prefix_cache.after_step(chunks)
-                outputs.extend(self._sample(chunks, logits))
+                launched = self._launch(chunks)
+                if self.overlap:
+                    self._trace("schedule", launched.index + 1)
+                    self._plan = plan_ahead(self.scheduler, launched, self.max_model_len)
+                outputs.extend(self._complete(launched))
             outputs.extend(self._pending)
             self._pending = []
             self.metrics_state.steps += 1
             return outputs
+
+    def _next_chunks(self) -> list[ScheduledChunk]:
+        """The plan made while the last step ran (what is still runnable of it), else a fresh one."""
+        plan, self._plan = self._plan, None
+        if plan is not None:
+            plan = still_runnable(plan)
+            if plan:
+                return plan
+        self._trace("schedule", self.metrics_state.steps)
+        return self.scheduler.schedule()
+
+    def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep:
+        """Queue the forward and the sampling of one step; nothing is read back yet."""
+        self._trace("launch", self.metrics_state.steps)
+        logits = self._forward(chunks)
+        for chunk in chunks:
+            chunk.seq.num_computed_tokens = chunk.end
+        if self.prefix_cache is not None:
+            self.prefix_cache.after_step(chunks)
+        return self._start_sampling(chunks, logits)
+
+    def _trace(self, event: str, step: int) -> None:
+        if self.step_trace is not None:
+            self.step_trace(event, step)
 
     def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         seq_chunks = [
@@ -261,21 +313,37 @@ class LLMEngine:
             return self.runner.forward(seq_chunks, layer_callback=on_layer if watchers else None)
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
+        return self._complete(self._start_sampling(chunks, logits))
+
+    def _start_sampling(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> LaunchedStep:
         rows = [i for i, c in enumerate(chunks) if c.samples]
-        if not rows:
-            return []
         seqs = [chunks[i].seq for i in rows]
-        row_logits = logits[rows]
+        if len(rows) != len(chunks):
+            logits = logits[rows] if rows else logits[:0]
         if self.logits_observer is not None:
-            for seq, row in zip(seqs, row_logits, strict=True):
+            for seq, row in zip(seqs, logits, strict=True):
                 self.logits_observer(seq.request_id, row)
         requests = [
             SampleRequest(s.params, s.prompt_token_ids, s.output_token_ids, s.generator) for s in seqs
         ]
-        result = self.sampler(row_logits, requests)
-        outputs = []
-        for seq, token, logprob in zip(seqs, result.token_ids, result.logprobs, strict=True):
-            outputs.append(self._append_token(seq, token, logprob))
+        token_ids = self.sampler.choose(logits, requests) if seqs else torch.empty(0, dtype=torch.long)
+        pending = self.readback.start(token_ids)  # the one copy to the host of this step
+        return LaunchedStep(self.metrics_state.steps, seqs, requests, logits, pending)
+
+    def _complete(self, launched: LaunchedStep) -> list[RequestOutput]:
+        """Read the step's tokens, append them, finish whom they finish."""
+        if not launched.seqs:
+            return []
+        self._trace("read", launched.index)
+        chosen = launched.tokens.read()
+        drop_expectations(launched)
+        logprobs = compute_logprobs(launched.logits, chosen, launched.requests)
+        outputs = [
+            self._append_token(seq, token, logprob)
+            for seq, token, logprob in zip(launched.seqs, chosen, logprobs, strict=True)
+        ]
+        if self._plan is not None:
+            self._plan = still_runnable(self._plan)
         return outputs
 
     def _append_token(self, seq: Sequence, token: int, logprob, announce: bool = True) -> RequestOutput:
@@ -297,8 +365,8 @@ class LLMEngine:
         if seq.prefill_only:
             seq.prefill = self._pin(seq)
             return
-        if self.prefix_cache is not None:
-            self.prefix_cache.cache_finished(seq)
+        if self.prefix_cache is not None and seq.status is Status.RUNNING:
+            self.prefix_cache.cache_finished(seq)  # (not when overlap planning preempted it)
         self.memory.free(seq)
         seq.status = Status.FINISHED
         self.sequences.pop(seq.request_id, None)
@@ -340,13 +408,16 @@ def _generation_eos(model_dir: Path, model_config: ModelConfig) -> tuple[int, ..
     return tuple(model_config.eos_token_id)
 
 
-def _pool_sizes(model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(pages, live slots, checkpoint slots) from explicit counts or the byte budget."""
+def _pool_sizes(
+    model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype, graph_reserve: int = 0
+) -> tuple[int, int, int]:
+    """(pages, live slots, checkpoint slots) from explicit counts or the byte budget (less what
+    CUDA graphs are budgeted to take)."""
     live, checkpoints = config.live_slots, config.cache_checkpoint_slots
     if config.num_pages is not None:
         return config.num_pages, live, checkpoints
     page_bytes, slot_bytes = CacheTensors.bytes_for(model_config, config.block_size, dtype)
-    left = config.cache_bytes - (live + checkpoints) * slot_bytes
+    left = config.cache_bytes - graph_reserve - (live + checkpoints) * slot_bytes
     if page_bytes == 0:
         return config.cache_bytes // (config.block_size * 64), live, checkpoints
     if left < page_bytes * 16:

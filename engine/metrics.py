@@ -36,9 +36,9 @@ class EngineMetrics:
             "cached_tokens": self.cached_tokens,
             "hit_rate": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
             "generated_tokens": self.generated_tokens,
-            "pages_total": engine.cache.num_pages,
+            "pages_total": memory.pages.num_total,
             "pages_free": memory.pages.num_free,
-            "pages_used": engine.cache.num_pages - memory.pages.num_free,
+            "pages_used": memory.pages.num_total - memory.pages.num_free,
             "slots_total": memory.live_slots.num_total,
             "slots_free": memory.live_slots.num_free,
             "slots_used": engine.config.live_slots - memory.live_slots.num_free,
@@ -50,6 +50,10 @@ class EngineMetrics:
         if engine.prefix_cache is not None:
             result.update(engine.prefix_cache.stats())
         result["state_copies"] = engine.cache.state_copies
+        graphs = engine.runner.graphs
+        result["cuda_graphs"] = len(graphs.graphs) if graphs is not None else 0
+        result["cuda_graph_bytes"] = graphs.graph_bytes if graphs is not None else 0
+        result["cuda_graph_replays"] = graphs.replays if graphs is not None else 0
         if getattr(engine, "spec", None) is not None:  # speculative decoding (engine/speculative)
             result.update(engine.spec.metrics.snapshot())
         return result

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from engine.cache.tensors import CacheTensors
-from engine.models.forward_batch import build_forward_batch
+from engine.cuda_graphs import DecodeGraphs
+from engine.models.forward_batch import build_forward_batch, validate_chunks
 from engine.models.hybrid import HybridModel
+from engine.models.step_metadata import MetadataUploader
 from engine.ops.norms import rms_norm_zero_centered
 
 
@@ -42,6 +44,8 @@ class ModelRunner:
             )
         self.model = model
         self.cache = cache
+        self.uploader = MetadataUploader(model.device)  # the step's index tensors: one copy
+        self.graphs: DecodeGraphs | None = None  # set by the engine on cuda unless enforce_eager
 
     @torch.inference_mode()
     def forward(
@@ -57,17 +61,36 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
-        batch = build_forward_batch(
-            chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots, self.model.device
-        )
+        if not all_logits and self._graph_steps(chunks, layer_callback) == 1:
+            return self.graphs.run(chunks)  # a decode step: one graph replay
+        batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         if all_logits:
             rows = [r for start, end in batch.chunk_rows for r in range(start, end)]
-        else:
-            rows = [end - 1 for _, end in batch.chunk_rows]
-        if rows != list(range(batch.num_tokens)):
-            hidden = hidden[torch.tensor(rows, device=hidden.device)]
+            if rows != list(range(batch.num_tokens)):
+                hidden = hidden[torch.tensor(rows, device=hidden.device)]
+        elif len(chunks) != batch.num_tokens or any(s != i for i, (s, _) in enumerate(batch.chunk_rows)):
+            hidden = hidden[batch.last_rows]  # planned on the host, already on the device
         return self.model.logits(hidden)
+
+    def _graph_steps(self, chunks: list[SeqChunk], layer_callback: Callable | None) -> int | None:
+        """T when a captured graph runs this step (decode: 1, verify: k + 1), else None."""
+        if self.graphs is None or layer_callback is not None:
+            return None
+        steps = self.graphs.steps_of(chunks)
+        if steps is not None:  # the graph path skips build_forward_batch: check the chunks here
+            validate_chunks(chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots)
+        return steps
+
+    def _batch(self, chunks: list[SeqChunk]):
+        return build_forward_batch(
+            chunks,
+            self.cache.block_size,
+            self.cache.num_pages,
+            self.cache.num_slots,
+            self.model.device,
+            self.uploader,
+        )
 
     @torch.inference_mode()
     def forward_hidden(
@@ -79,9 +102,10 @@ class ModelRunner:
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
                 raise ValueError(f"token ids must lie in [0, {vocab})")
-        batch = build_forward_batch(
-            chunks, self.cache.block_size, self.cache.num_pages, self.cache.num_slots, self.model.device
-        )
+        steps = self._graph_steps(chunks, layer_callback)
+        if steps is not None and steps > 1:  # a speculative verify step: one graph replay
+            return self.graphs.run(chunks), [(i * steps, (i + 1) * steps) for i in range(len(chunks))]
+        batch = self._batch(chunks)
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         normed = rms_norm_zero_centered(hidden, self.model.norm, self.model.config.rms_norm_eps)
         return normed, batch.chunk_rows

@@ -51,21 +51,25 @@ class Sampler:
         self._generator = make_generator(seed)  # shared by unseeded requests
 
     def __call__(self, logits: torch.Tensor, requests: list[SampleRequest]) -> SampleResult:
+        chosen = self.choose(logits, requests).tolist()
+        return SampleResult(chosen, compute_logprobs(logits.float(), chosen, requests))
+
+    def choose(self, logits: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
+        """The chosen token ids as a [B] long tensor on the logits' device (nothing is read back)."""
         if logits.shape[0] != len(requests):
             raise ValueError(f"{logits.shape[0]} rows of logits for {len(requests)} requests")
         logits = logits.float()
-        raw = logits
         if any(r.params.uses_penalties for r in requests):
             logits = apply_penalties(logits.clone(), requests)
-        token_ids = torch.empty(len(requests), dtype=torch.long)
         greedy = [i for i, r in enumerate(requests) if r.params.greedy]
+        if len(greedy) == len(requests):
+            return logits.argmax(dim=-1)
+        token_ids = torch.empty(len(requests), dtype=torch.long, device=logits.device)
         random = [i for i, r in enumerate(requests) if not r.params.greedy]
         if greedy:
             token_ids[greedy] = logits[greedy].argmax(dim=-1)
-        if random:
-            token_ids[random] = self._sample(logits[random], [requests[i] for i in random])
-        chosen = token_ids.tolist()
-        return SampleResult(chosen, compute_logprobs(raw, chosen, requests))
+        token_ids[random] = self._sample(logits[random], [requests[i] for i in random])
+        return token_ids
 
     def _sample(self, logits: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
         temperature = torch.tensor([r.params.temperature for r in requests], dtype=logits.dtype)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.models.step_metadata import MetadataUploader
+
 
 @dataclass(frozen=True, slots=True)
 class PrefillSpan:
@@ -49,6 +51,7 @@ class ForwardBatch:
     # cover them too (attention rows [0, num_decode + num_verify_rows)).
     num_verify_rows: int = 0
     verify_groups: tuple[VerifyGroup, ...] = ()
+    last_rows: torch.Tensor | None = None  # [len(chunks)] long: each chunk's last row, input order
 
     @property
     def num_tokens(self) -> int:
@@ -56,12 +59,18 @@ class ForwardBatch:
 
 
 def build_forward_batch(
-    chunks: list, block_size: int, num_pages: int, num_slots: int, device: torch.device
+    chunks: list,
+    block_size: int,
+    num_pages: int,
+    num_slots: int,
+    device: torch.device,
+    uploader: MetadataUploader | None = None,
 ) -> ForwardBatch:
-    """Validate the chunks (see `engine.model_runner.SeqChunk`) and lay out their rows."""
+    """Validate the chunks (see `engine.model_runner.SeqChunk`) and lay out their rows. Every
+    index tensor is planned on the host and reaches the device in one copy (`uploader`)."""
     if not chunks:
         raise ValueError("forward needs at least one chunk")
-    _validate(chunks, block_size, num_pages, num_slots)
+    validate_chunks(chunks, block_size, num_pages, num_slots)
     decode = [
         i
         for i, c in enumerate(chunks)
@@ -78,7 +87,7 @@ def build_forward_batch(
     positions: list[int] = []
     write_pages: list[int] = []
     chunk_rows: list[tuple[int, int]] = [(0, 0)] * len(chunks)
-    spans: list[PrefillSpan] = []
+    spans: list[tuple[int, int, int, int, torch.Tensor]] = []
     attend_rows: list[tuple[int, int]] = []  # (chunk index, context length) per attention-decode row
     for i in decode + verify + prefill:
         c = chunks[i]
@@ -92,27 +101,49 @@ def build_forward_batch(
             attend_rows.extend((i, p + 1) for p in chunk_positions)
         else:
             needed = -(-chunk_positions.stop // block_size)
-            pages = torch.tensor(c.block_table[:needed], dtype=torch.long, device=device)
-            spans.append(PrefillSpan(start, len(tokens), c.start_pos, c.state_slot, pages))
+            pages = torch.tensor(c.block_table[:needed], dtype=torch.long)
+            spans.append((start, len(tokens), c.start_pos, c.state_slot, pages))
     pos = torch.tensor(positions, dtype=torch.long)
-    max_blocks = max((len(chunks[i].block_table) for i, _ in attend_rows), default=0)
-    decode_tables = torch.full((len(attend_rows), max(max_blocks, 1)), 0, dtype=torch.int32)
-    for row, (i, _) in enumerate(attend_rows):
-        table = chunks[i].block_table
+    # Table width = the blocks the longest attending row needs: the planned bound kernels size by.
+    max_blocks = max((-(-n // block_size) for _, n in attend_rows), default=1)
+    decode_tables = torch.zeros((len(attend_rows), max_blocks), dtype=torch.int32)
+    for row, (i, n) in enumerate(attend_rows):
+        table = chunks[i].block_table[: -(-n // block_size)]
         decode_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+    verify_slots = _verify_slot_tables(chunks, verify)
+    host = [
+        torch.tensor(tokens, dtype=torch.long),
+        pos,
+        torch.tensor(write_pages, dtype=torch.long),
+        pos % block_size,
+        torch.tensor([chunks[i].state_slot for i in decode], dtype=torch.long),
+        decode_tables,
+        torch.tensor([n for _, n in attend_rows], dtype=torch.int32),
+        torch.tensor([end - 1 for _, end in chunk_rows], dtype=torch.long),
+        *(span[4] for span in spans),
+        *verify_slots,
+    ]
+    on_device = uploader.upload(host) if uploader is not None else [t.to(device) for t in host]
+    token_ids, positions_d, pages_d, offsets_d, slots_d, tables_d, lens_d = on_device[:7]
+    last_rows = on_device[7]
+    span_pages = on_device[8 : 8 + len(spans)]
     return ForwardBatch(
-        token_ids=torch.tensor(tokens, dtype=torch.long, device=device),
-        positions=pos.to(device),
-        write_pages=torch.tensor(write_pages, dtype=torch.long, device=device),
-        write_offsets=(pos % block_size).to(device),
+        token_ids=token_ids,
+        positions=positions_d,
+        write_pages=pages_d,
+        write_offsets=offsets_d,
         num_decode=len(decode),
-        decode_slots=torch.tensor([chunks[i].state_slot for i in decode], dtype=torch.long, device=device),
-        decode_block_tables=decode_tables.to(device),
-        decode_context_lens=torch.tensor([n for _, n in attend_rows], dtype=torch.int32, device=device),
-        prefills=tuple(spans),
+        decode_slots=slots_d,
+        decode_block_tables=tables_d,
+        decode_context_lens=lens_d,
+        prefills=tuple(
+            PrefillSpan(s, e, start_pos, slot, pages)
+            for (s, e, start_pos, slot, _), pages in zip(spans, span_pages, strict=True)
+        ),
         chunk_rows=chunk_rows,
         num_verify_rows=sum(len(chunks[i].token_ids) for i in verify),
-        verify_groups=_verify_groups(chunks, verify, len(decode), device),
+        verify_groups=_verify_groups(chunks, verify, len(decode), on_device[8 + len(spans) :]),
+        last_rows=last_rows,
     )
 
 
@@ -120,21 +151,30 @@ def _step_slots(chunk) -> list[int] | None:
     return getattr(chunk, "step_slots", None)
 
 
-def _verify_groups(chunks: list, verify: list[int], row_start: int, device: torch.device) -> tuple:
-    """Consecutive verify chunks (sorted by length) grouped by length, so each group runs batched."""
-    groups = []
+def _verify_slot_tables(chunks: list, verify: list[int]) -> list[torch.Tensor]:
+    """Per group of equal-length verify chunks (sorted by length): its [V, T] step-slot table."""
+    tables = []
     index = 0
     while index < len(verify):
         steps = len(chunks[verify[index]].token_ids)
         members = [i for i in verify[index:] if len(chunks[i].token_ids) == steps]
-        slots = torch.tensor([_step_slots(chunks[i]) for i in members], dtype=torch.long, device=device)
-        groups.append(VerifyGroup(row_start, steps, slots))
-        row_start += steps * len(members)
+        tables.append(torch.tensor([_step_slots(chunks[i]) for i in members], dtype=torch.long))
         index += len(members)
+    return tables
+
+
+def _verify_groups(chunks: list, verify: list[int], row_start: int, slot_tables: list) -> tuple:
+    """Consecutive verify chunks (sorted by length) grouped by length, so each group runs batched."""
+    groups = []
+    for slots in slot_tables:
+        steps = slots.shape[1]
+        groups.append(VerifyGroup(row_start, steps, slots))
+        row_start += steps * slots.shape[0]
     return tuple(groups)
 
 
-def _validate(chunks: list, block_size: int, num_pages: int, num_slots: int) -> None:
+def validate_chunks(chunks: list, block_size: int, num_pages: int, num_slots: int) -> None:
+    """Raise ValueError on chunks that do not fit the cache (host-side checks only)."""
     slots = [c.state_slot for c in chunks]
     for c in chunks:
         step_slots = _step_slots(c)

@@ -58,9 +58,8 @@ class GatedAttention:
         out = torch.empty_like(q)
         n = batch.num_decode + batch.num_verify_rows  # verify rows attend like decode rows
         if n:
-            out[:n] = paged_attention_decode(
-                q[:n], kv_pool, batch.decode_block_tables, batch.decode_context_lens, self.scale
-            )
+            tables, lengths = batch.decode_block_tables, batch.decode_context_lens
+            out[:n] = paged_attention_decode(q[:n], kv_pool, tables, lengths, self.scale, validate=False)
         for span in batch.prefills:
             context = span.start_pos + span.row_end - span.row_start
             pages = kv_pool[span.pages]  # [P, 2, block_size, Hkv, D]

@@ -52,19 +52,25 @@ def paged_attention_torch(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Whole batch at once: one index_select of the used pages, masked fp32 softmax.
 
-    Gathers `ceil(max(context_lens) / block_size)` pages per sequence, so cost follows the longest
-    sequence of the batch; the padding positions are masked out before the softmax.
+    Gathers every column of `block_tables` (the host plans its width as the blocks the longest
+    sequence needs), so the cost follows that bound and no length is read back from the device;
+    the padding positions are masked out before the softmax. `validate=False` skips the value
+    checks (they read the tensors back) for callers that validated on the host.
     """
-    check_paged_attention_inputs(q, kv_layer, block_tables, context_lens, check_values=not q.is_cuda)
+    check_paged_attention_inputs(
+        q, kv_layer, block_tables, context_lens, check_values=validate and not q.is_cuda
+    )
     batch, num_q_heads, head_dim = q.shape
     block_size, num_kv_heads = kv_layer.shape[2], kv_layer.shape[3]
     group = num_q_heads // num_kv_heads
     if batch == 0:
         return torch.empty_like(q)
-    num_blocks = -(-int(context_lens.max()) // block_size)
+    num_blocks = block_tables.shape[1]
     # Padding entries may be -1: clamp so the gather stays in bounds; the mask hides what it reads.
     pages = block_tables[:, :num_blocks].long().clamp(min=0).reshape(-1)
     # Gathering K and V separately lands each directly in a contiguous [B, T, Hkv, D] (no second copy).
@@ -87,13 +93,16 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
-    """The op the model calls: the Triton kernel on CUDA tensors, the vectorized torch path on CPU."""
+    """The op the model calls: the Triton kernel on CUDA tensors, the vectorized torch path on CPU.
+    The model passes `validate=False`: `build_forward_batch` checked the tables on the host."""
     if q.is_cuda:
         from engine.ops.triton.paged_attention import paged_attention_triton
 
         return paged_attention_triton(q, kv_layer, block_tables, context_lens, scale)
-    return paged_attention_torch(q, kv_layer, block_tables, context_lens, scale)
+    return paged_attention_torch(q, kv_layer, block_tables, context_lens, scale, validate=validate)
 
 
 def check_paged_attention_inputs(

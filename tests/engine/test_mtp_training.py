@@ -33,10 +33,11 @@ def test_make_model_train_mtp(tmp_path: Path) -> None:
     from baton.commands import make_model as command
 
     out = tmp_path / "ckpt"
-    args = argparse.Namespace(
-        preset="tiny", out=str(out), model_type="qwen3_5_moe_text", variant="default", seed=3,
-        train_mtp=False, mtp_steps=None, mtp_sequences=None, train=False, train_steps=None,
-    )  # fmt: skip
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["make-model", "--preset", "tiny", "--out", str(out), "--model-type", "qwen3_5_moe_text", "--seed", "3"]
+    )
     assert command.run(args) == 0
     _, before = load_model(out)
     result = train_mtp(out, SHORT, log=lambda _: None)
