@@ -26,6 +26,11 @@ class PreparedRequest:
     tenant: str
     prompt: list[int]
     params: object  # engine SamplingParams
+    internal_id: str = ""  # the id workers see (server-made: tenants' ids never meet there)
+
+    @property
+    def worker_request_id(self) -> str:
+        return self.internal_id or self.request_id
 
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -31,6 +31,7 @@ class WorkerConfig:
     local_prefill_threshold: int = 512
     prefix_cache: bool = True
     ready_file: str = ""
+    redis_key_prefix: str = "baton"
     tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
@@ -55,6 +56,11 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         "--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED"
     )
     parser.add_argument("--ready-file", default="", help="write the bound address here once serving")
+    parser.add_argument(
+        "--redis-key-prefix",
+        default=os.environ.get("BATON_REDIS_KEY_PREFIX", "baton"),
+        help="prefix of every Redis key of the index (must match the router's)",
+    )
     parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
     return parser
 
@@ -75,6 +81,7 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         memory_gb=args.memory_gb,
         max_queue=args.max_queue,
         ready_file=args.ready_file,
+        redis_key_prefix=args.redis_key_prefix,
         prefix_cache=not args.no_prefix_cache,
         tls=TlsConfig.from_env(),
     )
