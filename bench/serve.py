@@ -7,6 +7,8 @@
 2. The router's own overhead per request for a 32K-token prompt: validating the request, hashing
    its blocks, the index lookup (an embedded index holding 2k sessions) and the policy — timed
    inside the router process, p50/p99 over many requests.
+3. Small-request latency while a huge (7.5 MB) prompt tokenizes in the router (bench/tokenize_stall.py),
+   with the GIL-releasing tokenizer path and, for comparison, with one that holds the GIL.
 Prints a table and writes bench/results/serve.json.
 """
 
@@ -20,6 +22,9 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from bench.tokenize_stall import print_table as print_tokenize_stall
+from bench.tokenize_stall import tokenize_stall
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -131,9 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", default="tcp")
     parser.add_argument("--router-prompt-tokens", type=int, default=32768)
     parser.add_argument("--router-requests", type=int, default=200)
+    parser.add_argument("--huge-prompt-mb", type=float, default=7.5, help="section 3: the huge prompt's size")
+    parser.add_argument("--only", choices=["tokenize"], help="run one section alone")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
     args = parser.parse_args(argv)
     model = args.model or str(_preset_checkpoint(args.preset))
+    stall = tokenize_stall(model, args.huge_prompt_mb)
+    print_tokenize_stall(stall)
+    if args.only == "tokenize":
+        _write(Path(args.out).with_name("serve_tokenize.json"), {"model": model, "tokenize_stall": stall})
+        return 0
     ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer)
     overhead = router_overhead(model, args.router_prompt_tokens, args.router_requests)
     print(f"\nmodel {model}, transfer {args.transfer}")
@@ -145,12 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         row = overhead[kind]
         print(f"router overhead, {overhead['prompt_tokens']}-token prompt, {kind}: p50 {row['p50_ms']:.2f} ms, "
               f"p99 {row['p99_ms']:.2f} ms  (aim p50 <= 2 ms)")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
-                               "ttft": ttft, "router_overhead": overhead}, indent=2))  # fmt: skip
-    print(f"wrote {out}")
+    _write(Path(args.out), {"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
+                            "ttft": ttft, "router_overhead": overhead, "tokenize_stall": stall})  # fmt: skip
     return 0
+
+
+def _write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 def _preset_checkpoint(preset: str) -> Path:
