@@ -145,7 +145,7 @@ class RouterCore:
         prefill_workers = self.registry.workers("prefill", routable=True)
         candidates = [h.worker_id for h in (*decode_workers, *prefill_workers)]
         hits = self._lookup(prepared.tenant, prompt, prepared.session_id, candidates)
-        session = self.sessions.get(prepared.session_id)
+        session = self.sessions.get(prepared.session_key)
         decision = self._decide(
             prompt_tokens=len(prompt),
             hits=hits,

@@ -149,7 +149,7 @@ class GenerateFlow:
                     timeout=self.router.config.rpc_timeout_s,
                 )
                 yield from self._relay(chunks, computing=True)
-            self.router.sessions.record(self.prepared.session_id, decode.worker_id, "")
+            self.router.sessions.record(self.prepared.session_key, decode.worker_id, "")
             return
         yield from self._disaggregated(decision, request, worker_request_id, reserved)
 
@@ -226,7 +226,7 @@ class GenerateFlow:
         finally:
             if not decoding:  # failed, or the client left before Decode: free the pages now
                 self._cancel_reservation(decode, worker_request_id)
-        self.router.sessions.record(self.prepared.session_id, decode.worker_id, prefill.worker_id)
+        self.router.sessions.record(self.prepared.session_key, decode.worker_id, prefill.worker_id)
 
     def _relay(self, chunks, computing: bool) -> Iterator[public_pb2.GenerateResponse]:
         """Forwards a worker's TokenChunks; if the stream breaks, the caller fails over. If the

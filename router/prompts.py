@@ -32,6 +32,11 @@ class PreparedRequest:
     def worker_request_id(self) -> str:
         return self.internal_id or self.request_id
 
+    @property
+    def session_key(self) -> str:
+        """The session as the router keeps it: scoped to the tenant, like everything a tenant names."""
+        return f"{self.tenant}\x1f{self.session_id}" if self.session_id else ""
+
 
 ROLES = ("system", "user", "assistant", "tool")
 RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "documents", "add_generation_prompt")
