@@ -3,10 +3,13 @@ others.
 
 Measured (tokenizers 0.23, 2-core machine): `Tokenizer.encode` holds the GIL for its whole run (a
 Python thread spinning beside a 290 KB encode got ~6% of its free rate), while `encode_batch`
-releases it (~46%, the rest being the second core's other load). `engine.tokenizer.Tokenizer.encode`
+releases it (~46%, the rest being the second core's other load). Two 290 KB encodes on two threads
+did not finish sooner than one after the other with either call (load average 15 on 2 cores: no core
+was free), so the gain is latency for everyone else, not throughput: with the GIL held a small request
+waited 60 s behind a 7.5 MB prompt, with it released 18 ms p50 (bench.serve). `Tokenizer.encode`
 therefore encodes large texts through `encode_batch`, and threads are enough: no process pool, no
 second copy of the tokenizer. The pool bounds how many large prompts tokenize at once (each costs
-~100x its size in memory while it runs) and how many wait; beyond that a request is refused with
+~100x its size in memory while it runs: four 7.5 MB prompts took 3.2 GB) and how many wait; beyond that a request is refused with
 RESOURCE_EXHAUSTED and a retry hint instead of queueing without bound. Small prompts tokenize inline
 on the handler's thread: a pool hop would cost more than the work.
 """
