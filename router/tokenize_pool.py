@@ -9,8 +9,8 @@ was free), so the gain is latency for everyone else, not throughput: with the GI
 waited 60 s behind a 7.5 MB prompt, with it released 18 ms p50 (bench.serve). `Tokenizer.encode`
 therefore encodes large texts through `encode_batch`, and threads are enough: no process pool, no
 second copy of the tokenizer. The pool bounds how many large prompts tokenize at once (each costs
-~100x its size in memory while it runs: four 7.5 MB prompts took 3.2 GB) and how many wait; beyond that a request is refused with
-RESOURCE_EXHAUSTED and a retry hint instead of queueing without bound. Small prompts tokenize inline
+~100x its size in memory while it runs: four 7.5 MB prompts took 3.2 GB) and how many wait; beyond
+that a request is refused with RESOURCE_EXHAUSTED and a retry hint instead of queueing without bound. Small prompts tokenize inline
 on the handler's thread: a pool hop would cost more than the work.
 """
 
