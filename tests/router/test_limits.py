@@ -106,3 +106,26 @@ def test_tokenize_pool_refuses_when_full_and_runs_small_work_inline():
     worker.join(10)
     assert results == ["big"] and pool.active == 0
     pool.close()
+
+
+def test_every_limit_and_the_redis_key_prefix_have_a_flag():
+    from router.server import arg_parser, config_from_args
+    from worker.config import worker_config_from_args
+
+    flags = {
+        "--max-prompt-bytes": ("max_prompt_bytes", 1000),
+        "--max-prompt-tokens": ("max_prompt_tokens", 50),
+        "--max-request-id-bytes": ("max_request_id_bytes", 16),
+        "--max-session-id-bytes": ("max_session_id_bytes", 32),
+        "--max-stop-strings": ("max_stop_strings", 3),
+        "--max-stop-bytes": ("max_stop_bytes", 20),
+        "--max-stop-token-ids": ("max_stop_token_ids", 4),
+    }
+    argv = ["--model", "m", "--decode", "d:1", "--redis-key-prefix", "team-a", "--max-session-bytes", "4096"]
+    for flag, (_, value) in flags.items():
+        argv += [flag, str(value)]
+    config = config_from_args(arg_parser().parse_args(argv))
+    assert config.limits == LIMITS
+    assert (config.redis_key_prefix, config.max_session_bytes) == ("team-a", 4096)
+    worker = worker_config_from_args("decode", ["--model", "m", "--redis-key-prefix", "team-a"])
+    assert worker.redis_key_prefix == "team-a"
