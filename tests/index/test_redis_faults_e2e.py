@@ -20,7 +20,7 @@ from tests.helpers.reference import greedy_reference
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.timeout(240)]
 THRESHOLD = 64
 BS = 16
-P = "baton"  # the default --redis-key-prefix
+P = "team-a"  # --redis-key-prefix of the router and the workers
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def redis_server():
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, redis_server):
-    router = RouterConfig(model="", listen="127.0.0.1:0", local_prefill_threshold=THRESHOLD)
-    spec = ClusterSpec(tiny_model, index=redis_server.url, worker_args=WORKER_ARGS, router=router)
+    router = RouterConfig(model="", listen="127.0.0.1:0", local_prefill_threshold=THRESHOLD, redis_key_prefix=P)
+    worker_args = (*WORKER_ARGS, "--redis-key-prefix", P)
+    spec = ClusterSpec(tiny_model, index=redis_server.url, worker_args=worker_args, router=router)
     with LocalCluster(spec) as running:
         yield running
 
@@ -82,6 +83,7 @@ def _wait_until(predicate, timeout_s: float = 20.0) -> None:
 
 
 def test_a_key_of_the_wrong_type_leaves_generate_working(cluster, raw, reference_llm):
+    assert raw.hlen(f"{P}:epoch") == 2 and not raw.exists("baton:epoch"), "both sides use the key prefix"
     errors = _lookup_errors(cluster)
     raw.delete(f"{P}:epoch")
     raw.set(f"{P}:epoch", "a string where a hash belongs")
