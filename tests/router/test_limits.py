@@ -129,3 +129,15 @@ def test_every_limit_and_the_redis_key_prefix_have_a_flag():
     assert (config.redis_key_prefix, config.max_session_bytes) == ("team-a", 4096)
     worker = worker_config_from_args("decode", ["--model", "m", "--redis-key-prefix", "team-a"])
     assert worker.redis_key_prefix == "team-a"
+
+
+def test_sessions_are_scoped_per_tenant():
+    from router.prompts import PreparedRequest
+
+    alice = PreparedRequest("r", "agent-1", "alice", [1], None)
+    bob = PreparedRequest("r", "agent-1", "bob", [1], None)
+    table = SessionTable()
+    table.record(alice.session_key, "decode-a", "")
+    assert table.get(bob.session_key) is None, "bob's session of the same name has no affinity of alice's"
+    assert table.get(alice.session_key).decode_worker == "decode-a"
+    assert PreparedRequest("r", "", "alice", [1], None).session_key == ""
