@@ -9,6 +9,8 @@
    inside the router process, p50/p99 over many requests.
 3. What the OpenAI HTTP face adds per request beside gRPC (`bench/http_overhead.py`): both faces
    in front of an instant core (the faces' own cost), and end to end on the workers.
+4. Small-request latency while a huge (7.5 MB) prompt tokenizes in the router (bench/tokenize_stall.py),
+   with the GIL-releasing tokenizer path and, for comparison, with one that holds the GIL.
 Prints a table and writes bench/results/serve.json.
 """
 
@@ -24,6 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.http_overhead import face_overhead, http_overhead
+from bench.tokenize_stall import print_table as print_tokenize_stall
+from bench.tokenize_stall import tokenize_stall
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -136,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--router-prompt-tokens", type=int, default=32768)
     parser.add_argument("--router-requests", type=int, default=200)
     parser.add_argument("--http-requests", type=int, default=200, help="pairs for the HTTP vs gRPC part; 0 = skip")
+    parser.add_argument("--huge-prompt-mb", type=float, default=7.5, help="section 3: the huge prompt's size")
+    parser.add_argument("--only", choices=["tokenize"], help="run one section alone")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
     parser.add_argument("--http-only", action="store_true", help="only part 3 (HTTP vs gRPC), to --out")
     parser.add_argument(
@@ -155,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or str(_preset_checkpoint(args.preset))
     if args.http_only:
         return _http_only(model, args)
+    stall = tokenize_stall(model, args.huge_prompt_mb)
+    print_tokenize_stall(stall)
+    if args.only == "tokenize":
+        _write(Path(args.out).with_name("serve_tokenize.json"), {"model": model, "tokenize_stall": stall})
+        return 0
     ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer)
     overhead = router_overhead(model, args.router_prompt_tokens, args.router_requests)
     http = _http_parts(model, args.http_requests) if args.http_requests else None
@@ -167,18 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         row = overhead[kind]
         print(f"router overhead, {overhead['prompt_tokens']}-token prompt, {kind}: p50 {row['p50_ms']:.2f} ms, "
               f"p99 {row['p99_ms']:.2f} ms  (aim p50 <= 2 ms)")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
-                               "ttft": ttft, "router_overhead": overhead, "http_overhead": http}, indent=2))  # fmt: skip
-    print(f"wrote {out}")
+    _write(Path(args.out), {"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
+                            "ttft": ttft, "router_overhead": overhead, "http_overhead": http,
+                            "tokenize_stall": stall})  # fmt: skip
     return 0
 
 
 def _http_only(model: str, args: argparse.Namespace) -> int:
     http = _http_parts(model, args.http_requests)
-    Path(args.out).write_text(json.dumps({"model": model, "http_overhead": http}, indent=2))
-    print(f"wrote {args.out}")
+    _write(Path(args.out), {"model": model, "http_overhead": http})
     return 0
 
 
@@ -193,6 +201,12 @@ def _http_parts(model: str, requests: int) -> dict:
           f"gRPC p50 {served['grpc_p50_ms']:.2f} ms, HTTP p50 {served['http_p50_ms']:.2f} ms, paired difference "
           f"p50 {served['added_p50_ms']:.2f} ms; first streamed token adds p50 {served['added_ttft_p50_ms']:.2f} ms")
     return {"faces": faces, "served": served}  # fmt: skip
+
+
+def _write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 def _preset_checkpoint(preset: str) -> Path:

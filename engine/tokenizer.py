@@ -20,6 +20,9 @@ from tokenizers import Tokenizer as HfTokenizer
 from engine import chat_template as templates
 
 REPLACEMENT_CHAR = "\ufffd"
+# `encode` holds the GIL for its whole run; `encode_batch` releases it (router/tokenize_pool.py has
+# the measurement). Above this size a text goes through `encode_batch`, so other threads keep running.
+GIL_FREE_ENCODE_CHARS = 4096
 
 
 class Tokenizer:
@@ -53,7 +56,9 @@ class Tokenizer:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        if len(text) < GIL_FREE_ENCODE_CHARS:
+            return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def encode_as_text(self, text: str) -> list[int]:
         """`text` through normalizer, pre-tokenizer and model only: no added token is matched."""

@@ -126,18 +126,24 @@ class PrefixIndex(abc.ABC):
         next successful publish or heartbeat)."""
 
     @abc.abstractmethod
-    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float) -> bool:
+    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float, max_epoch: int | None = None) -> bool:
         """Hold (or take) the worker's lease for `ttl_s` seconds. True when the lease of this epoch
-        was still alive; False when it was (re)created. Raises IndexUnavailable, StaleEpoch."""
+        was still alive; False when it was (re)created. A current epoch above `max_epoch` (or not a
+        number at all) is absurd, not newer: it is reset and this epoch takes its place. Raises
+        IndexUnavailable, StaleEpoch."""
 
     @abc.abstractmethod
     def clear_worker(self, worker_id: str) -> None:
         """Forget the worker: its lease and every entry of every epoch and namespace."""
 
     @abc.abstractmethod
-    def lookup(self, namespace: str, block_hashes: Sequence[int]) -> dict[str, PrefixHit]:
+    def lookup(
+        self, namespace: str, block_hashes: Sequence[int], workers: Sequence[str] | None = None
+    ) -> dict[str, PrefixHit]:
         """Per live worker holding at least the first block, its `PrefixHit`. Stops at the first
-        block nobody (still in the run) holds. Raises IndexUnavailable."""
+        block nobody (still in the run) holds. `workers`: consider only these (the router passes
+        the workers it can route to, which bounds the work whatever the backend holds). Raises
+        IndexUnavailable."""
 
     @abc.abstractmethod
     def workers(self) -> dict[str, int]:

@@ -37,10 +37,13 @@ class EmbeddedPrefixIndex(PrefixIndex):
         with self._lock:
             return self._records.apply(worker_id, epoch, namespace, events)
 
-    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float) -> bool:
+    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float, max_epoch: int | None = None) -> bool:
         check_worker(worker_id, epoch)
         check_ttl(ttl_s)
         with self._lock:
+            record = self._records.get(worker_id)
+            if max_epoch is not None and record is not None and record.epoch > max_epoch:
+                self._records.clear(worker_id)  # absurd: reset, as if never set
             if not self._records.renew_epoch(worker_id, epoch):
                 raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
             now = self._clock()
@@ -55,14 +58,19 @@ class EmbeddedPrefixIndex(PrefixIndex):
             self._records.clear(worker_id)
             self._leases.pop(worker_id, None)
 
-    def lookup(self, namespace: str, block_hashes: Sequence[int]) -> dict[str, PrefixHit]:
+    def lookup(
+        self, namespace: str, block_hashes: Sequence[int], workers: Sequence[str] | None = None
+    ) -> dict[str, PrefixHit]:
         check_namespace(namespace)
         hashes = check_hashes(block_hashes)
         if not hashes:
             return {}
+        wanted = None if workers is None else set(workers)
         with self._lock:
             hits = {}
             for worker_id, flags_of in self._live_entries(namespace):
+                if wanted is not None and worker_id not in wanted:
+                    continue
                 hit = _walk(worker_id, flags_of, hashes)
                 if hit is not None:
                     hits[worker_id] = hit

@@ -9,6 +9,7 @@ from prefix_index.embedded import EmbeddedPrefixIndex
 
 
 def create_index(spec: str = "embedded", **redis_options: object) -> PrefixIndex:
+    """`redis_options` go to `RedisPrefixIndex` (e.g. `key_prefix`); the embedded index needs none."""
     if spec == "embedded":
         return EmbeddedPrefixIndex()
     if spec == "redis" or spec.startswith(("redis://", "rediss://", "unix://")):

@@ -11,6 +11,7 @@ or the lease lapsed and lookups cleaned the entries up).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -35,7 +36,9 @@ from prefix_index.base import (
 )
 from prefix_index.records import PublishedRecords
 
+log = logging.getLogger(__name__)
 HASHES_PER_CALL = 16384  # bounds one script's run time when (re)publishing large records
+MAX_LOOKUP_WORKERS = 4096  # a lookup considers at most this many workers (Redis may hold fakes)
 
 
 def pack_hashes(hashes: Sequence[int]) -> bytes:
@@ -113,19 +116,23 @@ class RedisPrefixIndex(PrefixIndex):
                     else:
                         self._send(worker_id, epoch, [(namespace, e) for e in events])
                 return True
-            except IndexUnavailable:
+            except (IndexUnavailable, StaleEpoch):
+                # kept in the record; the next heartbeat (which resets an absurd epoch) resends it
                 self._dirty.add(worker_id)
                 return False
 
-    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float) -> bool:
+    def heartbeat(self, worker_id: str, epoch: int, ttl_s: float, max_epoch: int | None = None) -> bool:
         check_worker(worker_id, epoch)
         check_ttl(ttl_s)
         with self._lock, _unavailable_as_error():
             ttl_ms = max(1, int(ttl_s * 1000))
-            state = self._heartbeat(args=[self._prefix, worker_id, epoch, ttl_ms])
+            bound = "" if max_epoch is None else str(max_epoch)
+            state = self._heartbeat(args=[self._prefix, worker_id, epoch, ttl_ms, bound])
             if state < 0 or not self._records.renew_epoch(worker_id, epoch):
                 raise StaleEpoch(f"worker {worker_id!r}: epoch {epoch} is older than its current one")
-            if state == 0 or worker_id in self._dirty:
+            if state == 2:
+                log.warning("worker %r: the index held an absurd epoch (beyond %s); reset to %d", worker_id, bound, epoch)
+            if state in (0, 2) or worker_id in self._dirty:
                 self._resync(worker_id)
             return state == 1
 
@@ -141,27 +148,27 @@ class RedisPrefixIndex(PrefixIndex):
                 self._dirty.add(worker_id)  # its lease lapses meanwhile, so nothing stale matches
 
     # -- router side --------------------------------------------------------------------------
-    def lookup(self, namespace: str, block_hashes: Sequence[int]) -> dict[str, PrefixHit]:
+    def lookup(
+        self, namespace: str, block_hashes: Sequence[int], workers: Sequence[str] | None = None
+    ) -> dict[str, PrefixHit]:
         check_namespace(namespace)
-        if not block_hashes:
+        if not block_hashes or (workers is not None and not workers):
             return {}
-        args = [self._prefix, namespace, pack_hashes(block_hashes)]
+        candidates = list(workers or ())[:MAX_LOOKUP_WORKERS]
+        args = [self._prefix, namespace, pack_hashes(block_hashes), MAX_LOOKUP_WORKERS, *candidates]
         with _unavailable_as_error():
             flat = self._lookup(args=args)
-        return {
-            worker.decode(): PrefixHit(worker.decode(), int(blocks), int(ckpt))
-            for worker, blocks, ckpt in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
-        }
+        return _parse_hits(flat, len(block_hashes), set(candidates) if workers is not None else None)
 
     def workers(self) -> dict[str, int]:
         with _unavailable_as_error():
-            registry = {w.decode(): e.decode() for w, e in self._client.hgetall(self._registry).items()}
+            registry = {w.decode(errors="replace"): e for w, e in self._client.hgetall(self._registry).items()}
             names = sorted(registry)
             leases = self._client.mget([self._lease_key(w) for w in names]) if names else []
         return {
             w: int(registry[w])
             for w, lease in zip(names, leases, strict=True)
-            if lease is not None and lease.decode() == registry[w]
+            if lease is not None and lease == registry[w] and registry[w].isdigit()
         }
 
     def close(self) -> None:
@@ -203,9 +210,29 @@ def _script_batches(events: list[tuple[str, IndexEvent]]) -> Iterator[tuple[str,
         yield namespace, args
 
 
+def _parse_hits(flat: Any, num_blocks: int, candidates: set[str] | None) -> dict[str, PrefixHit]:
+    """The script's flat reply, validated: a malformed reply is a fault (IndexUnavailable), and a
+    worker that was not asked about or a count beyond the prompt is dropped."""
+    if not isinstance(flat, list) or len(flat) % 3:
+        raise IndexUnavailable(f"redis prefix index returned a malformed lookup reply ({type(flat).__name__})")
+    hits = {}
+    for raw, blocks, ckpt in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+        if not isinstance(raw, bytes) or not isinstance(blocks, int) or not isinstance(ckpt, int):
+            raise IndexUnavailable("redis prefix index returned a malformed lookup row")
+        worker = raw.decode(errors="replace")
+        if (candidates is not None and worker not in candidates) or not 0 <= ckpt <= blocks <= num_blocks:
+            continue
+        hits[worker] = PrefixHit(worker, blocks, ckpt)
+    return hits
+
+
 @contextlib.contextmanager
 def _unavailable_as_error() -> Iterator[None]:
+    """Every Redis failure (unreachable, a key of the wrong type, a script error) is IndexUnavailable:
+    the router routes by affinity + load, a worker keeps its record and resends it later."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError) as exc:
         raise IndexUnavailable(f"redis prefix index unreachable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise IndexUnavailable(f"redis prefix index error: {type(exc).__name__}: {exc}") from exc

@@ -11,6 +11,11 @@ The epoch is part of the entry key, so a new epoch never sees an old one's entri
 deleted when the epoch changes. A lookup deletes the entries of a worker whose lease has lapsed
 (lazy cleanup: its client republishes them when its heartbeat finds the lease gone).
 Keys are computed inside the scripts: one standalone Redis (or a single-shard setup), not Cluster.
+
+Redis may hold anything (an operator's typo, a stranger with the password): the worker-side scripts
+replace a key of the wrong type that they own or rebuild (`repair`), an epoch that is not a decimal
+or lies beyond the caller's sanity bound is reset, and the lookup reads only the candidate workers
+it is given, in bounded batches, so a set of 20,000 fake workers costs it nothing.
 """
 
 _COMMON = """
@@ -28,13 +33,29 @@ local function drop_entries(w, e)  -- every namespace's entries of worker w at e
   end
   redis.call('DEL', keyset)
 end
-local function enter_epoch(w, e)  -- false for a stale epoch; a newer one drops the old entries
+local function repair(key, want)  -- a key of the wrong type is replaced (it is rebuilt by its owner)
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'none' and t ~= want then redis.call('DEL', key); return true end
+  return false
+end
+local function sane(cur, limit)  -- a decimal epoch, no larger than `limit` (when one is given)
+  if not string.match(cur, '^%d+$') then return false end
+  return limit == nil or limit == '' or not older(limit, cur)
+end
+local function enter_epoch(w, e, limit)  -- false for a stale epoch; a newer one drops the old entries
   local cur = redis.call('HGET', P .. ':epoch', w)
+  local reset = false
+  if cur and not sane(cur, limit) then  -- absurd (garbage, or 10^30): reset, as if never set
+    drop_entries(w, cur)
+    redis.call('HDEL', P .. ':epoch', w)
+    cur, reset = false, true
+  end
   if cur and older(e, cur) then return false end
   if cur ~= e then
     if cur then drop_entries(w, cur) end
     redis.call('HSET', P .. ':epoch', w, e)
   end
+  if reset then return 'reset' end
   return true
 end
 """
@@ -45,10 +66,14 @@ PUBLISH = (
     _COMMON
     + """
 local w, e, ns = ARGV[2], ARGV[3], ARGV[4]
+repair(P .. ':epoch', 'hash')
 if not enter_epoch(w, e) then return 0 end
+repair(P .. ':keys:' .. w, 'set')
+repair(P .. ':ns:' .. ns, 'set')
 redis.call('SADD', P .. ':keys:' .. w, ns)
 redis.call('SADD', P .. ':ns:' .. ns, w)
 local key = entries_key(ns, w, e)
+repair(key, 'hash')
 local CHUNK = 2000  -- keeps unpack() within Lua's stack limit
 for a = 5, #ARGV, 3 do
   local stored = ARGV[a] == 's'
@@ -80,14 +105,20 @@ return 1
 """
 )
 
-# ARGV: P, worker, epoch, ttl ms.
-# Returns -1 for a stale epoch, 1 when this epoch's lease was alive, 0 when it was (re)created.
+# ARGV: P, worker, epoch, ttl ms, the largest sane epoch ('' = no bound: garbage is still reset).
+# Returns -1 for a stale epoch, 1 when this epoch's lease was alive, 0 when it was (re)created,
+# 2 when an absurd epoch was reset (and the lease created). Every key the worker's lease relies on is repaired first: the heartbeat is how a worker re-registers.
 HEARTBEAT = (
     _COMMON
     + """
 local w, e = ARGV[2], ARGV[3]
-if not enter_epoch(w, e) then return -1 end
+repair(P .. ':epoch', 'hash')
+repair(P .. ':keys:' .. w, 'set')
+repair(P .. ':lease:' .. w, 'string')
+local entered = enter_epoch(w, e, ARGV[5])
+if not entered then return -1 end
 local old = redis.call('SET', P .. ':lease:' .. w, e, 'PX', ARGV[4], 'GET')
+if entered == 'reset' then return 2 end
 if old == e then return 1 end
 return 0
 """
@@ -108,20 +139,35 @@ return 1
 """
 )
 
-# ARGV: P, namespace, packed block hashes.  Returns a flat list worker, blocks, checkpoint_blocks
-# for every live worker holding at least the first block.  Each candidate's entries are read with
-# HMGETs of doubling size, so a worker that misses early costs little and a long run few calls.
+# ARGV: P, namespace, packed block hashes, max workers, then the candidate worker ids (none: every
+# worker in the namespace, at most `max workers` of them).  Returns a flat list worker, blocks,
+# checkpoint_blocks for every live candidate holding at least the first block.  Each candidate's
+# entries are read with HMGETs of doubling size, so a worker that misses early costs little and a
+# long run few calls.
 LOOKUP = (
     _COMMON
     + """
-local ns, hashes = ARGV[2], ARGV[3]
+local ns, hashes, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local nskey = P .. ':ns:' .. ns
-local workers = redis.call('SMEMBERS', nskey)
+local workers = {}
+if #ARGV > 4 then
+  for i = 5, math.min(#ARGV, 4 + limit) do workers[#workers + 1] = ARGV[i] end
+elseif redis.call('SCARD', nskey) <= limit then
+  workers = redis.call('SMEMBERS', nskey)
+else
+  workers = redis.call('SRANDMEMBER', nskey, limit)
+end
 if #workers == 0 then return {} end
-local epochs = redis.call('HMGET', P .. ':epoch', unpack(workers))
-local lease_keys = {}
-for i, w in ipairs(workers) do lease_keys[i] = P .. ':lease:' .. w end
-local leases = redis.call('MGET', unpack(lease_keys))
+local BATCH = 1000  -- keeps unpack() within Lua's stack limit
+local epochs, leases = {}, {}
+for first = 1, #workers, BATCH do
+  local last = math.min(#workers, first + BATCH - 1)
+  local lease_keys = {}
+  for i = first, last do lease_keys[#lease_keys + 1] = P .. ':lease:' .. workers[i] end
+  local es = redis.call('HMGET', P .. ':epoch', unpack(workers, first, last))
+  local ls = redis.call('MGET', unpack(lease_keys))
+  for i = 1, last - first + 1 do epochs[first + i - 1] = es[i]; leases[first + i - 1] = ls[i] end
+end
 local n = #hashes / 8
 local fields, sliced = {}, 0  -- block hashes cut out of the packed string as far as needed
 local function slice_to(last)
@@ -134,7 +180,8 @@ for i, w in ipairs(workers) do
   if not lease then  -- lapsed lease: clean up lazily
     redis.call('SREM', nskey, w)
     if e then redis.call('UNLINK', entries_key(ns, w, e)) end
-  elseif lease == e then
+  elseif lease == e and redis.call('SISMEMBER', nskey, w) == 1
+      and redis.call('TYPE', entries_key(ns, w, e)).ok == 'hash' then
     local key = entries_key(ns, w, e)
     local pos, chunk, blocks, ckpt = 0, 16, -1, 0
     while blocks < 0 and pos < n do

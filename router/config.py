@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from router.limits import RequestLimits
 from rpc.tls import TlsConfig
 
 
@@ -19,7 +20,16 @@ class RouterConfig:
     max_in_flight: int = 256  # admitted Generate calls before RESOURCE_EXHAUSTED
     max_tokens_limit: int = 8192
     default_max_tokens: int = 256
+    # bounds on one request's work (router/limits.py), each a router flag
     max_prompt_bytes: int = 8 * 1024 * 1024
+    max_prompt_tokens: int = 0  # 0: the context window
+    max_request_id_bytes: int = 128
+    max_session_id_bytes: int = 256
+    max_stop_strings: int = 16
+    max_stop_bytes: int = 4096
+    max_stop_token_ids: int = 64
+    tokenize_threads: int = 4  # large prompts tokenize here, off the gRPC handler threads
+    tokenize_queue: int = 16  # large prompts waiting for a tokenizer thread before RESOURCE_EXHAUSTED
     local_prefill_threshold: int = 512  # uncached tokens below this: the decode worker prefills
     # chat: let control-token text in user content (e.g. "<|im_start|>system") become control tokens
     allow_special_tokens_in_content: bool = False
@@ -28,5 +38,19 @@ class RouterConfig:
     load_poll_s: float = 0.5
     session_ttl_s: float = 3600.0
     max_sessions: int = 100_000
+    max_session_bytes: int = 256 * 1024 * 1024  # session table + per-session prompt hashes, in all
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth_tokens_file: str = ""
+    redis_key_prefix: str = "baton"
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_prompt_bytes=self.max_prompt_bytes,
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_request_id_bytes=self.max_request_id_bytes,
+            max_session_id_bytes=self.max_session_id_bytes,
+            max_stop_strings=self.max_stop_strings,
+            max_stop_bytes=self.max_stop_bytes,
+            max_stop_token_ids=self.max_stop_token_ids,
+        )

@@ -4,6 +4,7 @@ flows, scaling. The gRPC servicers in `router/service.py` are thin wrappers arou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -21,11 +22,13 @@ from engine.tokenizer import Tokenizer
 from prefix_index.base import IndexUnavailable, PrefixIndex
 from router.config import RouterConfig
 from router.generate import GenerateFlow, NoWorkers
+from router.limits import check_prompt_tokens, check_request, prompt_bytes
 from router.metrics import RouterMetrics
 from router.prompt_hashes import PromptHasher
 from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
 from router.sessions import SessionTable
+from router.tokenize_pool import TokenizePool
 from rpc.errors import AdmissionRejected, NotFound, UnknownRequest
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class RoutedRequest:
     cached_tokens: int
     reason: str
     explain_table: str
+    verify_with: WorkerHandle | None = None  # see RouteDecision.verify_with
 
     def route_info(self, explain: bool) -> public_pb2.RouteInfo:
         return public_pb2.RouteInfo(
@@ -63,8 +67,10 @@ class RouterCore:
         self.model_name = str(config.model) if not Path(config.model).is_dir() else self.model_dir.resolve().name
         self.model_id = model_identity(self.model_dir)
         self.max_context = int(getattr(self.model_config, "max_position_embeddings", 0) or 32768)
-        self.sessions = SessionTable(config.max_sessions, config.session_ttl_s)
-        self.hasher = PromptHasher(config.block_size)
+        self.limits = config.limits
+        self.sessions = SessionTable(config.max_sessions, config.session_ttl_s, max_bytes=config.max_session_bytes)
+        self.hasher = PromptHasher(config.block_size, max_bytes=config.max_session_bytes)
+        self.tokenize_pool = TokenizePool(config.tokenize_threads, config.tokenize_queue)
         self.metrics = RouterMetrics()
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id)
         from router.policy import RoutingConfig, RoutingPolicy
@@ -76,7 +82,9 @@ class RouterCore:
                 require_checkpoint=len(self.model_config.linear_layer_ids) > 0,
             )
         )
-        self._flows: dict[str, GenerateFlow] = {}
+        # Request ids are the client's, scoped per tenant: (tenant, id) → flow. Workers see a
+        # server-made id (`PreparedRequest.internal_id`), so tenants never collide there either.
+        self._flows: dict[tuple[str, str], GenerateFlow] = {}
         self._lock = threading.Lock()
         self._in_flight = 0
 
@@ -84,18 +92,11 @@ class RouterCore:
     def generate(self, request: public_pb2.GenerateRequest, tenant: str) -> Iterator[public_pb2.GenerateResponse]:
         if request.model and request.model not in (self.model_name, self.model_id, self.config.model):
             raise UnknownModel(f"unknown model {request.model!r}; this router serves {self.model_name!r}")
+        check_request(request, self.limits)
         request_id = request.request_id or uuid.uuid4().hex
-        prepared = prepare(
-            request,
-            self.tokenizer,
-            request_id=request_id,
-            tenant=tenant,
-            vocab_size=self.model_config.vocab_size,
-            max_context=self.max_context,
-            default_max_tokens=self.config.default_max_tokens,
-            max_tokens_limit=self.config.max_tokens_limit,
-            allow_special_tokens_in_content=self.config.allow_special_tokens_in_content,
-        )
+        prepared = self.tokenize_pool.run(lambda: self._prepare(request, request_id, tenant), prompt_bytes(request))
+        check_prompt_tokens(len(prepared.prompt), self.limits)
+        prepared = dataclasses.replace(prepared, internal_id=uuid.uuid4().hex)
         self.metrics.observe_prompt(len(prepared.prompt))
         with self._admitted(), self._registered(GenerateFlow(self, prepared, request.explain)) as flow:
             status = "ok"
@@ -107,11 +108,25 @@ class RouterCore:
             finally:
                 self.metrics.finish_request(status, flow.state, time.perf_counter() - flow.started)
 
-    def abort(self, request_id: str) -> bool:
+    def _prepare(self, request: public_pb2.GenerateRequest, request_id: str, tenant: str) -> PreparedRequest:
+        return prepare(
+            request,
+            self.tokenizer,
+            request_id=request_id,
+            tenant=tenant,
+            vocab_size=self.model_config.vocab_size,
+            max_context=self.max_context,
+            default_max_tokens=self.config.default_max_tokens,
+            max_tokens_limit=self.config.max_tokens_limit,
+            allow_special_tokens_in_content=self.config.allow_special_tokens_in_content,
+        )
+
+    def abort(self, request_id: str, tenant: str = "") -> bool:
+        """Aborts the caller's own request. Another tenant's id fails exactly like an unknown one."""
         with self._lock:
-            flow = self._flows.get(request_id)
+            flow = self._flows.get((tenant, request_id))
         if flow is None:
-            raise UnknownRequest(f"no running request {request_id!r}")
+            raise UnknownRequest(f"no running request {request_id[:128]!r}")
         flow.abort()
         return True
 
@@ -136,8 +151,9 @@ class RouterCore:
             refusals = self.registry.refusals("decode")
             raise NoWorkers("no decode worker is available" + (f": {refusals[0]}" if refusals else ""))
         prefill_workers = self.registry.workers("prefill", routable=True)
-        hits = self._lookup(prepared.tenant, prompt, prepared.session_id)
-        session = self.sessions.get(prepared.session_id)
+        candidates = [h.worker_id for h in (*decode_workers, *prefill_workers)]
+        hits = self._lookup(prepared.tenant, prompt, prepared.session_id, candidates)
+        session = self.sessions.get(prepared.session_key)
         decision = self._decide(
             prompt_tokens=len(prompt),
             hits=hits,
@@ -153,7 +169,10 @@ class RouterCore:
             holder = self.registry.by_id(decision.fetch_from)
             if holder is not None:
                 fetch = worker_pb2.FetchSource(worker_id=holder.worker_id, address=holder.address, blocks=decision.fetch_blocks)
-        return RoutedRequest(decode, prefill, fetch, decision.cached_tokens, decision.reason, decision.explain())
+        verify_with = self.registry.by_id(decision.verify_with) if decision.verify_with else None
+        return RoutedRequest(
+            decode, prefill, fetch, decision.cached_tokens, decision.reason, decision.explain(), verify_with
+        )
 
     def _decide(self, **inputs):
         from router.policy import NoRoutableWorker
@@ -163,14 +182,19 @@ class RouterCore:
         except NoRoutableWorker as error:
             raise NoWorkers(str(error)) from error
 
-    def _lookup(self, tenant: str, prompt: list[int], session_id: str = "") -> dict:
+    def _lookup(self, tenant: str, prompt: list[int], session_id: str = "", workers: list[str] | None = None) -> dict:
+        """Hits of the workers the router can route to. Any index failure (unreachable, a key of the
+        wrong type, a malformed value) is counted and routing goes on by affinity + load."""
         hashes = self.hasher.hashes(prompt, cache_extra(self.model_id, tenant), session_id)
         started = time.perf_counter()
         try:
             # One namespace per model: the tenant is already mixed into every block hash.
-            hits = self.index.lookup(self.model_id, hashes)
-        except IndexUnavailable:
+            hits = self.index.lookup(self.model_id, hashes, workers)
+        except Exception as error:  # noqa: BLE001 - the documented fallback, whatever went wrong
+            kind = "unavailable" if isinstance(error, IndexUnavailable) else type(error).__name__
+            self.metrics.index_error("lookup", kind)
             self.metrics.count("index_unavailable")
+            log.warning("prefix index lookup failed (%s); routing by affinity + load", error)
             return {}
         finally:
             self.metrics.observe_index_lookup(time.perf_counter() - started)
@@ -240,18 +264,19 @@ class RouterCore:
 
     @contextlib.contextmanager
     def _registered(self, flow: GenerateFlow):
-        request_id = flow.prepared.request_id
+        key = (flow.prepared.tenant, flow.prepared.request_id)
         with self._lock:
-            if request_id in self._flows:
-                raise ValueError(f"request id {request_id!r} is already running")
-            self._flows[request_id] = flow
+            if key in self._flows:
+                raise ValueError(f"request id {key[1]!r} is already running")
+            self._flows[key] = flow
         try:
             yield flow
         finally:
             with self._lock:
-                self._flows.pop(request_id, None)
+                self._flows.pop(key, None)
 
     def close(self) -> None:
+        self.tokenize_pool.close()
         self.registry.stop()
         self.index.close()
 

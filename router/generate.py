@@ -10,6 +10,7 @@ the tokens already streamed, so the client sees no token lost or repeated.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -128,11 +129,14 @@ class GenerateFlow:
         prompt = self.prepared.prompt + self.state.emitted
         decision = self.router.route(self.prepared, prompt)
         worker_request_id = (
-            self.prepared.request_id
+            self.prepared.worker_request_id
             if self.state.attempts == 1
-            else f"{self.prepared.request_id}.r{self.state.attempts}"
+            else f"{self.prepared.worker_request_id}.r{self.state.attempts}"
         )
         request = self._worker_request(worker_request_id, prompt, remaining)
+        reserved = None
+        if decision.prefill is None and decision.verify_with is not None:
+            decision, reserved = self._check_claim(decision, request, worker_request_id, len(prompt))
         decode = decision.decode
         # The client is told the route of the attempt that produces its first token (with it), not
         # that of an attempt a worker refused (draining, full) before generating anything.
@@ -144,23 +148,52 @@ class GenerateFlow:
                     worker_pb2.WorkerGenerateRequest(request=request),
                     timeout=self.router.config.rpc_timeout_s,
                 )
-                yield from self._relay(chunks)
-            self.router.sessions.record(self.prepared.session_id, decode.worker_id, "")
+                yield from self._relay(chunks, computing=True)
+            self.router.sessions.record(self.prepared.session_key, decode.worker_id, "")
             return
-        yield from self._disaggregated(decision, request, worker_request_id)
+        yield from self._disaggregated(decision, request, worker_request_id, reserved)
 
-    def _disaggregated(self, decision, request: worker_pb2.WorkerRequest, worker_request_id: str):
-        decode, prefill = decision.decode, decision.prefill
-        config = self.router.config
-        self.state.current = [(decode, worker_request_id), (prefill, worker_request_id)]
+    def _check_claim(self, decision, request: worker_pb2.WorkerRequest, worker_request_id: str, prompt_tokens: int):
+        """Local prefill chosen on the index's word that the decode worker holds the prefix: its
+        reservation says what it really holds. A true claim keeps the local route (the reservation is
+        given back); a false one (a forged or stale index entry) turns the route disaggregated on
+        `verify_with`, reusing the reservation, so the missing part is prefilled by a prefill worker."""
+        decode, threshold = decision.decode, self.router.config.local_prefill_threshold
+        reserved = self._reserve(decode, request, worker_request_id)
+        held = reserved.cached_blocks * self.router.config.block_size
+        if prompt_tokens - held < threshold:
+            self._cancel_reservation(decode, worker_request_id)
+            return decision, None
+        self.router.metrics.count("index_claim_refuted")
+        log.warning(
+            "request %s: the index claimed %d cached tokens on %s, its reservation holds %d; prefilling on %s",
+            self.prepared.request_id, decision.cached_tokens, decode.worker_id, held, decision.verify_with.worker_id,
+        )  # fmt: skip
+        reason = (
+            f"disaggregated: the index claimed {decision.cached_tokens} cached tokens at the decode worker, "
+            f"its reservation holds {held}: {prompt_tokens - held} uncached tokens"
+        )
+        adapted = dataclasses.replace(
+            decision, prefill=decision.verify_with, fetch=None, cached_tokens=0, reason=reason, verify_with=None
+        )
+        return adapted, reserved
+
+    def _reserve(self, decode: WorkerHandle, request: worker_pb2.WorkerRequest, worker_request_id: str):
         transfer_id = f"{worker_request_id}-{uuid.uuid4().hex[:6]}"
         with self._blame(decode):
-            reserved = decode.decode.Reserve(
+            return decode.decode.Reserve(
                 worker_pb2.ReserveRequest(
-                    request=request, transfer_id=transfer_id, deadline_s=config.transfer_deadline_s
+                    request=request, transfer_id=transfer_id, deadline_s=self.router.config.transfer_deadline_s
                 ),
                 timeout=CONTROL_TIMEOUT_S,
             )
+
+    def _disaggregated(self, decision, request: worker_pb2.WorkerRequest, worker_request_id: str, reserved=None):
+        decode, prefill = decision.decode, decision.prefill
+        config = self.router.config
+        self.state.current = [(decode, worker_request_id), (prefill, worker_request_id)]
+        if reserved is None:
+            reserved = self._reserve(decode, request, worker_request_id)
         decoding = False
         try:
             with self._blame(prefill):
@@ -171,10 +204,14 @@ class GenerateFlow:
                     ),
                     timeout=config.transfer_deadline_s,
                 )
+            # usage.cached_tokens: prompt tokens the computing (prefill) worker did not compute, from
+            # its cache or fetched from a peer. The blocks the decode worker already held only saved
+            # transfer, not compute (the prefill worker computed them anyway): a metric of their own.
             if self.state.attempts == 1 or not self.state.cached_tokens:
-                self.state.cached_tokens = prefilled.cached_tokens  # fetched tokens are part of it
+                self.state.cached_tokens = prefilled.cached_tokens
                 self.state.fetched_tokens = prefilled.fetched_tokens
             self.router.metrics.observe_transfer(prefilled.transfer_bytes)
+            self.router.metrics.observe_transfer_saved(reserved.cached_blocks * config.block_size)
             yield self._tokens_response([prefilled.first_token])
             self.state.current = [(decode, worker_request_id)]
             with self._blame(decode):
@@ -185,15 +222,16 @@ class GenerateFlow:
                     timeout=config.rpc_timeout_s,
                 )
                 decoding = True
-                yield from self._relay(chunks)
+                yield from self._relay(chunks, computing=False)
         finally:
             if not decoding:  # failed, or the client left before Decode: free the pages now
                 self._cancel_reservation(decode, worker_request_id)
-        self.router.sessions.record(self.prepared.session_id, decode.worker_id, prefill.worker_id)
+        self.router.sessions.record(self.prepared.session_key, decode.worker_id, prefill.worker_id)
 
-    def _relay(self, chunks) -> Iterator[public_pb2.GenerateResponse]:
+    def _relay(self, chunks, computing: bool) -> Iterator[public_pb2.GenerateResponse]:
         """Forwards a worker's TokenChunks; if the stream breaks, the caller fails over. If the
-        client goes away first, the worker call is cancelled, which aborts the worker's request."""
+        client goes away first, the worker call is cancelled, which aborts the worker's request.
+        `computing`: this worker prefilled the prompt, so its cached count is the usage's."""
         try:
             for chunk in chunks:
                 tokens = list(chunk.token_ids)
@@ -201,7 +239,7 @@ class GenerateFlow:
                     yield self._tokens_response(tokens, chunk.logprobs)
                 if chunk.finish_reason:
                     self.state.finish_reason = chunk.finish_reason
-                    if chunk.cached_tokens and not self.state.cached_tokens:
+                    if computing and chunk.cached_tokens and not self.state.cached_tokens:
                         self.state.cached_tokens = chunk.cached_tokens
                     return
         finally:

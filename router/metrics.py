@@ -23,6 +23,14 @@ class RouterMetrics:
         self.completion_tokens = Counter("baton_router_completion_tokens", "Generated tokens", registry=r)
         self.index_lookups = Histogram("baton_router_index_lookup_seconds", "Prefix index lookup latency", buckets=FAST_BUCKETS, registry=r)
         self.transfer_bytes = Counter("baton_router_transfer_bytes", "KV + state bytes moved prefill → decode", registry=r)
+        self.transfer_saved_tokens = Counter(
+            "baton_router_transfer_saved_tokens",
+            "Prompt tokens not sent prefill → decode because the decode worker already held them (compute is not saved: see cached_tokens)",
+            registry=r,
+        )
+        self.index_errors = Counter(
+            "baton_router_index_errors", "Prefix index failures routed around (affinity + load)", ["op", "kind"], registry=r
+        )
         self.events = Counter("baton_router_events", "Notable events (failovers, index unavailable)", ["event"], registry=r)
 
     def count(self, event: str) -> None:
@@ -36,6 +44,12 @@ class RouterMetrics:
 
     def observe_transfer(self, num_bytes: int) -> None:
         self.transfer_bytes.inc(max(0, num_bytes))
+
+    def observe_transfer_saved(self, tokens: int) -> None:
+        self.transfer_saved_tokens.inc(max(0, tokens))
+
+    def index_error(self, op: str, kind: str) -> None:
+        self.index_errors.labels(op=op, kind=kind).inc()
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth.set(depth)

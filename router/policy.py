@@ -9,8 +9,11 @@ Session affinity: the session's previous worker gets a small bonus (with 0 it on
 long as its load penalty exceeds the least loaded candidate's by no more than
 `affinity_max_overload_tokens`. With the index down (no hits) this is routing by affinity + load.
 Conditional disaggregation: when the decode worker's own cache leaves fewer than
-`local_prefill_threshold` tokens to compute, it prefills them itself. Draining workers are never
-chosen. Every decision carries its score table (`explain()`).
+`local_prefill_threshold` tokens to compute, it prefills them itself. The index only *claims* that
+cache (anyone who can write to Redis can forge a claim), so when local prefill rests on it the
+decision also names the prefill worker to use if the claim is false (`verify_with`): the caller
+checks the claim against the decode worker's reservation, which is the truth. Draining workers are
+never chosen. Every decision carries its score table (`explain()`).
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class RouteDecision:
     scores: tuple[ScoreRow, ...] = field(default=())
     fetch_from: str | None = None  # the peer the prefill worker pulls the prefix from
     fetch_blocks: int = 0
+    # Local prefill that rests on the index's claim of the decode worker's cache: the prefill worker
+    # to use if its reservation shows the claim false (None: the route holds without the claim).
+    verify_with: str | None = None
 
     def explain(self) -> str:
         """The score table, one row per candidate (what `explain=true` returns)."""
@@ -131,7 +137,12 @@ class RoutingPolicy:
                 else "local prefill: no prefill worker available"
             )
             rows = _mark(decode_rows, decode.worker_id) + prefill_rows
-            return RouteDecision(decode.worker_id, None, decode_cached, reason, rows)
+            claimed = prompt_tokens >= self.config.local_prefill_threshold and decode_cached > 0
+            verify_with = _pick(prefill_rows) if claimed else None
+            return RouteDecision(
+                decode.worker_id, None, decode_cached, reason, rows,
+                verify_with=verify_with.worker_id if verify_with else None,
+            )  # fmt: skip
 
         fetch_from, fetch_blocks = self._fetch_source(prefill.worker_id, cached, routable)
         own = cached.get(prefill.worker_id, 0)

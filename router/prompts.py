@@ -26,6 +26,16 @@ class PreparedRequest:
     tenant: str
     prompt: list[int]
     params: object  # engine SamplingParams
+    internal_id: str = ""  # the id workers see (server-made: tenants' ids never meet there)
+
+    @property
+    def worker_request_id(self) -> str:
+        return self.internal_id or self.request_id
+
+    @property
+    def session_key(self) -> str:
+        """The session as the router keeps it: scoped to the tenant, like everything a tenant names."""
+        return f"{self.tenant}\x1f{self.session_id}" if self.session_id else ""
 
 
 ROLES = ("system", "user", "assistant", "tool")

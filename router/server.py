@@ -50,7 +50,7 @@ class RunningRouter:
 
 
 def start_router(config: RouterConfig, pool) -> RunningRouter:
-    index = create_index(config.index)
+    index = create_index(config.index, **_redis_options(config))
     core = RouterCore(config, pool, index)
     core.registry.start()
     auth = TokenAuth.from_file(config.auth_tokens_file or os.environ.get("BATON_AUTH_TOKENS", ""))
@@ -89,6 +89,10 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
     return running
 
 
+def _redis_options(config: RouterConfig) -> dict:
+    return {} if config.index == "embedded" else {"key_prefix": config.redis_key_prefix}
+
+
 def _server(config: RouterConfig) -> grpc.Server:
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_in_flight + 32, thread_name_prefix="router"),
@@ -118,6 +122,22 @@ def arg_parser() -> argparse.ArgumentParser:
         help="chat: encode control-token text in messages (e.g. '<|im_start|>') as control tokens, not as text",
     )
     parser.add_argument("--auth-tokens", default=os.environ.get("BATON_AUTH_TOKENS", ""))
+    parser.add_argument(
+        "--redis-key-prefix",
+        default=os.environ.get("BATON_REDIS_KEY_PREFIX", "baton"),
+        help="prefix of every Redis key of the index (several deployments can share one Redis)",
+    )
+    limits = parser.add_argument_group("bounds on one request's work (INVALID_ARGUMENT beyond them)")
+    limits.add_argument("--max-prompt-bytes", type=int, default=8 * 1024 * 1024, help="text / chat prompt bytes (also the gRPC message limit)")
+    limits.add_argument("--max-prompt-tokens", type=int, default=0, help="0: the model's context window")
+    limits.add_argument("--max-request-id-bytes", type=int, default=128)
+    limits.add_argument("--max-session-id-bytes", type=int, default=256)
+    limits.add_argument("--max-stop-strings", type=int, default=16)
+    limits.add_argument("--max-stop-bytes", type=int, default=4096, help="all stop strings of a request together")
+    limits.add_argument("--max-stop-token-ids", type=int, default=64)
+    limits.add_argument("--max-session-bytes", type=int, default=256 * 1024 * 1024, help="memory the router keeps for sessions")
+    limits.add_argument("--tokenize-threads", type=int, default=4, help="threads that tokenize large prompts")
+    limits.add_argument("--tokenize-queue", type=int, default=16, help="large prompts waiting to tokenize before RESOURCE_EXHAUSTED")
     return parser
 
 
@@ -135,6 +155,17 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         allow_special_tokens_in_content=args.allow_special_tokens_in_content,
         tls=TlsConfig.from_env(),
         auth_tokens_file=args.auth_tokens,
+        redis_key_prefix=args.redis_key_prefix,
+        max_prompt_bytes=args.max_prompt_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_request_id_bytes=args.max_request_id_bytes,
+        max_session_id_bytes=args.max_session_id_bytes,
+        max_stop_strings=args.max_stop_strings,
+        max_stop_bytes=args.max_stop_bytes,
+        max_stop_token_ids=args.max_stop_token_ids,
+        max_session_bytes=args.max_session_bytes,
+        tokenize_threads=args.tokenize_threads,
+        tokenize_queue=args.tokenize_queue,
     )
 
 

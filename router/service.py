@@ -24,8 +24,8 @@ class BatonServicer(public_pb2_grpc.BatonServicer):
 
     def Abort(self, request, context):
         with grpc_errors(context):
-            self.auth.tenant_for(context.invocation_metadata(), "")
-            return public_pb2.AbortResponse(aborted=self.core.abort(request.request_id))
+            tenant = self.auth.tenant_for(context.invocation_metadata(), request.tenant)
+            return public_pb2.AbortResponse(aborted=self.core.abort(request.request_id, tenant))
 
     def GetModelInfo(self, request, context):
         with grpc_errors(context):

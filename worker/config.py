@@ -32,6 +32,7 @@ class WorkerConfig:
     prefix_cache: bool = True
     spec_tokens: int = 0  # MTP speculative decoding: drafts per step (0 = off; needs an MTP head)
     ready_file: str = ""
+    redis_key_prefix: str = "baton"
     tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
@@ -64,6 +65,11 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         metavar="K",
         help="speculative decoding with the checkpoint's MTP head: K drafts per step (0-4; 0 = off)",
     )
+    parser.add_argument(
+        "--redis-key-prefix",
+        default=os.environ.get("BATON_REDIS_KEY_PREFIX", "baton"),
+        help="prefix of every Redis key of the index (must match the router's)",
+    )
     parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
     return parser
 
@@ -84,6 +90,7 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         memory_gb=args.memory_gb,
         max_queue=args.max_queue,
         ready_file=args.ready_file,
+        redis_key_prefix=args.redis_key_prefix,
         prefix_cache=not args.no_prefix_cache,
         spec_tokens=args.spec_tokens,
         tls=TlsConfig.from_env(),

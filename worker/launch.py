@@ -96,7 +96,7 @@ def _start_index_publisher(running: RunningWorker) -> None:
     if spec and spec != "embedded":
         from worker.index_publisher import IndexPublisher
 
-        running.core.publisher = IndexPublisher(spec, running.core).start()
+        running.core.publisher = IndexPublisher(spec, running.core, key_prefix=running.config.redis_key_prefix).start()
 
 
 def _write_atomically(path: Path, text: str) -> None:

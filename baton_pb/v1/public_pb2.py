@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from baton_pb.v1 import common_pb2 as baton_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/public.proto\x12\x08\x62\x61ton.v1\x1a\x15\x62\x61ton/v1/common.proto\"\x92\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x12&\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x16.baton.v1.ChatMessagesH\x00\x12\'\n\ttoken_ids\x18\x07 \x01(\x0b\x32\x12.baton.v1.TokenIdsH\x00\x12*\n\x08sampling\x18\x08 \x01(\x0b\x32\x18.baton.v1.SamplingParams\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x12\x10\n\x08priority\x18\n \x01(\x05\x42\x08\n\x06prompt\"[\n\tRouteInfo\x12\x16\n\x0eprefill_worker\x18\x01 \x01(\t\x12\x15\n\rdecode_worker\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\t\"\xcc\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.baton.v1.Usage\x12\"\n\x05route\x18\x06 \x01(\x0b\x32\x13.baton.v1.RouteInfo\x12(\n\x08logprobs\x18\x07 \x03(\x0b\x32\x16.baton.v1.TokenLogprob\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xcd\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x13\n\x0bmax_context\x18\x04 \x01(\x05\x12\x12\n\nblock_size\x18\x05 \x01(\x05\x12\x1c\n\x14num_attention_layers\x18\x06 \x01(\x05\x12\x19\n\x11num_linear_layers\x18\x07 \x01(\x05\x12\x0f\n\x07has_mtp\x18\x08 \x01(\x08\x12\x16\n\x0emodel_identity\x18\t \x01(\t2\xca\x01\n\x05\x42\x61ton\x12\x43\n\x08Generate\x12\x19.baton.v1.GenerateRequest\x1a\x1a.baton.v1.GenerateResponse0\x01\x12\x38\n\x05\x41\x62ort\x12\x16.baton.v1.AbortRequest\x1a\x17.baton.v1.AbortResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.baton.v1.GetModelInfoRequest\x1a\x13.baton.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/public.proto\x12\x08\x62\x61ton.v1\x1a\x15\x62\x61ton/v1/common.proto\"\x92\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x12&\n\x04\x63hat\x18\x06 \x01(\x0b\x32\x16.baton.v1.ChatMessagesH\x00\x12\'\n\ttoken_ids\x18\x07 \x01(\x0b\x32\x12.baton.v1.TokenIdsH\x00\x12*\n\x08sampling\x18\x08 \x01(\x0b\x32\x18.baton.v1.SamplingParams\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x12\x10\n\x08priority\x18\n \x01(\x05\x42\x08\n\x06prompt\"[\n\tRouteInfo\x12\x16\n\x0eprefill_worker\x18\x01 \x01(\t\x12\x15\n\rdecode_worker\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\t\"\xcc\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.baton.v1.Usage\x12\"\n\x05route\x18\x06 \x01(\x0b\x32\x13.baton.v1.RouteInfo\x12(\n\x08logprobs\x18\x07 \x03(\x0b\x32\x16.baton.v1.TokenLogprob\"2\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xcd\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x13\n\x0bmax_context\x18\x04 \x01(\x05\x12\x12\n\nblock_size\x18\x05 \x01(\x05\x12\x1c\n\x14num_attention_layers\x18\x06 \x01(\x05\x12\x19\n\x11num_linear_layers\x18\x07 \x01(\x05\x12\x0f\n\x07has_mtp\x18\x08 \x01(\x08\x12\x16\n\x0emodel_identity\x18\t \x01(\t2\xca\x01\n\x05\x42\x61ton\x12\x43\n\x08Generate\x12\x19.baton.v1.GenerateRequest\x1a\x1a.baton.v1.GenerateResponse0\x01\x12\x38\n\x05\x41\x62ort\x12\x16.baton.v1.AbortRequest\x1a\x17.baton.v1.AbortResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.baton.v1.GetModelInfoRequest\x1a\x13.baton.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,13 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_start=429
   _globals['_GENERATERESPONSE']._serialized_end=633
   _globals['_ABORTREQUEST']._serialized_start=635
-  _globals['_ABORTREQUEST']._serialized_end=669
-  _globals['_ABORTRESPONSE']._serialized_start=671
-  _globals['_ABORTRESPONSE']._serialized_end=703
-  _globals['_GETMODELINFOREQUEST']._serialized_start=705
-  _globals['_GETMODELINFOREQUEST']._serialized_end=726
-  _globals['_MODELINFO']._serialized_start=729
-  _globals['_MODELINFO']._serialized_end=934
-  _globals['_BATON']._serialized_start=937
-  _globals['_BATON']._serialized_end=1139
+  _globals['_ABORTREQUEST']._serialized_end=685
+  _globals['_ABORTRESPONSE']._serialized_start=687
+  _globals['_ABORTRESPONSE']._serialized_end=719
+  _globals['_GETMODELINFOREQUEST']._serialized_start=721
+  _globals['_GETMODELINFOREQUEST']._serialized_end=742
+  _globals['_MODELINFO']._serialized_start=745
+  _globals['_MODELINFO']._serialized_end=950
+  _globals['_BATON']._serialized_start=953
+  _globals['_BATON']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class Generation:
         self.api = api
         self.tenant = tenant
         self.request_id = request_id
-        self.answer = Answer(request_id, core.model_id)
+        self.answer = Answer(request_id, core.model_name)
         self.finished = False
 
     def start(self, executor) -> ThreadStream:

@@ -149,7 +149,7 @@ class OpenAiApi:
 
     async def model(self, request: web.Request) -> web.Response:
         self.auth.principal(_metadata(request))
-        if request.match_info["model"] not in (self.core.model_id, self.core.config.model):
+        if request.match_info["model"] not in (self.core.model_name, self.core.model_id, self.core.config.model):
             raise web.HTTPNotFound(text=f"unknown model {request.match_info['model']!r}")
         return web.json_response(self._model_card())
 
@@ -178,12 +178,12 @@ class OpenAiApi:
             return response
         finally:
             if not generation.finished:
-                await self._abort(stream, generation.request_id)
+                await self._abort(stream, generation.request_id, generation.tenant)
 
-    async def _abort(self, stream, request_id: str) -> None:
+    async def _abort(self, stream, request_id: str, tenant: str) -> None:
         stream.stop()
         with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.core.abort, request_id)
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.core.abort, request_id, tenant)
 
     def _tenant(self, request: web.Request) -> str:
         return self.auth.tenant_for(_metadata(request), "")
@@ -193,7 +193,7 @@ class OpenAiApi:
         return api.generate.request_id
 
     def _model_card(self) -> dict:
-        return {"id": self.core.model_id, "object": "model", "created": 0, "owned_by": "baton",
+        return {"id": self.core.model_name, "object": "model", "created": 0, "owned_by": "baton",
                 "max_model_len": self.core.max_context}  # fmt: skip
 
 

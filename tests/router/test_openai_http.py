@@ -35,7 +35,8 @@ class ScriptedCore:
 
     def __init__(self, model_dir: Path) -> None:
         self.config = RouterConfig(model=str(model_dir))
-        self.model_id = model_dir.name
+        self.model_name = model_dir.name
+        self.model_id = "xxh3:scripted"
         self.max_context = 4096
         self.tokenizer = Tokenizer.from_dir(model_dir)
         self.script = ""

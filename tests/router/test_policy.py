@@ -153,3 +153,18 @@ def test_bad_input_is_rejected() -> None:
         RoutingConfig(fetch_value=2.0)
     with pytest.raises(ValueError):
         RoutingConfig(block_size=0)
+
+
+def test_local_prefill_resting_on_an_index_claim_names_the_worker_to_verify_with() -> None:
+    """A claim (forgeable) turned 1,500 tokens into "local prefill: 12 uncached": the decision says
+    which prefill worker takes over if the decode worker's reservation refutes it."""
+    claimed = route(prompt_tokens=1500, hits={"d0": hit("d0", 93)}, prefill_workers=[idle("p0")])
+    assert (claimed.decode_worker, claimed.prefill_worker) == ("d0", None)
+    assert claimed.reason == "local prefill: 12 uncached tokens < 512"
+    assert claimed.verify_with == "p0"
+    short = route(prompt_tokens=100, hits={"d0": hit("d0", 4)}, prefill_workers=[idle("p0")])
+    assert short.prefill_worker is None and short.verify_with is None, "local without the claim too"
+    cold = route(prompt_tokens=100, prefill_workers=[idle("p0")])
+    assert cold.verify_with is None
+    alone = route(prompt_tokens=1500, hits={"d0": hit("d0", 93)}, prefill_workers=[])
+    assert alone.verify_with is None, "no prefill worker: nothing to adapt to"
