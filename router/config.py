@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rpc.cluster_auth import ClusterCredential
 from rpc.tls import TlsConfig
 
 
@@ -27,3 +28,6 @@ class RouterConfig:
     max_sessions: int = 100_000
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth_tokens_file: str = ""
+    cluster: ClusterCredential = field(default_factory=ClusterCredential)  # sent to the workers
+    stall_timeout_s: float = 5.0  # no token, no heartbeat this long from a worker: fail over
+    prefill_progress_deadline_s: float = 30.0  # no computed chunk this long (heartbeats or not): fail over

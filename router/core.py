@@ -60,7 +60,7 @@ class RouterCore:
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s)
         self.hasher = PromptHasher(config.block_size)
         self.metrics = RouterMetrics()
-        self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None)
+        self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, cluster=config.cluster)
         from router.policy import RoutingConfig, RoutingPolicy
 
         self.policy = RoutingPolicy(

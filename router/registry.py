@@ -12,6 +12,7 @@ import grpc
 
 from baton_pb.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
 from prefix_index.base import IndexUnavailable, PrefixIndex, index_events_by_namespace
+from rpc.cluster_auth import ClusterCredential
 from rpc.grpc_server import insecure_or_tls_channel
 from rpc.tls import TlsConfig
 
@@ -40,12 +41,13 @@ class WorkerHandle:
 
 
 class WorkerRegistry:
-    def __init__(self, pool, index: PrefixIndex, *, feed_index: bool, poll_s: float = 0.5, tls: TlsConfig | None = None) -> None:
+    def __init__(self, pool, index: PrefixIndex, *, feed_index: bool, poll_s: float = 0.5, tls: TlsConfig | None = None, cluster: ClusterCredential | None = None) -> None:
         self.pool = pool
         self.index = index
         self.feed_index = feed_index
         self.poll_s = poll_s
         self.tls = tls
+        self.cluster = cluster
         self._lock = threading.Lock()
         self._workers: dict[str, WorkerHandle] = {}  # by address
         self._stopped = threading.Event()
@@ -76,12 +78,12 @@ class WorkerRegistry:
     def by_id(self, worker_id: str) -> WorkerHandle | None:
         return next((h for h in self.workers() if h.worker_id == worker_id or h.address == worker_id), None)
 
-    def mark_down(self, handle: WorkerHandle, verify: bool = True) -> None:
+    def mark_down(self, handle: WorkerHandle, verify: bool = True, timeout_s: float = LOAD_TIMEOUT_S) -> None:
         """A call to this worker failed as if it were gone: unless it still answers a load probe
         (the failure was the request's, not the worker's), stop routing to it until it answers."""
         if verify:
             try:
-                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=LOAD_TIMEOUT_S)
+                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=timeout_s)
                 return
             except grpc.RpcError:
                 pass
@@ -112,7 +114,7 @@ class WorkerRegistry:
                 log.exception("worker refresh failed")
 
     def _connect(self, address: str, role: str) -> WorkerHandle:
-        channel = insecure_or_tls_channel(address, self.tls)
+        channel = insecure_or_tls_channel(address, self.tls, self.cluster)
         return WorkerHandle(
             address=address,
             role=role,

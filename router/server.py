@@ -20,6 +20,7 @@ from router.core import RouterCore
 from router.service import AdminServicer, BatonServicer
 from rpc import grpc_server
 from rpc.auth import TokenAuth
+from rpc.cluster_auth import ClusterCredential
 from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,15 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local-prefill-threshold", type=int, default=512)
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--auth-tokens", default=os.environ.get("BATON_AUTH_TOKENS", ""))
+    parser.add_argument(
+        "--cluster-token-file", default="", help="the token worker RPCs demand (else BATON_CLUSTER_TOKEN)"
+    )
+    parser.add_argument(
+        "--stall-timeout-s", type=float, default=5.0, help="no token or heartbeat this long: fail over"
+    )
+    parser.add_argument(
+        "--prefill-progress-deadline-s", type=float, default=30.0, help="no prefill chunk this long: fail over"
+    )
     return parser
 
 
@@ -113,6 +123,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_in_flight=args.max_in_flight,
         tls=TlsConfig.from_env(),
         auth_tokens_file=args.auth_tokens,
+        cluster=ClusterCredential.from_env(args.cluster_token_file),
+        stall_timeout_s=args.stall_timeout_s,
+        prefill_progress_deadline_s=args.prefill_progress_deadline_s,
     )
 
 

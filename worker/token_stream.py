@@ -1,4 +1,9 @@
-"""Streaming one engine request's outputs to a gRPC client as TokenChunks."""
+"""Streaming one engine request's outputs to a gRPC client as TokenChunks.
+
+While the engine has nothing new for the request (a long prefill, JIT compilation, graph capture)
+the stream sends a heartbeat every `heartbeat_s`. The beat comes from this gRPC handler thread,
+not from the engine thread, so it keeps beating while the engine computes; a stopped process
+(SIGSTOP, a hung host) stops beating, and the router fails over after its stall timeout."""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from rpc.convert import logprobs_to_proto
 from worker.core import WorkerCore
 from worker.engine_loop import EngineStopped
 
-OUTPUT_POLL_S = 0.25
 STALL_LIMIT_S = 600.0
 
 
@@ -22,16 +26,18 @@ def stream_tokens(
     """Yields the request's new tokens until it finishes; aborts it if the client goes away."""
     waited = 0.0
     finished = False
+    beat_s = core.config.heartbeat_s
     try:
         while not finished:
             if not context.is_active():
                 return
             try:
-                output = outputs.get(timeout=OUTPUT_POLL_S)
+                output = outputs.get(timeout=beat_s)
             except queue.Empty:
-                waited += OUTPUT_POLL_S
+                waited += beat_s
                 if waited > STALL_LIMIT_S:
                     raise TimeoutError(f"request {request_id} produced nothing for {STALL_LIMIT_S:.0f} s") from None
+                yield worker_pb2.TokenChunk(heartbeat=True)
                 continue
             waited = 0.0
             if isinstance(output, BaseException):
