@@ -87,12 +87,14 @@ class ReceiveBook:
             return self._get(transfer_id).deadline_mono
 
     def authorized(self, transfer_id: str, secret: object) -> bool:
-        """Whether `secret` opens the active transfer `transfer_id` (nothing changes, nothing leaks)."""
+        """Whether `secret` opens the active, not yet opened transfer `transfer_id` (nothing
+        changes, nothing leaks)."""
         with self._cond:
             record = self._records.get(str(transfer_id))
             return (
                 record is not None
                 and record.status not in TERMINAL
+                and not record.has_sender
                 and isinstance(secret, str)
                 and hmac.compare_digest(record.secret.encode(), secret.encode())
             )

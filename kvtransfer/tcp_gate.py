@@ -35,7 +35,10 @@ class GateLimits:
     max_pending_per_peer: int = 64  # ... from one IP address
     handshake_timeout_s: float = 5.0  # to send the whole first frame
     max_first_frame: int = 256 << 10  # bytes of the first frame's JSON body
-    max_serving: int = 32  # authorized connections served at once (one thread each)
+    # Threads serving authorized connections (a layer-wise transfer holds one for a whole prefill).
+    # More authorized connections wait in the pool's queue; their number is bounded by the
+    # reservations this receiver holds (one sender per transfer), not by the peers.
+    max_serving: int = 128
 
 
 @dataclass(slots=True)
@@ -55,7 +58,6 @@ class ConnectionGate:
         self._selector = selectors.DefaultSelector()
         self._pending: dict[socket.socket, _Pending] = {}
         self._per_peer: dict[str, int] = {}
-        self._serving = threading.BoundedSemaphore(limits.max_serving)
         self._pool = ThreadPoolExecutor(max_workers=limits.max_serving, thread_name_prefix="tcp-serve")
         self._stopping = False
         self.refused = 0  # connections closed before being served (limits, timeouts, bad frames)
@@ -138,20 +140,19 @@ class ConnectionGate:
             admitted = isinstance(msg, dict) and self._authorize(msg)
         except Exception:  # noqa: BLE001 - malformed first frame
             admitted = False
-        if not admitted or not self._serving.acquire(blocking=False):
+        if not admitted:
             self.refused += 1
             conn.close()
             return
         conn.setblocking(True)
-        self._pool.submit(self._serve_and_release, conn, msg)
+        self._pool.submit(self._serve_and_close, conn, msg)
 
-    def _serve_and_release(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+    def _serve_and_close(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         try:
             self._serve(conn, msg)
         except Exception:  # noqa: BLE001 - the peer sees the connection close
             log.debug("tcp transfer connection failed", exc_info=True)
         finally:
-            self._serving.release()
             conn.close()
 
     def _expire(self) -> None:

@@ -145,33 +145,39 @@ def test_idle_and_oversized_connections_cost_no_thread_and_no_buffer():
         receiver.close()
 
 
-def test_many_authorized_transfers_share_a_bounded_pool():
-    receiver = create_backend("tcp", gate=GateLimits(max_serving=4))
+def test_authorized_transfers_beyond_the_pool_wait_their_turn():
+    receiver = create_backend("tcp", gate=GateLimits(max_serving=3))
     sender = create_backend("tcp")
     try:
         src = make_regions(25, num_pages=64)
         receiver.register(zeros_like_regions(src))
         sender.register(src)
-        names = [f"t{i}" for i in range(12)]
-        descs = {n: receiver.expect(n, {"kv": [i]}, 20.0) for i, n in enumerate(names)}
-        threads_before = _threads()
+        names = [f"t{i}" for i in range(10)]
+        descs = {n: receiver.expect(n, {"kv": [i]}, 30.0) for i, n in enumerate(names)}
+        serving_seen = 0
 
         def run(name):
             handle = sender.open_send(descs[name])
-            handle.post("kv", 0, [40])
-            for layer in range(1, src["kv"].shape[0]):
-                handle.post("kv", layer, [40])
+            for layer in range(src["kv"].shape[0]):
+                handle.post("kv", layer, [40 + int(name[1:])])
             handle.finish(1)
 
         workers = [threading.Thread(target=run, args=(n,)) for n in names]
         for w in workers:
             w.start()
-        for w in workers:
-            w.join(20)
-        done = [receiver.wait(n, 20.0).status for n in names]
-        assert done.count(TransferStatus.DONE) >= 4  # the rest may be refused while the pool is full
-        assert _threads() - threads_before <= 4 + len(names) * 2
-        assert torch.equal(receiver.regions.tensors["kv"][:, 0], src["kv"][:, 40]) or done[0] is not TransferStatus.DONE
+        while any(w.is_alive() for w in workers):
+            serving = [t for t in threading.enumerate() if t.name.startswith("tcp-serve")]
+            serving_seen = max(serving_seen, len(serving))
+            time.sleep(0.005)
+        for i, name in enumerate(names):
+            result = receiver.wait(name, 20.0)
+            assert result.status is TransferStatus.DONE, result.reason
+            assert torch.equal(receiver.regions.tensors["kv"][:, i], src["kv"][:, 40 + i])
+        assert 1 <= serving_seen <= 3, f"{serving_seen} serving threads"
+        second = socket.create_connection(descs["t0"].address.decode().rsplit(":", 1))  # type: ignore[arg-type]
+        second.sendall(frame({"kind": "open", "transfer_id": "t0", "secret": descs["t0"].secret}))
+        assert second.recv(1) == b"", "a finished transfer was opened again"
+        second.close()
     finally:
         sender.close()
         receiver.close()
