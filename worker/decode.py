@@ -13,8 +13,9 @@ Life of a request here:
 A reservation whose `Decode` never comes (the router or the prefill worker died) is freed by the
 reaper after its deadline. Deadlines are clamped to `--max-reservation-s`, and one tenant (cache
 salt) may hold at most `--tenant-reservation-share` of the state slots in pending reservations, so
-no caller can pin every slot. Token streams carry a heartbeat while nothing else is sent. `Generate` is the colocated path: prefill here and decode (used for
-short uncached prompts — conditional disaggregation — and in colocated mode).
+no caller can pin every slot. Token streams carry a heartbeat while nothing else is sent.
+`Generate` is the colocated path: prefill here and decode (used for short uncached prompts —
+conditional disaggregation — and in colocated mode).
 """
 
 from __future__ import annotations

@@ -10,15 +10,26 @@ import signal
 import threading
 import time
 
+import grpc
 import pytest
 
+from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from tests.chaos.harness import WORKER_ARGS, failovers, list_workers, stream, wait_for, wait_pools_idle
+from tests.chaos.harness import (
+    WORKER_ARGS,
+    failovers,
+    list_workers,
+    member_channel,
+    stream,
+    wait_for,
+    wait_pools_idle,
+)
 from tests.helpers.reference import greedy_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 STALL_TIMEOUT_S = 2.0
+HEARTBEAT_S = 0.25
 RESUME_SLACK_S = 6.0  # re-prefilling prompt + streamed tokens elsewhere, on a loaded 2-core machine
 
 
@@ -31,7 +42,8 @@ def cluster(tiny_model):
         transfer_deadline_s=20.0,
         stall_timeout_s=STALL_TIMEOUT_S,
     )
-    spec = ClusterSpec(tiny_model, prefill=2, decode=2, worker_args=WORKER_ARGS, router=router)
+    worker_args = (*WORKER_ARGS, "--heartbeat-s", str(HEARTBEAT_S))
+    spec = ClusterSpec(tiny_model, prefill=2, decode=2, worker_args=worker_args, router=router)
     with LocalCluster(spec) as running:
         yield running
 
@@ -80,6 +92,7 @@ def test_a_stopped_decode_worker_fails_over_within_the_stall_timeout(cluster, re
 
 def test_a_stopped_prefill_worker_fails_over_within_the_stall_timeout(cluster, reference_llm):
     prompt, max_tokens = _prompt(12, 1500), 6
+    stalls_before = _stalls(cluster)
     result: dict = {}
     thread = threading.Thread(
         target=lambda: result.update(
@@ -104,8 +117,28 @@ def test_a_stopped_prefill_worker_fails_over_within_the_stall_timeout(cluster, r
         _resume(cluster, pid)
     assert not thread.is_alive(), "the request hung"
     assert result["seen"].token_ids == greedy_reference(reference_llm, prompt, max_tokens)
-    assert _stalls(cluster) >= 1
+    # exactly one stall: the retry's long prefill beats while it computes and is not one
+    assert _stalls(cluster) == stalls_before + 1
     # the retry started after ~the stall timeout, not after the 20 s transfer deadline
     took = finished_at - stopped_at
     assert took < STALL_TIMEOUT_S + 2 * RESUME_SLACK_S, f"finished {took:.1f} s after the stop"
+    wait_pools_idle(cluster)
+
+
+def test_a_worker_beats_while_it_has_nothing_to_send(cluster):
+    """Decode waiting for a transfer that never comes: heartbeats every --heartbeat-s, then the
+    transfer's failure (not silence)."""
+    decode = next(w for w in list_workers(cluster) if w.role == "decode")
+    with member_channel(cluster, decode.address) as channel:
+        stub = worker_pb2_grpc.DecodeServiceStub(channel)
+        request = worker_pb2.WorkerRequest(request_id="beats", prompt_token_ids=_prompt(13, 40))
+        request.sampling.max_tokens = 4
+        stub.Reserve(worker_pb2.ReserveRequest(request=request, transfer_id="beats-t", deadline_s=1.5), timeout=10)
+        beats = []
+        with pytest.raises(grpc.RpcError) as failed:
+            for chunk in stub.Decode(worker_pb2.DecodeRequest(request_id="beats"), timeout=30):
+                assert chunk.heartbeat and not chunk.token_ids
+                beats.append(time.monotonic())
+        assert "no sender connected" in failed.value.details()
+    assert len(beats) >= 3, f"{len(beats)} heartbeats in 1.5 s at {HEARTBEAT_S} s"
     wait_pools_idle(cluster)
