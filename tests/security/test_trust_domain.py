@@ -28,6 +28,7 @@ from tests.security.attacks import (
     refusal_code,
     worker_request,
 )
+from tests.security.conftest import plaintext_environment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 VICTIM_SALT = "victim-tenant"
@@ -36,7 +37,8 @@ VICTIM_SALT = "victim-tenant"
 @pytest.fixture(scope="module")
 def cluster(tiny_model):
     router = RouterConfig(model="", listen="127.0.0.1:0", local_prefill_threshold=0, transfer_deadline_s=10.0)
-    with LocalCluster(ClusterSpec(tiny_model, worker_args=WORKER_ARGS, router=router)) as running:
+    spec = ClusterSpec(tiny_model, worker_args=WORKER_ARGS, router=router)
+    with plaintext_environment(), LocalCluster(spec) as running:
         yield running
 
 
