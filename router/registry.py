@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -52,6 +53,9 @@ class WorkerRegistry:
         self._workers: dict[str, WorkerHandle] = {}  # by address
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="worker-registry", daemon=True)
+        # Loads are polled in parallel: a stopped worker's probe (up to LOAD_TIMEOUT_S) must not
+        # hold back the others' loads.
+        self._pollers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="load-poll")
 
     def start(self) -> WorkerRegistry:
         self.refresh()
@@ -60,6 +64,7 @@ class WorkerRegistry:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._pollers.shutdown(wait=False)
         with self._lock:
             workers = list(self._workers.values())
         for handle in workers:
@@ -103,8 +108,7 @@ class WorkerRegistry:
         for handle in removed:
             self._clear_from_index(handle)
             handle.channel.close()
-        for handle in handles:
-            self._poll_load(handle)
+        list(self._pollers.map(self._poll_load, handles))
 
     def _poll_forever(self) -> None:
         while not self._stopped.wait(self.poll_s):
