@@ -43,7 +43,10 @@ class ClusterCredential:
     def from_env(token_file: str = "") -> ClusterCredential:
         """`token_file` (a flag) wins over `BATON_CLUSTER_TOKEN_FILE`, which wins over the variable."""
         path = token_file or os.environ.get("BATON_CLUSTER_TOKEN_FILE", "")
-        token = Path(path).read_text().strip() if path else os.environ.get("BATON_CLUSTER_TOKEN", "").strip()
+        try:
+            token = Path(path).read_text().strip() if path else os.environ.get("BATON_CLUSTER_TOKEN", "").strip()
+        except OSError as error:
+            raise ValueError(f"cannot read the cluster token file {path}: {error}") from error
         if path and not token:
             raise ValueError(f"cluster token file {path} is empty")
         identity = os.environ.get("BATON_INTERNAL_IDENTITY", "") or INTERNAL_IDENTITY

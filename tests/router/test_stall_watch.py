@@ -86,6 +86,8 @@ def test_worker_flags_for_the_trust_domain(tmp_path, monkeypatch):
     for bad in (["--max-reservation-s", "0"], ["--tenant-reservation-share", "1.5"], ["--heartbeat-s", "inf"]):
         with pytest.raises(SystemExit):
             worker_config_from_args("decode", ["--model", "m", *bad])
+    with pytest.raises(ValueError, match="cannot read the cluster token file"):
+        worker_config_from_args("decode", ["--model", "m", "--cluster-token-file", str(tmp_path / "missing")])
     token_file.write_text("")
     with pytest.raises(ValueError, match="is empty"):
         worker_config_from_args("decode", ["--model", "m", "--cluster-token-file", str(token_file)])
