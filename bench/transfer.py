@@ -57,8 +57,8 @@ def bench_local(size: int, iters: int, checksums: bool) -> list[float]:
     from kvtransfer.factory import create_backend
 
     sender, receiver = (
-        create_backend("local", checksums=checksums),
-        create_backend("local", checksums=checksums),
+        create_backend("local"),
+        create_backend("local"),
     )
     sender.register({"kv": make_region(size, True)})
     receiver.register({"kv": make_region(size, False)})
@@ -87,7 +87,7 @@ def _receiver(
 ) -> None:
     from kvtransfer.factory import create_backend
 
-    receiver = create_backend(backend, checksums=checksums)
+    receiver = create_backend(backend)
     receiver.register({"kv": make_region(size, False)})
     times = []
     for i in range(iters + 1):
@@ -106,7 +106,7 @@ def _sender(backend: str, size: int, iters: int, checksums: bool, to_sender: Any
     from kvtransfer.base import TransferDescriptor
     from kvtransfer.factory import create_backend
 
-    sender = create_backend(backend, checksums=checksums)
+    sender = create_backend(backend)
     sender.register({"kv": make_region(size, True)})
     for _ in range(iters + 1):
         desc = TransferDescriptor.from_dict(to_sender.get())
@@ -202,7 +202,7 @@ def run(sizes_mib: list[int], iters: int) -> list[dict[str, Any]]:
             ("memcpy (tensor.copy_)", False, lambda s=size, n=n: bench_memcpy(s, n)),
             ("plain TCP sendall (2 procs)", False, lambda s=size, n=n: bench_socket(s, n)),
         ]
-        for checksums in (False, True):
+        for checksums in (True,):  # checksums are mandatory since issue 16
             cases += [
                 ("local", checksums, lambda c=checksums, s=size, n=n: bench_local(s, n, c)),
                 ("tcp (2 procs)", checksums, lambda c=checksums, s=size, n=n: bench_remote("tcp", s, n, c)),

@@ -63,7 +63,10 @@ class TransferDescriptor:
 
     `dst_units[region]` lists the publisher's unit ids in transfer order (for `expose` they are the
     holder's source units). The first `skip_blocks` units of each region in `skip_regions` are
-    already present at the destination and are neither sent nor checked.
+    already present at the destination and are neither sent nor checked. `secret` binds the
+    transfer to its reservation: the receiver drops a connection whose first frame lacks it, before
+    it allocates anything. Whoever holds the descriptor may write (or read) these units, so it
+    travels only between cluster members.
     """
 
     transfer_id: str
@@ -74,6 +77,7 @@ class TransferDescriptor:
     deadline_unix_s: float
     skip_blocks: int = 0
     skip_regions: tuple[str, ...] = ("kv",)
+    secret: str = ""
 
     def skipped(self, region: str) -> int:
         return self.skip_blocks if region in self.skip_regions else 0
@@ -88,6 +92,7 @@ class TransferDescriptor:
             "deadline_unix_s": self.deadline_unix_s,
             "skip_blocks": self.skip_blocks,
             "skip_regions": list(self.skip_regions),
+            "secret": self.secret,
         }
 
     @classmethod
@@ -101,6 +106,7 @@ class TransferDescriptor:
             deadline_unix_s=float(d["deadline_unix_s"]),
             skip_blocks=int(d.get("skip_blocks", 0)),
             skip_regions=tuple(d.get("skip_regions", ("kv",))),
+            secret=str(d.get("secret", "")),
         )
 
 

@@ -2,11 +2,14 @@
 
 Thread-safe. Transport threads write bytes into the views this book hands out; the service polls
 `status`/`wait`. A record only hands out views of its own destination units, so two transfers
-never write into each other's memory.
+never write into each other's memory, and only to a sender that presents the record's secret.
+Every manifest entry must carry a checksum: a null checksum fails the transfer.
 """
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ class Record:
     dst_units: dict[str, tuple[int, ...]]
     skip: dict[str, int]
     deadline_mono: float
+    secret: str = ""
     status: TransferStatus = TransferStatus.PENDING
     reason: str = ""
     first_token: int | None = None
@@ -38,24 +42,24 @@ class Record:
 
 
 class ReceiveBook:
-    def __init__(self, verify_checksums: bool = True) -> None:
+    def __init__(self) -> None:
         self.regions: RegionSet | None = None
-        self.verify_checksums = verify_checksums
         self._records: dict[str, Record] = {}
         self._cond = threading.Condition()
 
     def open(
         self, transfer_id: str, dst_units: dict[str, tuple[int, ...]], deadline_s: float, skip: dict[str, int]
     ) -> Record:
+        """A new record with a fresh secret (`record.secret`), which its sender must present."""
         if self.regions is None:
             raise TransferError("register() the regions before expecting transfers")
-        if deadline_s <= 0:
-            raise TransferError(f"deadline_s must be positive, got {deadline_s}")
+        if not 0 < deadline_s < float("inf"):
+            raise TransferError(f"deadline_s must be positive and finite, got {deadline_s}")
         self.regions.check_units(dst_units)
         with self._cond:
             if transfer_id in self._records:
                 raise TransferError(f"transfer id {transfer_id!r} is already expected")
-            record = Record(transfer_id, dst_units, skip, time.monotonic() + deadline_s)
+            record = Record(transfer_id, dst_units, skip, time.monotonic() + deadline_s, secrets.token_hex(16))
             self._records[transfer_id] = record
             return record
 
@@ -82,7 +86,22 @@ class ReceiveBook:
         with self._cond:
             return self._get(transfer_id).deadline_mono
 
-    def begin(self, transfer_id: str) -> None:
+    def authorized(self, transfer_id: str, secret: object) -> bool:
+        """Whether `secret` opens the active, not yet opened transfer `transfer_id` (nothing
+        changes, nothing leaks)."""
+        with self._cond:
+            record = self._records.get(str(transfer_id))
+            return (
+                record is not None
+                and record.status not in TERMINAL
+                and not record.has_sender
+                and isinstance(secret, str)
+                and hmac.compare_digest(record.secret.encode(), secret.encode())
+            )
+
+    def begin(self, transfer_id: str, secret: object) -> None:
+        if not self.authorized(transfer_id, secret):
+            raise TransferError(f"transfer {transfer_id!r}: unknown, finished, or the secret does not match")
         with self._cond:
             record = self._active(transfer_id)
             if record.has_sender:
@@ -158,11 +177,9 @@ class ReceiveBook:
                 if entry.num_bytes != len(expected) * self.regions.unit_bytes(region):
                     return f"byte count mismatch region={region} layer={layer}"
                 dst = [units[p] for p in expected]
-                if (
-                    self.verify_checksums
-                    and entry.checksum is not None
-                    and entry.checksum != layer_checksum(self.regions, region, layer, dst)
-                ):
+                if entry.checksum is None:
+                    return f"checksum missing region={region} layer={layer}: checksums are mandatory"
+                if entry.checksum != layer_checksum(self.regions, region, layer, dst):
                     return f"checksum mismatch region={region} layer={layer}"
         if entries:
             return f"manifest names units this transfer did not expect: {sorted(entries)[:3]}"

@@ -10,8 +10,9 @@ BACKENDS = ("local", "tcp", "ucx")
 
 
 def create_backend(name: str, **options: Any) -> TransferBackend:
-    """Options shared by all: checksums (bool, default True), corrupt ((region, layer), test hook).
-    tcp: host (listen/advertise host, default 127.0.0.1). ucx: none beyond UCX_* environment."""
+    """Options shared by all: corrupt ((region, layer), test hook). Checksums are always on.
+    tcp: host (listen/advertise host, default 127.0.0.1), gate (`tcp_gate.GateLimits`).
+    ucx: none beyond UCX_* environment."""
     if name == "local":
         from kvtransfer.local import LocalBackend
 

@@ -27,11 +27,13 @@ class LocalLink:
         self._book, self._id = book, transfer_id
         self._pending: list[torch.Tensor] = []
         self._ended = False
+        self._opened = False  # only a sender that opened (with the secret) can fail the transfer
 
     def send_control(self, msg: dict[str, Any]) -> None:
         kind = msg["kind"]
         if kind == "open":
-            self._book.begin(self._id)
+            self._book.begin(self._id, msg.get("secret"))
+            self._opened = True
         elif kind == "data":
             self._pending = self._book.dst_views(self._id, msg["region"], msg["layer"], msg["runs"])
         elif kind == "finish":
@@ -52,7 +54,7 @@ class LocalLink:
         pass  # sends are synchronous
 
     def close(self) -> None:
-        if not self._ended:
+        if not self._ended and self._opened:
             self._ended = True
             self._book.fail(self._id, "sender closed the transfer without finishing")
 
@@ -73,22 +75,19 @@ class LocalBackend(SharedBackend):
     def open_send(self, descriptor: TransferDescriptor) -> SendHandle:
         peer = _peer(descriptor.address)
         link = LocalLink(peer.book, descriptor.transfer_id)
-        return StreamSendHandle(
-            link, self._require_regions(), descriptor, checksums=self.checksums, corrupt=self.corrupt
-        )
+        return StreamSendHandle(link, self._require_regions(), descriptor, corrupt=self.corrupt)
 
     def read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> TransferResult:
         peer = _peer(descriptor.address)
         local_id = self._open_read(descriptor, dst_units_local)
         try:
-            exposed = peer.exposed_units(descriptor.transfer_id)
+            exposed = peer.exposed_units(descriptor.transfer_id, descriptor.secret)
             request = {"transfer_id": local_id, "dst_units": dst_units_local}
             serve_read(
                 lambda d: StreamSendHandle(
                     LocalLink(self.book, local_id),
                     peer._require_regions(),
                     d,
-                    checksums=peer.checksums,
                     corrupt=peer.corrupt,
                     send_open=False,
                 ),

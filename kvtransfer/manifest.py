@@ -31,7 +31,7 @@ class LayerEntry:
     layer: int
     positions: tuple[int, ...]  # transfer positions sent (indices into the descriptor's unit list)
     num_bytes: int
-    checksum: int | None  # None when checksums are switched off
+    checksum: int | None  # None is refused by the receiver (checksums are mandatory)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,11 +82,9 @@ def layer_checksum(regions: RegionSet, region: str, layer: int, units: list[int]
     return hasher.intdigest()
 
 
-def build_entry(
-    regions: RegionSet, region: str, layer: int, placed: dict[int, int], with_checksum: bool
-) -> LayerEntry:
+def build_entry(regions: RegionSet, region: str, layer: int, placed: dict[int, int]) -> LayerEntry:
     """`placed` maps transfer position -> source unit for one (region, layer)."""
     positions = tuple(sorted(placed))
     units = [placed[p] for p in positions]
-    checksum = layer_checksum(regions, region, layer, units) if with_checksum else None
+    checksum = layer_checksum(regions, region, layer, units)
     return LayerEntry(region, layer, positions, len(units) * regions.unit_bytes(region), checksum)

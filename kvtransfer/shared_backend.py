@@ -6,6 +6,8 @@ accepts connections and feeds `stream.receive_into`.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import threading
 import time
 import uuid
@@ -25,12 +27,12 @@ from kvtransfer.regions import RegionSet
 
 
 class SharedBackend(TransferBackend):
-    def __init__(self, *, checksums: bool = True, corrupt: tuple[str, int] | None = None) -> None:
-        self.checksums = checksums
+    def __init__(self, *, corrupt: tuple[str, int] | None = None) -> None:
         self.corrupt = corrupt  # test hook: (region, layer) whose first payload gets a flipped byte
-        self.book = ReceiveBook(verify_checksums=checksums)
+        self.book = ReceiveBook()
         self.regions: RegionSet | None = None
-        self._exposed: dict[str, tuple[dict[str, tuple[int, ...]], float]] = {}
+        # transfer id -> (units, deadline (monotonic), secret)
+        self._exposed: dict[str, tuple[dict[str, tuple[int, ...]], float, str]] = {}
         self._exposed_lock = threading.Lock()
 
     @property
@@ -53,6 +55,7 @@ class SharedBackend(TransferBackend):
         deadline_s: float,
         skip_blocks: int,
         skip_regions: tuple[str, ...],
+        secret: str,
     ) -> TransferDescriptor:
         regions = self._require_regions()
         return TransferDescriptor(
@@ -64,6 +67,7 @@ class SharedBackend(TransferBackend):
             deadline_unix_s=time.time() + deadline_s,
             skip_blocks=skip_blocks,
             skip_regions=tuple(skip_regions),
+            secret=secret,
         )
 
     def expect(
@@ -79,8 +83,8 @@ class SharedBackend(TransferBackend):
             raise TransferError(f"skip_blocks must be >= 0, got {skip_blocks}")
         units = {r: tuple(int(u) for u in ids) for r, ids in dst_units.items()}
         skip = {r: min(skip_blocks, len(units[r])) for r in skip_regions if r in units}
-        self.book.open(transfer_id, units, deadline_s, skip)
-        return self._descriptor(transfer_id, units, deadline_s, skip_blocks, skip_regions)
+        record = self.book.open(transfer_id, units, deadline_s, skip)
+        return self._descriptor(transfer_id, units, deadline_s, skip_blocks, skip_regions, record.secret)
 
     def status(self, transfer_id: str) -> tuple[TransferStatus, str]:
         return self.book.status(transfer_id)
@@ -101,19 +105,28 @@ class SharedBackend(TransferBackend):
         self, transfer_id: str, src_units: dict[str, list[int]], deadline_s: float
     ) -> TransferDescriptor:
         regions = self._require_regions()
+        if not 0 < deadline_s < float("inf"):
+            raise TransferError(f"deadline_s must be positive and finite, got {deadline_s}")
         units = {r: tuple(int(u) for u in ids) for r, ids in src_units.items()}
         regions.check_units(units)
+        secret = secrets.token_hex(16)
         with self._exposed_lock:
             if transfer_id in self._exposed:
                 raise TransferError(f"transfer id {transfer_id!r} is already exposed")
-            self._exposed[transfer_id] = (units, time.monotonic() + deadline_s)
-        return self._descriptor(transfer_id, units, deadline_s, 0, ())
+            self._exposed[transfer_id] = (units, time.monotonic() + deadline_s, secret)
+        return self._descriptor(transfer_id, units, deadline_s, 0, (), secret)
 
-    def exposed_units(self, transfer_id: str) -> dict[str, tuple[int, ...]]:
+    def exposed_units(self, transfer_id: object, secret: object) -> dict[str, tuple[int, ...]]:
+        """The units exposed as `transfer_id`, for a reader that presents its secret."""
         with self._exposed_lock:
-            entry = self._exposed.get(transfer_id)
-        if entry is None or time.monotonic() > entry[1]:
-            raise TransferError(f"transfer id {transfer_id!r} is not exposed (unknown or expired)")
+            entry = self._exposed.get(str(transfer_id))
+        if (
+            entry is None
+            or time.monotonic() > entry[1]
+            or not isinstance(secret, str)
+            or not hmac.compare_digest(entry[2].encode(), secret.encode())
+        ):
+            raise TransferError(f"transfer id {transfer_id!r} is not exposed (unknown, expired or wrong secret)")
         return entry[0]
 
     def _open_read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> str:
@@ -127,8 +140,8 @@ class SharedBackend(TransferBackend):
         if left <= 0:
             raise TransferError(f"read(): descriptor {descriptor.transfer_id!r} already expired")
         local_id = f"read:{descriptor.transfer_id}:{uuid.uuid4().hex}"
-        self.book.open(local_id, units, left, {})
-        self.book.begin(local_id)
+        record = self.book.open(local_id, units, left, {})
+        self.book.begin(local_id, record.secret)
         return local_id
 
     def _finish_read(self, local_id: str) -> TransferResult:

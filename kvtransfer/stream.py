@@ -1,11 +1,11 @@
 """The transport-independent halves of a transfer: the sending handle and the receive loop.
 
 On the wire a transfer is a sequence of control messages (JSON dicts) and raw payloads:
-  {"kind": "open", "transfer_id"}                       (or "read" for a pull, see backends)
+  {"kind": "open", "transfer_id", "secret"}             (or "read" for a pull, see backends)
   {"kind": "data", "region", "layer", "runs": [[position, count], ...]}  then one payload per run
   {"kind": "finish", "manifest": {...}}  |  {"kind": "abort", "reason"}
 Positions index the descriptor's unit lists; the receiver maps them to its own units, so a sender
-can only ever write into the units reserved for its transfer.
+can only ever write into the units reserved for its transfer, and only with its secret.
 """
 
 from __future__ import annotations
@@ -49,12 +49,11 @@ class StreamSendHandle(SendHandle):
         regions: RegionSet,
         descriptor: TransferDescriptor,
         *,
-        checksums: bool = True,
         corrupt: tuple[str, int] | None = None,
         send_open: bool = True,
     ) -> None:
         self._link, self._regions, self._desc = link, regions, descriptor
-        self._checksums, self._corrupt = checksums, corrupt
+        self._corrupt = corrupt
         _check_layouts(regions, descriptor)
         self._lock = threading.Lock()
         self._placed: dict[tuple[str, int], dict[int, int]] = {}
@@ -64,7 +63,8 @@ class StreamSendHandle(SendHandle):
         self._closed = False
         self._done = threading.Event()
         if send_open:
-            self._ops.put(("control", {"kind": "open", "transfer_id": descriptor.transfer_id}))
+            open_msg = {"kind": "open", "transfer_id": descriptor.transfer_id, "secret": descriptor.secret}
+            self._ops.put(("control", open_msg))
         self._thread = threading.Thread(target=self._run, name=f"send-{descriptor.transfer_id}", daemon=True)
         self._thread.start()
 
@@ -159,7 +159,7 @@ class StreamSendHandle(SendHandle):
         with self._lock:
             placed = {key: dict(v) for key, v in self._placed.items()}
         entries = tuple(
-            build_entry(self._regions, region, layer, units, self._checksums)
+            build_entry(self._regions, region, layer, units)
             for (region, layer), units in sorted(placed.items())
         )
         layouts = {r: self._regions.layouts[r] for r in self._desc.dst_units}

@@ -1,13 +1,14 @@
 """`tcp`: one TCP connection per transfer. Frames: b"BKV1" + u32 length + JSON control message;
 a data message is followed by its raw payloads, received straight into the destination units
-(`recv_into` a memoryview of the tensor) and sent straight from the source units (`sendall`)."""
+(`recv_into` a memoryview of the tensor) and sent straight from the source units (`sendall`).
+Connections pass `tcp_gate.ConnectionGate` first: no thread and no buffer beyond the bytes that
+arrived until the first frame names a transfer this backend expects, with its secret. Payload
+sizes come from the reservation (the book's views), never from the peer."""
 
 from __future__ import annotations
 
 import json
 import socket
-import struct
-import threading
 import time
 from typing import Any
 
@@ -16,10 +17,11 @@ import torch
 from kvtransfer.base import SendHandle, TransferDescriptor, TransferError, TransferResult
 from kvtransfer.shared_backend import SharedBackend
 from kvtransfer.stream import StreamSendHandle, receive_into, serve_read
+from kvtransfer.tcp_gate import HEADER as _HEADER
+from kvtransfer.tcp_gate import MAGIC as _MAGIC
+from kvtransfer.tcp_gate import ConnectionGate, GateLimits
 
-_HEADER = struct.Struct("!4sI")
-_MAGIC = b"BKV1"
-_MAX_CONTROL = 64 << 20
+MAX_CONTROL_BYTES = 4 << 20  # control frames after the first (a manifest) of an authorized transfer
 
 
 def _bytes_of(view: torch.Tensor) -> memoryview:
@@ -80,7 +82,7 @@ class TcpSource:
         head = bytearray(_HEADER.size)
         self._recv_exact(memoryview(head), deadline_mono)
         magic, length = _HEADER.unpack(head)
-        if magic != _MAGIC or length > _MAX_CONTROL:
+        if magic != _MAGIC or length > MAX_CONTROL_BYTES:
             raise TransferError(f"bad frame header {bytes(head)!r}")
         body = bytearray(length)
         self._recv_exact(memoryview(body), deadline_mono)
@@ -94,12 +96,11 @@ class TcpSource:
 class TcpBackend(SharedBackend):
     name = "tcp"
 
-    def __init__(self, host: str = "127.0.0.1", **options: Any) -> None:
+    def __init__(self, host: str = "127.0.0.1", gate: GateLimits | None = None, **options: Any) -> None:
         super().__init__(**options)
-        self._listener = socket.create_server((host, 0))
+        self._listener = socket.create_server((host, 0), backlog=128)
         self._address = f"{host}:{self._listener.getsockname()[1]}".encode()
-        self._stopping = False
-        threading.Thread(target=self._accept_loop, name="tcp-accept", daemon=True).start()
+        self.gate = ConnectionGate(self._listener, self._authorize, self._serve, gate or GateLimits())
 
     @property
     def address(self) -> bytes:
@@ -120,7 +121,7 @@ class TcpBackend(SharedBackend):
     def open_send(self, descriptor: TransferDescriptor) -> SendHandle:
         regions = self._require_regions()
         link = TcpLink(self._connect(descriptor), descriptor.deadline_unix_s)
-        return StreamSendHandle(link, regions, descriptor, checksums=self.checksums, corrupt=self.corrupt)
+        return StreamSendHandle(link, regions, descriptor, corrupt=self.corrupt)
 
     def read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> TransferResult:
         local_id = self._open_read(descriptor, dst_units_local)
@@ -134,6 +135,7 @@ class TcpBackend(SharedBackend):
                 {
                     "kind": "read",
                     "transfer_id": descriptor.transfer_id,
+                    "secret": descriptor.secret,
                     "dst_units": dst_units_local,
                     "deadline_unix_s": descriptor.deadline_unix_s,
                 }
@@ -145,32 +147,31 @@ class TcpBackend(SharedBackend):
             sock.close()
         return self._finish_read(local_id)
 
-    def _accept_loop(self) -> None:
-        while not self._stopping:
+    def _authorize(self, first: dict[str, Any]) -> bool:
+        """Gate check of a connection's first frame: a transfer we expect, or a prefix we expose."""
+        if first.get("kind") == "open":
+            return self.book.authorized(first.get("transfer_id"), first.get("secret"))
+        if first.get("kind") == "read":
             try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._serve, args=(conn,), name="tcp-conn", daemon=True).start()
+                self.exposed_units(first.get("transfer_id"), first.get("secret"))
+            except TransferError:
+                return False
+            return True
+        return False
 
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            first = TcpSource(conn).recv_control(time.monotonic() + 30.0)
-            if first.get("kind") == "open":
-                self.book.begin(first["transfer_id"])
-                receive_into(self.book, first["transfer_id"], TcpSource(conn))
-            elif first.get("kind") == "read":
-                self._serve_read(conn, first)
-        except Exception:
-            pass  # the peer sees the connection close; the book already holds any failure
-        finally:
-            conn.close()
+    def _serve(self, conn: socket.socket, first: dict[str, Any]) -> None:
+        """A serving thread, for an authorized connection (the gate closes it afterwards)."""
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if first["kind"] == "open":
+            self.book.begin(first["transfer_id"], first["secret"])
+            receive_into(self.book, first["transfer_id"], TcpSource(conn))
+        else:
+            self._serve_read(conn, first)
 
     def _serve_read(self, conn: socket.socket, request: dict[str, Any]) -> None:
         deadline = float(request["deadline_unix_s"])
         try:
-            exposed = self.exposed_units(request["transfer_id"])
+            exposed = self.exposed_units(request["transfer_id"], request["secret"])
         except TransferError as exc:
             TcpLink(conn, deadline).send_control({"kind": "abort", "reason": str(exc)})
             return
@@ -180,7 +181,6 @@ class TcpBackend(SharedBackend):
                 TcpLink(conn, deadline),
                 regions,
                 d,
-                checksums=self.checksums,
                 corrupt=self.corrupt,
                 send_open=False,
             ),
@@ -192,10 +192,10 @@ class TcpBackend(SharedBackend):
         )
 
     def close(self) -> None:
-        self._stopping = True
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.gate.close()
         self._listener.close()
         super().close()

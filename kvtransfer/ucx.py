@@ -4,6 +4,8 @@ Peers connect with `create_from_worker_address(..., endpoint_error_handling=Fals
 (UCX picks shared memory / CMA zero-copy) but without UCX's own failure detection, so every wait
 here carries our deadline. Tags: 0xFFFF_FFFF_0000_0000 is the well-known "open" tag; a transfer's
 messages use (channel << 32 | seq), channel random per direction, seq counting messages.
+An open message is served only when it names a transfer this backend expects (or a prefix it
+exposes) with its secret, by a bounded pool of threads; anything else is dropped unanswered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,8 @@ os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
 OPEN_TAG = 0xFFFF_FFFF_0000_0000
 OPEN_BUFFER_BYTES = 1 << 20
 MAX_INFLIGHT = 64
+MAX_CONTROL_BYTES = 4 << 20  # control messages after the open message (a manifest)
+MAX_SERVING = 128  # threads serving authorized open messages; more wait in the pool's queue
 _LEN = struct.Struct("!Q")
 
 
@@ -121,7 +126,7 @@ class UcxSource:
         head = np.zeros(_LEN.size, dtype=np.uint8)
         self._recv([head], deadline_mono)
         (length,) = _LEN.unpack(head.tobytes())
-        if length > 64 << 20:
+        if length > MAX_CONTROL_BYTES:
             raise TransferError(f"control message of {length} bytes refused")
         body = np.zeros(length, dtype=np.uint8)
         self._recv([body], deadline_mono)
@@ -144,6 +149,7 @@ class UcxBackend(SharedBackend):
         self._endpoints: dict[bytes, Any] = {}
         self._ep_lock = threading.Lock()
         self._stopping = False
+        self._pool = ThreadPoolExecutor(max_workers=MAX_SERVING, thread_name_prefix="ucx-serve")
         self._acceptor = threading.Thread(target=self._accept_loop, name="ucx-accept", daemon=True)
         self._acceptor.start()
 
@@ -165,9 +171,7 @@ class UcxBackend(SharedBackend):
 
     def open_send(self, descriptor: TransferDescriptor) -> SendHandle:
         link = UcxLink(self._api, self._endpoint(descriptor.address), _channel(), descriptor.deadline_unix_s)
-        return StreamSendHandle(
-            link, self._require_regions(), descriptor, checksums=self.checksums, corrupt=self.corrupt
-        )
+        return StreamSendHandle(link, self._require_regions(), descriptor, corrupt=self.corrupt)
 
     def read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> TransferResult:
         local_id = self._open_read(descriptor, dst_units_local)
@@ -180,6 +184,7 @@ class UcxBackend(SharedBackend):
                 {
                     "kind": "read",
                     "transfer_id": descriptor.transfer_id,
+                    "secret": descriptor.secret,
                     "dst_units": dst_units_local,
                     "deadline_unix_s": descriptor.deadline_unix_s,
                     "reply_channel": reply_channel,
@@ -205,12 +210,24 @@ class UcxBackend(SharedBackend):
                 msg = json.loads(buf[_LEN.size : _LEN.size + length].tobytes())
             except Exception:
                 continue  # a malformed open message: nobody to answer
-            threading.Thread(target=self._serve, args=(msg,), name="ucx-conn", daemon=True).start()
+            if isinstance(msg, dict) and self._authorize(msg):
+                self._pool.submit(self._serve, msg)
+
+    def _authorize(self, msg: dict[str, Any]) -> bool:
+        if msg.get("kind") == "open":
+            return self.book.authorized(msg.get("transfer_id"), msg.get("secret"))
+        if msg.get("kind") == "read":
+            try:
+                self.exposed_units(msg.get("transfer_id"), msg.get("secret"))
+            except TransferError:
+                return False
+            return True
+        return False
 
     def _serve(self, msg: dict[str, Any]) -> None:
         try:
             if msg.get("kind") == "open":
-                self.book.begin(msg["transfer_id"])
+                self.book.begin(msg["transfer_id"], msg.get("secret"))
                 receive_into(
                     self.book, msg["transfer_id"], UcxSource(self._api, self._worker, int(msg["channel"]))
                 )
@@ -225,14 +242,14 @@ class UcxBackend(SharedBackend):
         make_link = lambda: UcxLink(self._api, ep, int(request["reply_channel"]), deadline)  # noqa: E731
         link = make_link()
         try:
-            exposed = self.exposed_units(request["transfer_id"])
+            exposed = self.exposed_units(request["transfer_id"], request.get("secret"))
         except TransferError as exc:
             link.send_control({"kind": "abort", "reason": str(exc)})
             return
         regions = self._require_regions()
         serve_read(
             lambda d: StreamSendHandle(
-                link, regions, d, checksums=self.checksums, corrupt=self.corrupt, send_open=False
+                link, regions, d, corrupt=self.corrupt, send_open=False
             ),
             regions,
             exposed,
@@ -247,6 +264,7 @@ class UcxBackend(SharedBackend):
         self._stopping = True
         super().close()
         self._acceptor.join(timeout=2.0)
+        self._pool.shutdown(wait=False)
         with self._ep_lock:
             self._endpoints.clear()
         self._worker.cancel_inflight_requests()

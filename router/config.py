@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from router.limits import RequestLimits
+from rpc.cluster_auth import ClusterCredential
 from rpc.tls import TlsConfig
 
 
@@ -54,3 +55,6 @@ class RouterConfig:
             max_stop_bytes=self.max_stop_bytes,
             max_stop_token_ids=self.max_stop_token_ids,
         )
+    cluster: ClusterCredential = field(default_factory=ClusterCredential)  # sent to the workers
+    stall_timeout_s: float = 5.0  # no token, no heartbeat this long from a worker: fail over
+    prefill_progress_deadline_s: float = 30.0  # no computed chunk this long (heartbeats or not): fail over

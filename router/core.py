@@ -72,7 +72,7 @@ class RouterCore:
         self.hasher = PromptHasher(config.block_size, max_bytes=config.max_session_bytes)
         self.tokenize_pool = TokenizePool(config.tokenize_threads, config.tokenize_queue)
         self.metrics = RouterMetrics()
-        self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id)
+        self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id, cluster=config.cluster)
         from router.policy import RoutingConfig, RoutingPolicy
 
         self.policy = RoutingPolicy(

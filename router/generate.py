@@ -24,17 +24,19 @@ from baton_pb.v1 import common_pb2, public_pb2, worker_pb2
 from engine.tokenizer import IncrementalDecoder
 from router.prompts import PreparedRequest
 from router.registry import WorkerHandle
+from router.stall_watch import StallWatch, WorkerStalled
 from rpc.convert import sampling_to_proto
 from rpc.errors import AdmissionRejected, ServiceUnavailable, is_draining_refusal, retry_after_ms
 
 log = logging.getLogger(__name__)
 # Every attempt re-routes the session (prompt + tokens already streamed), so a retry is idempotent
 # from the client's side; the waits between attempts grow so a dying cluster is not hammered.
+# The retry budget is a number of attempts, not wall time: a stalled peer costs one attempt
+# (bounded by the stall timeout), never the budget of the attempts after it.
 MAX_ATTEMPTS = 6
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
-RETRY_BUDGET_S = 30.0  # no new attempt starts this long after the first failure
-CONTROL_TIMEOUT_S = 10.0  # Reserve, CancelReservation, Abort: short control calls
+CONTROL_TIMEOUT_S = 10.0  # CancelReservation, Abort: short control calls
 # A call failing with one of these may mean the worker is gone (the registry probes it).
 SUSPICIOUS = {
     grpc.StatusCode.UNAVAILABLE,
@@ -84,7 +86,6 @@ class GenerateFlow:
 
     def run(self) -> Iterator[public_pb2.GenerateResponse]:
         params = self.prepared.params
-        first_failure: float | None = None
         while not self.state.finish_reason:
             remaining = params.max_tokens - len(self.state.emitted)
             if remaining <= 0:
@@ -98,9 +99,7 @@ class GenerateFlow:
                     self.state.finish_reason = "abort"
                     break
                 code = _code(error)
-                first_failure = first_failure or time.monotonic()
-                out_of_budget = time.monotonic() - first_failure > RETRY_BUDGET_S
-                if code not in RETRYABLE or self.state.attempts >= MAX_ATTEMPTS or out_of_budget:
+                if code not in RETRYABLE or self.state.attempts >= MAX_ATTEMPTS:
                     raise _final_error(error, self.state.attempts) from error
                 log.warning(
                     "request %s attempt %d failed (%s: %s); retrying elsewhere",
@@ -148,7 +147,7 @@ class GenerateFlow:
                     worker_pb2.WorkerGenerateRequest(request=request),
                     timeout=self.router.config.rpc_timeout_s,
                 )
-                yield from self._relay(chunks, computing=True)
+                yield from self._relay(StallWatch(chunks, self.router.config.stall_timeout_s), computing=True)
             self.router.sessions.record(self.prepared.session_key, decode.worker_id, "")
             return
         yield from self._disaggregated(decision, request, worker_request_id, reserved)
@@ -185,7 +184,7 @@ class GenerateFlow:
                 worker_pb2.ReserveRequest(
                     request=request, transfer_id=transfer_id, deadline_s=self.router.config.transfer_deadline_s
                 ),
-                timeout=CONTROL_TIMEOUT_S,
+                timeout=self._control_timeout_s(),
             )
 
     def _disaggregated(self, decision, request: worker_pb2.WorkerRequest, worker_request_id: str, reserved=None):
@@ -197,13 +196,7 @@ class GenerateFlow:
         decoding = False
         try:
             with self._blame(prefill):
-                # The reservation waits at most transfer_deadline_s for the transfer: no longer.
-                prefilled = prefill.prefill.Prefill(
-                    worker_pb2.PrefillRequest(
-                        request=request, destination=reserved.descriptor, fetch=decision.fetch
-                    ),
-                    timeout=config.transfer_deadline_s,
-                )
+                prefilled = self._prefill(prefill, request, reserved.descriptor, decision.fetch)
             # usage.cached_tokens: prompt tokens the computing (prefill) worker did not compute, from
             # its cache or fetched from a peer. The blocks the decode worker already held only saved
             # transfer, not compute (the prefill worker computed them anyway): a metric of their own.
@@ -222,11 +215,34 @@ class GenerateFlow:
                     timeout=config.rpc_timeout_s,
                 )
                 decoding = True
-                yield from self._relay(chunks, computing=False)
+                yield from self._relay(StallWatch(chunks, config.stall_timeout_s), computing=False)
         finally:
             if not decoding:  # failed, or the client left before Decode: free the pages now
                 self._cancel_reservation(decode, worker_request_id)
         self.router.sessions.record(self.prepared.session_key, decode.worker_id, prefill.worker_id)
+
+    def _prefill(self, prefill: WorkerHandle, request, descriptor, fetch) -> worker_pb2.PrefillResponse:
+        """PrefillStream, watched: silence or no computed chunk for too long fails the attempt."""
+        config = self.router.config
+        call = prefill.prefill.PrefillStream(
+            worker_pb2.PrefillRequest(request=request, destination=descriptor, fetch=fetch),
+            timeout=config.transfer_deadline_s,  # the reservation waits no longer for the transfer
+        )
+        watch = StallWatch(
+            call,
+            config.stall_timeout_s,
+            progress_deadline_s=config.prefill_progress_deadline_s,
+            is_progress=lambda message: not message.heartbeat,
+        )
+        for message in watch:
+            if message.HasField("result"):
+                call.cancel()  # nothing follows the result; free the stream now
+                return message.result
+        raise _stream_ended_early()
+
+    def _control_timeout_s(self) -> float:
+        """A control call to a stalled worker should not outlast the stall timeout by much."""
+        return max(2 * self.router.config.stall_timeout_s, 1.0)
 
     def _relay(self, chunks, computing: bool) -> Iterator[public_pb2.GenerateResponse]:
         """Forwards a worker's TokenChunks; if the stream breaks, the caller fails over. If the
@@ -256,8 +272,12 @@ class GenerateFlow:
         except grpc.RpcError as error:
             if is_draining_refusal(error):
                 handle.draining = True  # now, not at the registry's next poll
+            elif isinstance(error, WorkerStalled) and not self.state.aborted:
+                log.warning("worker %s stalled: %s", handle.worker_id, error.details())
+                self.router.metrics.count("stalls")
+                self.router.registry.mark_down(handle, verify=False)  # it would not answer a probe
             elif error.code() in SUSPICIOUS and not self.state.aborted:
-                self.router.registry.mark_down(handle)
+                self.router.registry.mark_down(handle, timeout_s=self._control_timeout_s())
             raise
 
     def _tokens_response(self, tokens: list[int], logprobs=()) -> public_pb2.GenerateResponse:

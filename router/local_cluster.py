@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from dataclasses import dataclass
 
 from router.config import RouterConfig
 from router.pools.base import WorkerSpec
 from router.server import RunningRouter, start_router
+from rpc.cluster_auth import ClusterCredential
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,12 @@ class LocalCluster:
 
     def start(self) -> None:
         spec = self.spec
+        config = spec.router or RouterConfig(model=spec.model, listen="127.0.0.1:0", index=spec.index)
+        cluster = _cluster_credential(config)
         worker_spec = WorkerSpec(
-            model=spec.model, transfer=spec.transfer, index=spec.index, memory_gb=spec.memory_gb, extra_args=spec.worker_args
-        )
+            model=spec.model, transfer=spec.transfer, index=spec.index, memory_gb=spec.memory_gb,
+            extra_args=spec.worker_args, cluster_token=cluster.token,
+        )  # fmt: skip
         if spec.pool == "ray":
             from router.pools.ray_pool import RayPool
 
@@ -61,10 +66,14 @@ class LocalCluster:
 
             self.pool = ProcessPool(worker_spec)
         self.pool.start(spec.prefill, spec.decode)
-        config = spec.router or RouterConfig(model=spec.model, listen="127.0.0.1:0", index=spec.index)
-        config = dataclasses.replace(config, model=spec.router_model or spec.model, index=spec.index)
+        config = dataclasses.replace(config, model=spec.router_model or spec.model, index=spec.index, cluster=cluster)
         self.router = start_router(config, self.pool)
         self.router.core.registry.wait_until_ready(spec.prefill, spec.decode)
+
+    @property
+    def cluster_token(self) -> str:
+        """What the router sends the workers; tests acting as a cluster member use it."""
+        return self.router.core.config.cluster.token if self.router else ""
 
     @property
     def address(self) -> str:
@@ -81,3 +90,14 @@ class LocalCluster:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+def _cluster_credential(config: RouterConfig) -> ClusterCredential:
+    """The router's token, else BATON_CLUSTER_TOKEN, else a fresh random one: the workers of a
+    one-command cluster accept only their router (and each other) without any setup."""
+    if config.cluster.token:
+        return config.cluster
+    from_env = ClusterCredential.from_env()
+    if from_env.token:
+        return from_env
+    return dataclasses.replace(from_env, token=secrets.token_urlsafe(32))

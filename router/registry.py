@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
 
 from baton_pb.v1 import admin_pb2, worker_pb2, worker_pb2_grpc
 from prefix_index.base import IndexUnavailable, PrefixIndex, index_events_by_namespace
+from rpc.cluster_auth import ClusterCredential
 from rpc.grpc_server import insecure_or_tls_channel
 from rpc.tls import TlsConfig
 
@@ -54,6 +56,7 @@ class WorkerRegistry:
         poll_s: float = 0.5,
         tls: TlsConfig | None = None,
         model_identity: str = "",
+        cluster: ClusterCredential | None = None,
     ) -> None:
         self.pool = pool
         self.model_identity = model_identity  # workers serving other weights are refused
@@ -61,10 +64,14 @@ class WorkerRegistry:
         self.feed_index = feed_index
         self.poll_s = poll_s
         self.tls = tls
+        self.cluster = cluster
         self._lock = threading.Lock()
         self._workers: dict[str, WorkerHandle] = {}  # by address
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="worker-registry", daemon=True)
+        # Loads are polled in parallel: a stopped worker's probe (up to LOAD_TIMEOUT_S) must not
+        # hold back the others' loads.
+        self._pollers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="load-poll")
 
     def start(self) -> WorkerRegistry:
         self.refresh()
@@ -73,6 +80,7 @@ class WorkerRegistry:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._pollers.shutdown(wait=False)
         with self._lock:
             workers = list(self._workers.values())
         for handle in workers:
@@ -95,12 +103,12 @@ class WorkerRegistry:
     def by_id(self, worker_id: str) -> WorkerHandle | None:
         return next((h for h in self.workers() if h.worker_id == worker_id or h.address == worker_id), None)
 
-    def mark_down(self, handle: WorkerHandle, verify: bool = True) -> None:
+    def mark_down(self, handle: WorkerHandle, verify: bool = True, timeout_s: float = LOAD_TIMEOUT_S) -> None:
         """A call to this worker failed as if it were gone: unless it still answers a load probe
         (the failure was the request's, not the worker's), stop routing to it until it answers."""
         if verify:
             try:
-                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=LOAD_TIMEOUT_S)
+                handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=timeout_s)
                 return
             except grpc.RpcError:
                 pass
@@ -120,8 +128,7 @@ class WorkerRegistry:
         for handle in removed:
             self._clear_from_index(handle)
             handle.channel.close()
-        for handle in handles:
-            self._poll_load(handle)
+        list(self._pollers.map(self._poll_load, handles))
 
     def _poll_forever(self) -> None:
         while not self._stopped.wait(self.poll_s):
@@ -131,7 +138,7 @@ class WorkerRegistry:
                 log.exception("worker refresh failed")
 
     def _connect(self, address: str, role: str) -> WorkerHandle:
-        channel = insecure_or_tls_channel(address, self.tls)
+        channel = insecure_or_tls_channel(address, self.tls, self.cluster)
         return WorkerHandle(
             address=address,
             role=role,

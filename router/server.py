@@ -21,6 +21,7 @@ from router.openai.server import RunningHttp, start_http
 from router.service import AdminServicer, BatonServicer
 from rpc import grpc_server
 from rpc.auth import TokenAuth
+from rpc.cluster_auth import ClusterCredential
 from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,15 @@ def arg_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-session-bytes", type=int, default=256 * 1024 * 1024, help="memory the router keeps for sessions")
     limits.add_argument("--tokenize-threads", type=int, default=4, help="threads that tokenize large prompts")
     limits.add_argument("--tokenize-queue", type=int, default=16, help="large prompts waiting to tokenize before RESOURCE_EXHAUSTED")
+    parser.add_argument(
+        "--cluster-token-file", default="", help="the token worker RPCs demand (else BATON_CLUSTER_TOKEN)"
+    )
+    parser.add_argument(
+        "--stall-timeout-s", type=float, default=5.0, help="no token or heartbeat this long: fail over"
+    )
+    parser.add_argument(
+        "--prefill-progress-deadline-s", type=float, default=30.0, help="no prefill chunk this long: fail over"
+    )
     return parser
 
 
@@ -166,6 +176,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_session_bytes=args.max_session_bytes,
         tokenize_threads=args.tokenize_threads,
         tokenize_queue=args.tokenize_queue,
+        cluster=ClusterCredential.from_env(args.cluster_token_file),
+        stall_timeout_s=args.stall_timeout_s,
+        prefill_progress_deadline_s=args.prefill_progress_deadline_s,
     )
 
 

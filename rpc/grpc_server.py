@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rpc.cluster_auth import ClusterCredential, ClusterTokenClientInterceptor
 from rpc.tls import TlsConfig
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -67,10 +68,17 @@ def set_not_serving(health_servicer: health.HealthServicer, names: Sequence[str]
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def insecure_or_tls_channel(address: str, tls: TlsConfig | None = None) -> grpc.Channel:
+def insecure_or_tls_channel(
+    address: str, tls: TlsConfig | None = None, cluster: ClusterCredential | None = None
+) -> grpc.Channel:
+    """A channel to `address`; with a `cluster` token every call carries it (calls to workers)."""
     if tls and tls.ca:
-        return grpc.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = grpc.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    if cluster is not None and cluster.token:
+        return grpc.intercept_channel(channel, ClusterTokenClientInterceptor(cluster))
+    return channel
 
 
 def aio_channel(address: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rpc.cluster_auth import ClusterCredential
 from rpc.tls import TlsConfig
 
 Role = Literal["prefill", "decode"]
@@ -34,6 +35,10 @@ class WorkerConfig:
     ready_file: str = ""
     redis_key_prefix: str = "baton"
     tls: TlsConfig = field(default_factory=TlsConfig)
+    cluster: ClusterCredential = field(default_factory=ClusterCredential)
+    max_reservation_s: float = 60.0  # longer Reserve deadlines are clamped to this
+    tenant_reservation_share: float = 0.5  # of the state slots, held by one tenant's reservations
+    heartbeat_s: float = 1.0  # liveness beat on token/progress streams while nothing else is sent
 
     @property
     def address(self) -> str:
@@ -71,6 +76,21 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         help="prefix of every Redis key of the index (must match the router's)",
     )
     parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
+    parser.add_argument(
+        "--cluster-token-file",
+        default="",
+        help="file holding the cluster token that worker RPCs demand (else BATON_CLUSTER_TOKEN)",
+    )
+    parser.add_argument(
+        "--max-reservation-s", type=float, default=60.0, help="longest Reserve deadline (longer: clamped)"
+    )
+    parser.add_argument(
+        "--tenant-reservation-share",
+        type=float,
+        default=0.5,
+        help="fraction of the state slots one tenant's pending reservations may hold",
+    )
+    parser.add_argument("--heartbeat-s", type=float, default=1.0, help="liveness beat interval on streams")
     return parser
 
 
@@ -94,4 +114,20 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         prefix_cache=not args.no_prefix_cache,
         spec_tokens=args.spec_tokens,
         tls=TlsConfig.from_env(),
+        cluster=ClusterCredential.from_env(args.cluster_token_file),
+        max_reservation_s=_positive("--max-reservation-s", args.max_reservation_s),
+        tenant_reservation_share=_share(args.tenant_reservation_share),
+        heartbeat_s=_positive("--heartbeat-s", args.heartbeat_s),
     )
+
+
+def _positive(flag: str, value: float) -> float:
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"{flag} must be a positive number, got {value}")
+    return value
+
+
+def _share(value: float) -> float:
+    if not 0 < value <= 1:
+        raise SystemExit(f"--tenant-reservation-share must be in (0, 1], got {value}")
+    return value

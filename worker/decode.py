@@ -11,8 +11,11 @@ Life of a request here:
 4. On finish the engine inserts prompt + output into its radix cache with a state checkpoint at
    the end, and publishes `stored` events, so the session's next turn is cheap here.
 A reservation whose `Decode` never comes (the router or the prefill worker died) is freed by the
-reaper after its deadline. `Generate` is the colocated path: prefill here and decode (used for
-short uncached prompts — conditional disaggregation — and in colocated mode).
+reaper after its deadline. Deadlines are clamped to `--max-reservation-s`, and one tenant (cache
+salt) may hold at most `--tenant-reservation-share` of the state slots in pending reservations, so
+no caller can pin every slot. Token streams carry a heartbeat while nothing else is sent.
+`Generate` is the colocated path: prefill here and decode (used for short uncached prompts —
+conditional disaggregation — and in colocated mode).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class PendingReservation:
     request_id: str
     transfer_id: str
     expires_at: float
+    tenant: str = ""
     decoding: bool = False
 
 
@@ -47,6 +51,8 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         self.core = core
         self._lock = threading.Lock()
         self._pending: dict[str, PendingReservation] = {}
+        total_slots = int(core.loop.call(lambda engine: engine.metrics())["slots_total"])
+        self.tenant_limit = max(1, int(core.config.tenant_reservation_share * total_slots))
         self._reaper = threading.Thread(target=self._reap_expired, name="reservation-reaper", daemon=True)
         self._reaper.start()
 
@@ -57,8 +63,9 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 raise AdmissionRejected("worker is draining", draining=True)
             params = sampling_from_proto(req.sampling)
             prompt = list(req.prompt_token_ids)
-            deadline_s = request.deadline_s or DEFAULT_TRANSFER_DEADLINE_S
+            deadline_s = self._deadline(request.deadline_s)
             transfer_id = request.transfer_id or req.request_id
+            self._check_share(req.cache_salt)
             reservation = self.core.loop.call(
                 lambda engine: engine.reserve(req.request_id, prompt, params, cache_salt=req.cache_salt)
             )
@@ -71,7 +78,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 raise
             with self._lock:
                 self._pending[req.request_id] = PendingReservation(
-                    req.request_id, transfer_id, time.monotonic() + deadline_s + 5.0
+                    req.request_id, transfer_id, time.monotonic() + deadline_s + 5.0, req.cache_salt
                 )
             return worker_pb2.ReserveResponse(
                 descriptor=descriptor_to_proto(descriptor), cached_blocks=reservation.cached_blocks
@@ -81,7 +88,12 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         with grpc_errors(context), self.core.admit():
             pending = self._claim(request.request_id)
             deadline = max(1.0, pending.expires_at - time.monotonic())
-            result = self.core.backend.wait(pending.transfer_id, timeout_s=request.transfer_deadline_s or deadline)
+            if request.transfer_deadline_s > 0:
+                deadline = min(deadline, request.transfer_deadline_s)
+            result = None
+            for result in self._wait_transfer(pending.transfer_id, deadline):
+                if result is None:
+                    yield worker_pb2.TokenChunk(heartbeat=True)
             self.core.backend.forget(pending.transfer_id)
             if result.status.name != "DONE":
                 self._release(request.request_id)
@@ -110,6 +122,33 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             self.core.backend.forget(pending.transfer_id)
             self._release(request.request_id)
             return worker_pb2.CancelReservationResponse(cancelled=True)
+
+    def _wait_transfer(self, transfer_id: str, timeout_s: float):
+        """Yields None every heartbeat interval while the transfer runs, then its result."""
+        end = time.monotonic() + timeout_s
+        while True:
+            step = min(self.core.config.heartbeat_s, max(0.0, end - time.monotonic()))
+            result = self.core.backend.wait(transfer_id, timeout_s=step)
+            if result.status.name in ("DONE", "FAILED") or time.monotonic() >= end:
+                yield result
+                return
+            yield None
+
+    def _deadline(self, requested: float) -> float:
+        """The reservation's deadline: the default when unset, never above the configured maximum."""
+        if requested != requested or requested < 0:  # NaN or negative
+            raise ValueError(f"deadline_s must be a positive number of seconds, got {requested}")
+        return min(requested or DEFAULT_TRANSFER_DEADLINE_S, self.core.config.max_reservation_s)
+
+    def _check_share(self, tenant: str) -> None:
+        with self._lock:
+            held = sum(1 for p in self._pending.values() if p.tenant == tenant and not p.decoding)
+        if held >= self.tenant_limit:
+            raise AdmissionRejected(
+                f"tenant holds {held} pending reservations here, its share of the state slots "
+                f"(--tenant-reservation-share); retry when one is used or expires",
+                retry_after_ms=500,
+            )
 
     def _claim(self, request_id: str) -> PendingReservation:
         with self._lock:

@@ -25,6 +25,7 @@ def descriptor_to_proto(descriptor: TransferDescriptor) -> worker_pb2.TransferDe
         ],
         deadline_unix_s=descriptor.deadline_unix_s,
         skip_blocks=descriptor.skip_blocks,
+        secret=descriptor.secret,
     )
 
 
@@ -45,4 +46,5 @@ def descriptor_from_proto(message: worker_pb2.TransferDescriptor) -> TransferDes
         },
         deadline_unix_s=message.deadline_unix_s,
         skip_blocks=message.skip_blocks,
+        secret=message.secret,
     )

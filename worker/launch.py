@@ -17,6 +17,7 @@ import grpc
 
 from baton_pb.v1 import worker_pb2_grpc
 from rpc import grpc_server
+from rpc.cluster_auth import ClusterAuthInterceptor
 from worker.config import Role, WorkerConfig, worker_config_from_args
 from worker.control import WorkerControlServicer
 from worker.core import WorkerCore
@@ -61,9 +62,17 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
     """Serve one worker in this process; `add_role_servicer` registers the role's servicer (given by
     the role's entry point, `prefill_worker` or `decode_worker`, so this module imports neither)."""
     core = WorkerCore(config)
+    guard = ClusterAuthInterceptor(config.cluster, mutual_tls=config.tls.mutual)
+    if not guard.enforced:
+        log.warning(
+            "worker RPCs are open to anyone who can reach %s: set BATON_CLUSTER_TOKEN "
+            "(or --cluster-token-file) or mutual TLS with internal certificates",
+            config.listen,
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(32, 2 * config.max_queue + 16), thread_name_prefix="rpc"),
         options=grpc_server.CHANNEL_OPTIONS,
+        interceptors=[guard],
     )
     worker_pb2_grpc.add_WorkerControlServicer_to_server(WorkerControlServicer(core), server)
     add_role_servicer(core, server)

@@ -88,7 +88,8 @@ def fetch_prefix(core, req: worker_pb2.WorkerRequest, source: worker_pb2.FetchSo
     """Pull `source.blocks` blocks of the prompt from the holder. Returns (fetched tokens, failed)."""
     started = time.perf_counter()
     transfer_id = f"fetch-{req.request_id}-{uuid.uuid4().hex[:6]}"
-    channel = insecure_or_tls_channel(source.address, core.config.tls if core.config.tls.ca else None)
+    tls = core.config.tls if core.config.tls.ca else None
+    channel = insecure_or_tls_channel(source.address, tls, core.config.cluster)
     holder = worker_pb2_grpc.WorkerControlStub(channel)
     try:
         exposed = holder.ExposePrefix(

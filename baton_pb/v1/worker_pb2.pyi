@@ -31,7 +31,7 @@ class RegionUnits(_message.Message):
     def __init__(self, name: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TransferDescriptor(_message.Message):
-    __slots__ = ("transfer_id", "backend", "address", "units", "layouts", "deadline_unix_s", "skip_blocks")
+    __slots__ = ("transfer_id", "backend", "address", "units", "layouts", "deadline_unix_s", "skip_blocks", "secret")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class TransferDescriptor(_message.Message):
     LAYOUTS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     SKIP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     backend: str
     address: bytes
@@ -46,7 +47,8 @@ class TransferDescriptor(_message.Message):
     layouts: _containers.RepeatedCompositeFieldContainer[RegionLayout]
     deadline_unix_s: float
     skip_blocks: int
-    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[RegionUnits, _Mapping]]] = ..., layouts: _Optional[_Iterable[_Union[RegionLayout, _Mapping]]] = ..., deadline_unix_s: _Optional[float] = ..., skip_blocks: _Optional[int] = ...) -> None: ...
+    secret: str
+    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[RegionUnits, _Mapping]]] = ..., layouts: _Optional[_Iterable[_Union[RegionLayout, _Mapping]]] = ..., deadline_unix_s: _Optional[float] = ..., skip_blocks: _Optional[int] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
     __slots__ = ("request_id", "session_id", "prompt_token_ids", "sampling", "cache_salt")
@@ -104,6 +106,16 @@ class PrefillResponse(_message.Message):
     fetch_failed: bool
     def __init__(self, first_token: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., fetched_tokens: _Optional[int] = ..., computed_tokens: _Optional[int] = ..., transfer_bytes: _Optional[int] = ..., prefill_seconds: _Optional[float] = ..., first_logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., fetch_failed: _Optional[bool] = ...) -> None: ...
 
+class PrefillProgress(_message.Message):
+    __slots__ = ("computed_tokens", "heartbeat", "result")
+    COMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    computed_tokens: int
+    heartbeat: bool
+    result: PrefillResponse
+    def __init__(self, computed_tokens: _Optional[int] = ..., heartbeat: _Optional[bool] = ..., result: _Optional[_Union[PrefillResponse, _Mapping]] = ...) -> None: ...
+
 class ReserveRequest(_message.Message):
     __slots__ = ("request", "transfer_id", "deadline_s")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -137,18 +149,20 @@ class WorkerGenerateRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[WorkerRequest, _Mapping]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
-    __slots__ = ("token_ids", "finish_reason", "prompt_tokens", "cached_tokens", "logprobs")
+    __slots__ = ("token_ids", "finish_reason", "prompt_tokens", "cached_tokens", "logprobs", "heartbeat")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: str
     prompt_tokens: int
     cached_tokens: int
     logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ...) -> None: ...
+    heartbeat: bool
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
 
 class CancelReservationRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -335,6 +335,11 @@ class PrefillServiceStub:
                 request_serializer=baton_dot_v1_dot_worker__pb2.PrefillRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_worker__pb2.PrefillResponse.FromString,
                 _registered_method=True)
+        self.PrefillStream = channel.unary_stream(
+                '/baton.v1.PrefillService/PrefillStream',
+                request_serializer=baton_dot_v1_dot_worker__pb2.PrefillRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_worker__pb2.PrefillProgress.FromString,
+                _registered_method=True)
 
 
 class PrefillServiceServicer:
@@ -348,6 +353,15 @@ class PrefillServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrefillStream(self, request, context):
+        """The same, reporting progress after every computed chunk and a heartbeat while nothing else
+        is sent, so the router can tell a long prefill from a stalled worker. The last message
+        carries the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrefillServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -355,6 +369,11 @@ def add_PrefillServiceServicer_to_server(servicer, server):
                     servicer.Prefill,
                     request_deserializer=baton_dot_v1_dot_worker__pb2.PrefillRequest.FromString,
                     response_serializer=baton_dot_v1_dot_worker__pb2.PrefillResponse.SerializeToString,
+            ),
+            'PrefillStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PrefillStream,
+                    request_deserializer=baton_dot_v1_dot_worker__pb2.PrefillRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_worker__pb2.PrefillProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -384,6 +403,33 @@ class PrefillService:
             '/baton.v1.PrefillService/Prefill',
             baton_dot_v1_dot_worker__pb2.PrefillRequest.SerializeToString,
             baton_dot_v1_dot_worker__pb2.PrefillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrefillStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/baton.v1.PrefillService/PrefillStream',
+            baton_dot_v1_dot_worker__pb2.PrefillRequest.SerializeToString,
+            baton_dot_v1_dot_worker__pb2.PrefillProgress.FromString,
             options,
             channel_credentials,
             insecure,

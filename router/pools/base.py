@@ -45,6 +45,11 @@ class WorkerSpec:
     block_size: int = 16
     memory_gb: float = 2.0
     extra_args: tuple[str, ...] = ()
+    cluster_token: str = ""  # handed to each worker as BATON_CLUSTER_TOKEN (never on a command line)
+
+    def env(self) -> dict[str, str]:
+        """Environment variables every worker gets."""
+        return {"BATON_CLUSTER_TOKEN": self.cluster_token} if self.cluster_token else {}
 
     def argv(self, worker_id: str, *, listen: str = "127.0.0.1:0", ready_file: str = "") -> list[str]:
         """Worker flags (without the program): free port, no metrics server, our worker id."""

@@ -87,7 +87,7 @@ class ProcessPool(Pool):
         self._command = command
         self._startup_timeout_s = startup_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**os.environ, **spec.env(), **(env or {})}
         self._dir = Path(tempfile.mkdtemp(prefix="baton-pool-"))
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}  # by worker id; only started (ready) workers

@@ -169,6 +169,8 @@ class RayPool(Pool):
         }
         if self._role_resources[role]:
             options["resources"] = {role: 1}
+        if self.spec.env():
+            options["runtime_env"] = {"env_vars": self.spec.env()}
         handle = self._actor_class.options(**options).remote(
             role, self.spec.argv(worker_id, listen=listen), self._starter, self._remote_cluster
         )

@@ -16,6 +16,8 @@ import grpc
 from baton.client import build_request
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, public_pb2_grpc
 from router.pools.base import PoolMember
+from rpc.cluster_auth import ClusterCredential
+from rpc.grpc_server import insecure_or_tls_channel
 
 # Extra worker flags for every test cluster, e.g. "--no-prefix-cache" while the engine's prefix
 # cache is being worked on. Empty (cache on) is what CI runs.
@@ -151,3 +153,8 @@ def failovers(cluster) -> float:
         "baton_router_events_total", {"event": "failovers"}
     )
     return value or 0.0
+
+
+def member_channel(cluster, address: str) -> grpc.Channel:
+    """A channel to a worker that presents the cluster token, as the router does."""
+    return insecure_or_tls_channel(address, cluster=ClusterCredential(cluster.cluster_token))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import threading
 
-import grpc
 import pytest
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
@@ -18,6 +17,7 @@ from tests.chaos.harness import (
     failovers,
     kill_worker,
     list_workers,
+    member_channel,
     restart_worker,
     stream,
     wait_for,
@@ -104,7 +104,7 @@ def test_unclaimed_reservation_expires_and_is_freed(cluster):
     """A reservation whose transfer never comes (its prefill worker and router both gone) is freed
     by the decode worker's reaper after its deadline."""
     decode = next(w for w in list_workers(cluster) if w.role == "decode")
-    with grpc.insecure_channel(decode.address) as channel:
+    with member_channel(cluster, decode.address) as channel:
         request = worker_pb2.WorkerRequest(request_id="orphan", prompt_token_ids=_prompt(3, 100))
         request.sampling.max_tokens = 4
         reply = worker_pb2_grpc.DecodeServiceStub(channel).Reserve(

@@ -11,7 +11,7 @@ from baton.client import build_request
 from baton_pb.v1 import common_pb2, public_pb2_grpc, worker_pb2, worker_pb2_grpc
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
-from tests.chaos.harness import WORKER_ARGS, list_workers, stream, wait_pools_idle
+from tests.chaos.harness import WORKER_ARGS, list_workers, member_channel, stream, wait_pools_idle
 from tests.helpers.reference import greedy_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -83,7 +83,7 @@ def test_worker_admission_is_bounded(cluster, reference_llm):
         stub = worker_pb2_grpc.DecodeServiceStub(channel)
         return stub.Generate(worker_pb2.WorkerGenerateRequest(request=worker_request), timeout=120)
 
-    with grpc.insecure_channel(decode.address) as channel:
+    with member_channel(cluster, decode.address) as channel:
         hog = _hog(channel, generate)
         with pytest.raises(grpc.RpcError) as direct:  # the worker itself answers with the hint
             second = worker_pb2.WorkerRequest(request_id="second", prompt_token_ids=[1, 2], sampling=sampling)

@@ -200,3 +200,20 @@ def test_servicemonitor_scrapes_every_component():
         and any(p["name"] == "metrics" for p in s["spec"]["ports"])
     }
     assert scraped == {"baton-router", "baton-prefill", "baton-decode"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_and_workers_get_the_cluster_token_from_a_secret(overlay):
+    """Worker RPCs demand the cluster token (rpc/cluster_auth.py): every Baton container reads
+    BATON_CLUSTER_TOKEN from the `baton-cluster` Secret, never from a literal in the manifest."""
+    objects = render_overlay(overlay)
+    for workload in workloads(objects):
+        if workload_component(workload) == "redis":
+            continue
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        secrets = {ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref}
+        # a generated Secret carries a hash suffix (baton-cluster-fhm965hmg2)
+        assert any(n == "baton-cluster" or n.startswith("baton-cluster-") for n in secrets), (
+            f"{workload['metadata']['name']} lacks the cluster token"
+        )
+        assert all(e.get("name") != "BATON_CLUSTER_TOKEN" or "valueFrom" in e for e in container.get("env", []))

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from rpc.cluster_auth import INTERNAL_IDENTITY
+
 
 @dataclass(frozen=True, slots=True)
 class CertFiles:
@@ -58,11 +60,18 @@ def make_ca(
     return cert, key, path
 
 
-def make_leaf(directory: Path, name: str, ca_cert: x509.Certificate, ca_key, ca_path: Path) -> CertFiles:
-    """A certificate for 127.0.0.1 and localhost, good for serving and for client auth."""
+def make_leaf(
+    directory: Path, name: str, ca_cert: x509.Certificate, ca_key, ca_path: Path, uris: tuple[str, ...] = ()
+) -> CertFiles:
+    """A certificate for 127.0.0.1 and localhost, good for serving and for client auth; `uris` are
+    extra URI SANs (the cluster's internal identity, `spiffe://baton/internal`)."""
     key = ec.generate_private_key(ec.SECP256R1())
     alt_names = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            *(x509.UniformResourceIdentifier(uri) for uri in uris),
+        ]
     )
     usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
     builder = (
@@ -83,11 +92,12 @@ def make_leaf(directory: Path, name: str, ca_cert: x509.Certificate, ca_key, ca_
 
 
 def make_pki(directory: Path) -> dict[str, CertFiles]:
-    """`service` (router + workers), `client` (a trusted caller) and `stranger` (signed by another CA)."""
+    """`service` (router + workers, with the internal identity), `client` (a tenant's certificate
+    from the same CA) and `stranger` (signed by another CA)."""
     ca_cert, ca_key, ca_path = make_ca(directory)
     other_cert, other_key, other_path = make_ca(directory, "other-ca")
     return {
-        "service": make_leaf(directory, "service", ca_cert, ca_key, ca_path),
+        "service": make_leaf(directory, "service", ca_cert, ca_key, ca_path, uris=(INTERNAL_IDENTITY,)),
         "client": make_leaf(directory, "client", ca_cert, ca_key, ca_path),
         "stranger": make_leaf(directory, "stranger", other_cert, other_key, other_path),
     }

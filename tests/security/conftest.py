@@ -49,6 +49,17 @@ def tls_environment(files: CertFiles, client_auth: bool = True) -> Iterator[None
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def plaintext_environment() -> Iterator[None]:
+    """No BATON_TLS_* while a plaintext cluster starts (the package's secured cluster sets them)."""
+    names = ("BATON_TLS_CERT", "BATON_TLS_KEY", "BATON_TLS_CA", "BATON_TLS_CLIENT_AUTH")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    try:
+        yield
+    finally:
+        os.environ.update({name: value for name, value in saved.items() if value is not None})
+
+
 def secure_channel(address: str, files: CertFiles | None, ca: str) -> grpc.Channel:
     """A TLS channel that trusts `ca` and presents `files` as the client certificate (if any)."""
     tls = TlsConfig(cert=files.cert if files else "", key=files.key if files else "", ca=ca)
