@@ -25,6 +25,7 @@ from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
 from router.sessions import SessionTable
 from rpc.errors import AdmissionRejected, NotFound, UnknownRequest
+from rpc.logs import request_context
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.2
@@ -49,7 +50,7 @@ class RoutedRequest:
 
 
 class RouterCore:
-    def __init__(self, config: RouterConfig, pool, index: PrefixIndex) -> None:
+    def __init__(self, config: RouterConfig, pool, index: PrefixIndex, metrics: RouterMetrics | None = None) -> None:
         self.config = config
         self.pool = pool
         self.index = index
@@ -59,7 +60,7 @@ class RouterCore:
         self.max_context = int(getattr(self.model_config, "max_position_embeddings", 0) or 32768)
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s)
         self.hasher = PromptHasher(config.block_size)
-        self.metrics = RouterMetrics()
+        self.metrics = metrics or RouterMetrics()
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None)
         from router.policy import RoutingConfig, RoutingPolicy
 
@@ -79,6 +80,10 @@ class RouterCore:
         if request.model and request.model not in (self.model_id, self.config.model):
             raise UnknownModel(f"unknown model {request.model!r}; this router serves {self.model_id!r}")
         request_id = request.request_id or uuid.uuid4().hex
+        with request_context(request_id, request.session_id):
+            yield from self._generate(request, tenant, request_id)
+
+    def _generate(self, request, tenant: str, request_id: str) -> Iterator[public_pb2.GenerateResponse]:
         prepared = prepare(
             request,
             self.tokenizer,
@@ -87,7 +92,7 @@ class RouterCore:
             vocab_size=self.model_config.vocab_size,
             max_context=self.max_context,
             default_max_tokens=self.config.default_max_tokens,
-            max_tokens_limit=self.config.max_tokens_limit,
+            max_tokens_limit=self.config.max_tokens_limit or self.max_context,
         )
         self.metrics.observe_prompt(len(prepared.prompt))
         with self._admitted(), self._registered(GenerateFlow(self, prepared, request.explain)) as flow:
@@ -176,6 +181,7 @@ class RouterCore:
             info.CopyFrom(handle.info)
             info.address, info.role = handle.address, handle.role
             info.draining, info.healthy = handle.draining, handle.healthy
+            info.worker_id, info.state = handle.worker_id, handle.state
             infos.append(info)
         return admin_pb2.ListWorkersResponse(workers=infos)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from router.config import RouterConfig
 from router.pools.base import WorkerSpec
-from router.server import RunningRouter, start_router
+from router.server import RunningRouter, bind_router, start_router
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class ClusterSpec:
     memory_gb: float = 1.0
     worker_args: tuple[str, ...] = ()
     router: RouterConfig | None = None
+    startup_timeout_s: float = 180.0  # per worker: model load + gRPC health SERVING
 
 
 class LocalCluster:
@@ -47,23 +48,34 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> None:
+        """Bind every router port first (a taken port fails here, before any worker starts), then
+        start the workers, then serve."""
+        spec = self.spec
+        config = spec.router or RouterConfig(model=spec.model, listen="127.0.0.1:0", index=spec.index)
+        config = dataclasses.replace(config, model=spec.model, index=spec.index)
+        listeners = bind_router(config)
+        try:
+            self.pool = self._make_pool()
+            self.pool.start(spec.prefill, spec.decode)
+        except BaseException:
+            listeners.close()
+            raise
+        self.router = start_router(config, self.pool, listeners)
+        self.router.core.registry.wait_until_ready(spec.prefill, spec.decode, timeout_s=spec.startup_timeout_s)
+
+    def _make_pool(self):
         spec = self.spec
         worker_spec = WorkerSpec(
             model=spec.model, transfer=spec.transfer, index=spec.index, memory_gb=spec.memory_gb, extra_args=spec.worker_args
         )
+        timeout = spec.startup_timeout_s
         if spec.pool == "ray":
             from router.pools.ray_pool import RayPool
 
-            self.pool = RayPool(worker_spec, address=spec.ray_address)
-        else:
-            from router.pools.process import ProcessPool
+            return RayPool(worker_spec, address=spec.ray_address, startup_timeout_s=timeout)
+        from router.pools.process import ProcessPool
 
-            self.pool = ProcessPool(worker_spec)
-        self.pool.start(spec.prefill, spec.decode)
-        config = spec.router or RouterConfig(model=spec.model, listen="127.0.0.1:0", index=spec.index)
-        config = dataclasses.replace(config, model=spec.model, index=spec.index)
-        self.router = start_router(config, self.pool)
-        self.router.core.registry.wait_until_ready(spec.prefill, spec.decode)
+        return ProcessPool(worker_spec, startup_timeout_s=timeout)
 
     @property
     def address(self) -> str:

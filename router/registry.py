@@ -33,10 +33,21 @@ class WorkerHandle:
     draining: bool = False
     healthy: bool = False
     subscription: threading.Thread | None = None
+    member_id: str = ""  # the pool's name for it (known before the worker ever answers)
+    last_error: str = ""
 
     @property
     def worker_id(self) -> str:
-        return self.info.worker_id or self.address
+        return self.info.worker_id or self.member_id or self.address
+
+    @property
+    def state(self) -> str:
+        """ready | loading (answers, not serving yet; or not polled yet) | draining | unreachable."""
+        if self.draining:
+            return "draining"
+        if self.healthy:
+            return "ready"
+        return "unreachable" if self.failures else "loading"
 
 
 class WorkerRegistry:
@@ -96,7 +107,7 @@ class WorkerRegistry:
             removed = [self._workers.pop(a) for a in gone]
             for address, member in members.items():
                 if address not in self._workers:
-                    self._workers[address] = self._connect(address, member.role)
+                    self._workers[address] = self._connect(address, member.role, member.worker_id)
             handles = list(self._workers.values())
         for handle in removed:
             self._clear_from_index(handle)
@@ -111,11 +122,12 @@ class WorkerRegistry:
             except Exception:  # noqa: BLE001 - keep polling
                 log.exception("worker refresh failed")
 
-    def _connect(self, address: str, role: str) -> WorkerHandle:
+    def _connect(self, address: str, role: str, member_id: str = "") -> WorkerHandle:
         channel = insecure_or_tls_channel(address, self.tls)
         return WorkerHandle(
             address=address,
             role=role,
+            member_id=member_id,
             channel=channel,
             control=worker_pb2_grpc.WorkerControlStub(channel),
             prefill=worker_pb2_grpc.PrefillServiceStub(channel),
@@ -127,12 +139,13 @@ class WorkerRegistry:
             info = handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=LOAD_TIMEOUT_S)
         except grpc.RpcError as error:
             handle.failures += 1
+            handle.last_error = f"{error.code().name}: {error.details()}"
             if handle.failures >= FAILURES_BEFORE_DOWN and handle.healthy:
                 log.warning("worker %s is down: %s", handle.address, error.code())
                 self.mark_down(handle, verify=False)
             return
         restarted = handle.info.epoch and info.epoch != handle.info.epoch
-        handle.info, handle.failures = info, 0
+        handle.info, handle.failures, handle.last_error = info, 0, ""
         handle.healthy = info.healthy
         handle.draining = handle.draining or info.draining
         if restarted:
@@ -169,6 +182,13 @@ class WorkerRegistry:
             log.warning("index unavailable while clearing %s", handle.worker_id)
         except Exception:  # noqa: BLE001
             log.exception("clearing %s from the index failed", handle.worker_id)
+
+    def report_unreachable(self) -> list[WorkerHandle]:
+        """Warn about every worker the last poll could not reach (called at router start)."""
+        unreachable = [h for h in self.workers() if h.state == "unreachable"]
+        for handle in unreachable:
+            log.warning("%s worker at %s is unreachable: %s", handle.role, handle.address, handle.last_error)
+        return unreachable
 
     def wait_until_ready(self, prefill: int, decode: int, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

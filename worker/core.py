@@ -55,6 +55,7 @@ class WorkerCore:
             "requests_error": 0,
         }
         self.publisher = None
+        self.metrics_port = 0  # set by worker.launch once /metrics is served
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -109,6 +110,7 @@ class WorkerCore:
             draining=self.draining.is_set(),
             healthy=self.loop.last_error is None,
             load=load,
+            metrics_port=self.metrics_port,
         )
 
     def wait_idle(self, timeout_s: float) -> bool:

@@ -13,6 +13,8 @@ class WorkerCollector:
         self.worker = running_worker
 
     def collect(self):
+        if self.worker is None:  # bound before the model loaded; nothing to report yet
+            return
         core = self.worker.core
         labels = {"worker_id": core.config.worker_id, "role": core.config.role}
         try:

@@ -23,6 +23,7 @@ import time
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from rpc.convert import sampling_from_proto
 from rpc.errors import grpc_errors
+from rpc.logs import request_context
 from worker.core import WorkerCore
 from worker.descriptors import descriptor_from_proto
 from worker.engine_loop import EngineStopped
@@ -37,7 +38,8 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
         self.core = core
 
     def Prefill(self, request, context):
-        with grpc_errors(context), self.core.admit():
+        req = request.request
+        with request_context(req.request_id, req.session_id), grpc_errors(context), self.core.admit():
             req = request.request
             if not req.prompt_token_ids:
                 raise ValueError("prompt is empty")

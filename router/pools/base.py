@@ -44,14 +44,18 @@ class WorkerSpec:
     index: str = "embedded"
     block_size: int = 16
     memory_gb: float = 2.0
+    metrics: bool = True  # each worker serves /metrics on a free port (reported in ListWorkers)
     extra_args: tuple[str, ...] = ()
 
-    def argv(self, worker_id: str, *, listen: str = "127.0.0.1:0", ready_file: str = "") -> list[str]:
-        """Worker flags (without the program): free port, no metrics server, our worker id."""
+    def argv(
+        self, worker_id: str, *, listen: str = "127.0.0.1:0", ready_file: str = "", insecure: bool = False
+    ) -> list[str]:
+        """Worker flags (without the program): free ports, our worker id. `insecure`: the worker
+        listens beyond loopback without mutual TLS on purpose (a Ray cluster of several nodes)."""
         args = [
             "--model", self.model,
             "--listen", listen,
-            "--metrics-port", "0",
+            "--metrics-port", "any" if self.metrics else "0",
             "--worker-id", worker_id,
             "--transfer", self.transfer,
             "--index", self.index,
@@ -60,6 +64,8 @@ class WorkerSpec:
         ]  # fmt: skip
         if ready_file:
             args += ["--ready-file", ready_file]
+        if insecure:
+            args.append("--insecure")
         return args + list(self.extra_args)
 
 

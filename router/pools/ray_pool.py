@@ -21,6 +21,7 @@ from typing import Any
 from router.pools.base import Pool, PoolError, PoolMember, Role, WorkerSpec, WorkerStartError, check_role
 from router.pools.health import wait_until_serving
 from router.pools.ray_actor import DEFAULT_STARTER, WorkerActor
+from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0
@@ -170,9 +171,15 @@ class RayPool(Pool):
         if self._role_resources[role]:
             options["resources"] = {role: 1}
         handle = self._actor_class.options(**options).remote(
-            role, self.spec.argv(worker_id, listen=listen), self._starter, self._remote_cluster
+            role, self._worker_argv(worker_id, listen), self._starter, self._remote_cluster
         )
         return _Actor(worker_id, role, handle)
+
+    def _worker_argv(self, worker_id: str, listen: str) -> list[str]:
+        # Across nodes workers listen on every interface: without mutual TLS that is a choice the
+        # operator made by using a remote cluster, so the worker is told (and warns).
+        exposed = self._remote_cluster and not TlsConfig.from_env().mutual
+        return self.spec.argv(worker_id, listen=listen, insecure=exposed)
 
     def _wait_ready(self, actor: _Actor) -> None:
         import ray
