@@ -61,6 +61,7 @@ class RouterCore:
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s)
         self.hasher = PromptHasher(config.block_size)
         self.metrics = metrics or RouterMetrics()
+        self.metrics.set_model_name(self.model_id)
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None)
         from router.policy import RoutingConfig, RoutingPolicy
 
@@ -225,6 +226,7 @@ class RouterCore:
     def _admitted(self):
         with self._lock:
             if self._in_flight >= self.config.max_in_flight:
+                self.metrics.count_admission_rejected()
                 raise AdmissionRejected(f"router is full ({self._in_flight} requests in flight)", retry_after_ms=500)
             self._in_flight += 1
         self.metrics.set_queue_depth(self._in_flight)

@@ -51,6 +51,8 @@ class WorkerCore:
             "fetched_tokens": 0,
             "fetch_failures": 0,
             "transfer_bytes": 0,
+            "transfer_seconds": 0.0,
+            "admission_rejections": 0,
             "requests_ok": 0,
             "requests_error": 0,
         }
@@ -63,6 +65,7 @@ class WorkerCore:
             if self.draining.is_set():
                 raise AdmissionRejected(f"worker {self.config.worker_id} is draining", draining=True)
             if self._in_flight >= self.config.max_queue:
+                self.counters["admission_rejections"] += 1
                 raise AdmissionRejected(
                     f"worker {self.config.worker_id} is full ({self._in_flight} requests in flight)"
                 )
@@ -78,7 +81,7 @@ class WorkerCore:
         with self._lock:
             return self._in_flight
 
-    def count(self, name: str, amount: int) -> None:
+    def count(self, name: str, amount: float) -> None:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + amount
 

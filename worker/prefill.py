@@ -75,6 +75,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
             computed = len(prompt) - cached
             self.core.count("computed_tokens", computed)
             self.core.count("transfer_bytes", transfer_bytes)
+            self.core.count("transfer_seconds", sender.seconds())
             return worker_pb2.PrefillResponse(
                 first_token=result.first_token,
                 prompt_tokens=len(prompt),

@@ -6,6 +6,7 @@ stops first, then every worker drains and exits."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -13,6 +14,8 @@ import threading
 
 from baton.commands.scale import non_negative
 from router.flags import add_listen_flags
+
+log = logging.getLogger("baton.serve")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print_endpoints(cluster)
         while not stop.wait(0.5):
             pass
-        print("shutting down ...", file=sys.stderr, flush=True)
+        log.info("shutting down: router first, then the workers drain")
     finally:
         cluster.stop()
     return 0
