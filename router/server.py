@@ -7,7 +7,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         listeners = bind_router(config)  # every port held before anything else happens
         running = start_router(config, StaticPool(split(args.prefill), split(args.decode)), listeners)
     except (ListenError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        log.error("router cannot start: %s", error)  # one line, no traceback
         return 2
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -53,7 +53,8 @@ def json_formatter() -> logging.Formatter:
     return JsonFormatter(
         fmt=JSON_FIELDS,
         rename_fields=RENAMED,
-        json_ensure_ascii=False,
+        # ASCII escapes: no raw U+2028 / NEL in a line, so every line splitter sees one object.
+        json_ensure_ascii=True,
         json_default=str,  # an odd object in `extra` still yields a valid line
     )
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -138,7 +137,7 @@ def main(role: Role, add_role_servicer: AddRoleServicer, argv: list[str] | None 
         running = start_worker(config, add_role_servicer)
     except STARTUP_ERRORS as error:
         # One line, no traceback: the operator's input (model, address) is wrong, not the code.
-        print(f"error: {role} worker: {error}", file=sys.stderr, flush=True)
+        log.error("%s worker cannot start: %s", role, error)
         return 2
     done = threading.Event()
 

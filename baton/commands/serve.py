@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             cluster.start()
         except (PoolError, TimeoutError, OSError, RuntimeError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            log.error("baton serve cannot start: %s", error)  # one line, no traceback
             return 1
         # After start: ray.init installs signal handlers of its own in the driver.
         stop = threading.Event()
