@@ -10,6 +10,9 @@ import pkgutil
 import sys
 
 import baton.commands
+from rpc.logs import quiet_grpc_core
+
+quiet_grpc_core()  # commands import gRPC later (build_parser); its C core stays off stderr
 
 DESCRIPTION = (
     "Baton: disaggregated prefill/decode serving for hybrid-attention LLMs (Qwen3.5 / Qwen3-Next)."

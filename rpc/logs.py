@@ -9,6 +9,11 @@ wraps its work in `request_context(...)`, and a filter copies the context variab
 record logged meanwhile (in that thread or task). Exceptions become the `exc_info` field, a string
 inside the JSON object, never raw multi-line text. `BATON_LOG_FORMAT=text` gives plain lines for
 a terminal; `BATON_LOG_LEVEL` sets the level.
+
+gRPC's C core writes plain-text lines of its own to stderr, outside `logging`. Every failure it
+reports also reaches Python as an exception that we log (a taken port becomes our `ListenError`),
+so the entry points silence it by default (`GRPC_VERBOSITY=NONE`, which gRPC reads when it is
+imported, hence `quiet_grpc_core()` before any import); set `GRPC_VERBOSITY=ERROR` to see them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ def request_context(request_id: str, session_id: str = "") -> Iterator[None]:
     finally:
         REQUEST_ID.reset(request_token)
         SESSION_ID.reset(session_token)
+
+
+def quiet_grpc_core() -> None:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 class RequestContextFilter(logging.Filter):
