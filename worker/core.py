@@ -31,6 +31,12 @@ def build_engine(config: WorkerConfig, model_id: str, on_kv_event):
     return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event, model_id=model_id)
 
 
+def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
+    """(number, total bytes) of the checkpoint's weight files: the scale of the load ahead."""
+    files = [p for p in model_dir.glob("*.safetensors") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
 class WorkerCore:
     def __init__(self, config: WorkerConfig) -> None:
         from kvtransfer.factory import create_backend
@@ -39,7 +45,11 @@ class WorkerCore:
         self.epoch = time.time_ns() // 1_000_000
         self.model_id = Path(config.model).resolve().name
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
+        started = time.perf_counter()
+        files, size = _checkpoint_files(Path(config.model))
+        log.info("loading model %s: %d weight files, %.2f GB", config.model, files, size / 1e9)
         self.engine = build_engine(config, self.model_id, self.hub.on_engine_event)
+        log.info("model %s loaded in %.1f s", self.model_id, time.perf_counter() - started)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
         self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())

@@ -184,7 +184,8 @@ class ProcessPool(Pool):
                 raise WorkerStartError(reason)
             if time.monotonic() >= deadline:
                 raise WorkerStartError(
-                    f"worker {worker.worker_id} wrote no ready file in {self._startup_timeout_s:.0f} s; "
+                    f"worker {worker.worker_id} was not serving after {self._startup_timeout_s:g} s "
+                    "(raise --startup-timeout for large models); "
                     f"log tail:\n{worker.log_tail()}"
                 )
             time.sleep(0.05)

@@ -157,3 +157,40 @@ def test_unreachable_workers_are_warned_at_start_and_listed_as_unreachable(tiny,
         assert len(rows) == 2 and all(row.split()[3] == "unreachable" for row in rows)
     finally:
         router.stop()
+
+
+# ---- a start you can follow ----------------------------------------------------------------------
+@pytest.mark.e2e
+def test_worker_logs_its_load_as_json_lines_and_serves(tiny, tmp_path):
+    ready = tmp_path / "ready"
+    command = [
+        sys.executable, "-m", "decode_worker", "--model", tiny, "--listen", "127.0.0.1:0",
+        "--metrics-port", "0", "--ready-file", str(ready), "--worker-id", 'decode "quoted" 0',
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 90
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the worker did not start"
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    records = _json_lines(stderr)  # every line, including the quoted worker id, is JSON
+    messages = [r["message"] for r in records]
+    assert any(m.startswith("loading model") and "GB" in m for m in messages), messages
+    assert any("loaded in" in m for m in messages)
+    assert any('decode "quoted" 0' in m and "serving on" in m for m in messages)
+
+
+@pytest.mark.e2e
+def test_baton_serve_startup_timeout_is_a_flag(tiny):
+    command = [
+        sys.executable, "-m", "baton", "serve", "--model", tiny, "--pool", "process", "--memory-gb", "0.05",
+        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-port", "0",
+        "--startup-timeout", "0.5",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 1
+    (error,) = [r for r in _json_lines(done.stderr) if r["level"] == "ERROR"]
+    assert "after 0.5 s" in error["message"] and "--startup-timeout" in error["message"], error["message"]
