@@ -57,10 +57,10 @@ class LocalCluster:
         try:
             self.pool = self._make_pool()
             self.pool.start(spec.prefill, spec.decode)
+            self.router = start_router(config, self.pool, listeners)
         except BaseException:
             listeners.close()
             raise
-        self.router = start_router(config, self.pool, listeners)
         self.router.core.registry.wait_until_ready(spec.prefill, spec.decode, timeout_s=spec.startup_timeout_s)
 
     def _make_pool(self):
