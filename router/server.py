@@ -80,7 +80,6 @@ def bind_router(config: RouterConfig) -> RouterListeners:
     public = _server(config)
     port = grpc_server.bind(public, config.listen, config.tls, "router")
     admin, admin_address = None, ""
-    listeners = None
     try:
         if config.admin_listen:
             admin = _server(config)
