@@ -184,6 +184,8 @@ class RouterCore:
             info.draining, info.healthy = handle.draining, handle.healthy
             info.worker_id, info.state = handle.worker_id, handle.state
             infos.append(info)
+        for member in self.pool.starting():
+            infos.append(admin_pb2.WorkerInfo(worker_id=member.worker_id, role=member.role, address=member.address, state="loading"))
         return admin_pb2.ListWorkersResponse(workers=infos)
 
     def drain(self, worker_id: str, remove: bool = False) -> None:

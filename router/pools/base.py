@@ -100,6 +100,10 @@ class Pool(abc.ABC):
     def close(self) -> None:
         """Stop everything this pool started. Idempotent."""
 
+    def starting(self) -> list[PoolMember]:
+        """Workers launched but not serving yet (listed as `loading`); address may be empty."""
+        return []
+
     def find(self, key: str) -> PoolMember:
         for member in self.members():
             if key in (member.worker_id, member.address):

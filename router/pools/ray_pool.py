@@ -90,6 +90,7 @@ class RayPool(Pool):
         self._stop_timeout_s = stop_timeout_s
         self._lock = threading.Lock()
         self._actors: dict[str, _Actor] = {}
+        self._starting: dict[str, _Actor] = {}  # created, not serving yet
         self._counter = itertools.count()
         self._closed = False
 
@@ -181,7 +182,20 @@ class RayPool(Pool):
         exposed = self._remote_cluster and not TlsConfig.from_env().mutual
         return self.spec.argv(worker_id, listen=listen, insecure=exposed)
 
+    def starting(self) -> list[PoolMember]:
+        with self._lock:
+            return [a.member() for a in self._starting.values()]
+
     def _wait_ready(self, actor: _Actor) -> None:
+        with self._lock:
+            self._starting[actor.worker_id] = actor
+        try:
+            self._wait_serving(actor)
+        finally:
+            with self._lock:
+                self._starting.pop(actor.worker_id, None)
+
+    def _wait_serving(self, actor: _Actor) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -190,8 +204,8 @@ class RayPool(Pool):
             actor.address = ray.get(actor.handle.address.remote(), timeout=self._startup_timeout_s)
         except GetTimeoutError:
             raise WorkerStartError(
-                f"Ray actor {actor.worker_id} not started in {self._startup_timeout_s:.0f} s "
-                "(is there a node with the resources it asks for?)"
+                f"Ray actor {actor.worker_id} not started in {self._startup_timeout_s:g} s "
+                "(is there a node with the resources it asks for? large models: raise --startup-timeout)"
             ) from None
         except RayActorError as error:
             raise WorkerStartError(f"Ray actor {actor.worker_id} failed to start: {error}") from None

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,25 @@ def test_baton_serve_startup_timeout_is_a_flag(tiny):
     assert done.returncode == 1
     (error,) = [r for r in _json_lines(done.stderr) if r["level"] == "ERROR"]
     assert "after 0.5 s" in error["message"] and "--startup-timeout" in error["message"], error["message"]
+
+
+def test_a_worker_being_started_is_listed_as_loading(tiny):
+    from router.pools.base import WorkerSpec, WorkerStartError
+    from router.pools.process import ProcessPool
+
+    never_ready = lambda role: [sys.executable, "-c", "import time; time.sleep(60)"]  # noqa: E731
+    pool = ProcessPool(WorkerSpec(model=tiny), command=never_ready, startup_timeout_s=4.0)
+    router = start_router(RouterConfig(model=tiny, listen="127.0.0.1:0"), pool)
+    adding = futures.ThreadPoolExecutor(1).submit(pool.add, "prefill")
+    try:
+        deadline = time.monotonic() + 3
+        while not pool.starting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = router.core.list_workers().workers
+        assert [(w.worker_id, w.role, w.state) for w in workers] == [("prefill-0", "prefill", "loading")]
+        with pytest.raises(WorkerStartError, match="--startup-timeout"):
+            adding.result(timeout=30)
+        assert router.core.list_workers().workers == []
+    finally:
+        router.stop()
+        pool.close()
