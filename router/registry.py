@@ -16,6 +16,7 @@ from rpc.grpc_server import insecure_or_tls_channel
 from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
+CLOSE_GRACE_S = 60.0  # a departed worker's channel stays open this long for calls still holding it
 LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps take seconds
 FAILURES_BEFORE_DOWN = 3
 
@@ -51,8 +52,12 @@ class WorkerHandle:
 
 
 class WorkerRegistry:
-    def __init__(self, pool, index: PrefixIndex, *, feed_index: bool, poll_s: float = 0.5, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self, pool, index: PrefixIndex, *, feed_index: bool, poll_s: float = 0.5, tls: TlsConfig | None = None,
+        close_grace_s: float = CLOSE_GRACE_S,
+    ) -> None:  # fmt: skip
         self.pool = pool
+        self.close_grace_s = close_grace_s
         self.index = index
         self.feed_index = feed_index
         self.poll_s = poll_s
@@ -111,7 +116,11 @@ class WorkerRegistry:
             handles = list(self._workers.values())
         for handle in removed:
             self._clear_from_index(handle)
-            handle.channel.close()
+            # Not at once: a request may still hold the handle; on an open channel its call fails
+            # as UNAVAILABLE (the worker is gone: retried elsewhere), on a closed one as a bad call.
+            closer = threading.Timer(self.close_grace_s, handle.channel.close)
+            closer.daemon = True
+            closer.start()
         for handle in handles:
             self._poll_load(handle)
 
