@@ -98,7 +98,7 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
     health = grpc_server.add_health_and_reflection(server, SERVICE_NAMES[config.role])
     server.start()
     host = dial_host(config.listen_host)
-    address = config.advertise or f"{host}:{port}"
+    address = config.advertise or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     running = RunningWorker(config, core, server, health, address, metrics_server=metrics_server)
     collector.worker = running
     core.config = _with_address(config, address)
