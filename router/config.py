@@ -12,14 +12,17 @@ from rpc.tls import TlsConfig
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
     model: str
-    listen: str = "0.0.0.0:50051"
-    admin_listen: str = ""  # empty: the admin service shares the public port
+    listen: str = "127.0.0.1:50051"
+    # Admin API (Scale, Drain, ListWorkers) listener; "" = none. Admin RPCs on the public listener
+    # need an admin token. In-process routers (tests) take any free loopback port.
+    admin_listen: str = "127.0.0.1:0"
     http_listen: str = ""  # OpenAI-compatible HTTP API: [HOST:]PORT (host defaults to loopback); empty: off
-    metrics_port: int = 0
+    metrics_port: int = 0  # 0 = off
+    insecure: bool = False  # allow listening beyond loopback without authentication
     index: str = "embedded"
     block_size: int = 16
     max_in_flight: int = 256  # admitted Generate calls before RESOURCE_EXHAUSTED
-    max_tokens_limit: int = 8192
+    max_tokens_limit: int = 0  # 0 = the model's context length
     default_max_tokens: int = 256
     # bounds on one request's work (router/limits.py), each a router flag
     max_prompt_bytes: int = 8 * 1024 * 1024

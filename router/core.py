@@ -30,6 +30,7 @@ from router.registry import WorkerHandle, WorkerRegistry
 from router.sessions import SessionTable
 from router.tokenize_pool import TokenizePool
 from rpc.errors import AdmissionRejected, NotFound, UnknownRequest
+from rpc.logs import request_context
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.2
@@ -55,7 +56,7 @@ class RoutedRequest:
 
 
 class RouterCore:
-    def __init__(self, config: RouterConfig, pool, index: PrefixIndex) -> None:
+    def __init__(self, config: RouterConfig, pool, index: PrefixIndex, metrics: RouterMetrics | None = None) -> None:
         self.config = config
         self.pool = pool
         self.index = index
@@ -71,7 +72,8 @@ class RouterCore:
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s, max_bytes=config.max_session_bytes)
         self.hasher = PromptHasher(config.block_size, max_bytes=config.max_session_bytes)
         self.tokenize_pool = TokenizePool(config.tokenize_threads, config.tokenize_queue)
-        self.metrics = RouterMetrics()
+        self.metrics = metrics or RouterMetrics()
+        self.metrics.set_model_name(self.model_name)
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id, cluster=config.cluster)
         from router.policy import RoutingConfig, RoutingPolicy
 
@@ -94,6 +96,10 @@ class RouterCore:
             raise UnknownModel(f"unknown model {request.model!r}; this router serves {self.model_name!r}")
         check_request(request, self.limits)
         request_id = request.request_id or uuid.uuid4().hex
+        with request_context(request_id, request.session_id):
+            yield from self._generate(request, tenant, request_id)
+
+    def _generate(self, request, tenant: str, request_id: str) -> Iterator[public_pb2.GenerateResponse]:
         prepared = self.tokenize_pool.run(lambda: self._prepare(request, request_id, tenant), prompt_bytes(request))
         check_prompt_tokens(len(prepared.prompt), self.limits)
         prepared = dataclasses.replace(prepared, internal_id=uuid.uuid4().hex)
@@ -117,7 +123,7 @@ class RouterCore:
             vocab_size=self.model_config.vocab_size,
             max_context=self.max_context,
             default_max_tokens=self.config.default_max_tokens,
-            max_tokens_limit=self.config.max_tokens_limit,
+            max_tokens_limit=self.config.max_tokens_limit or self.max_context,
             allow_special_tokens_in_content=self.config.allow_special_tokens_in_content,
         )
 
@@ -209,7 +215,10 @@ class RouterCore:
             info.CopyFrom(handle.info)
             info.address, info.role = handle.address, handle.role
             info.draining, info.healthy = handle.draining, handle.healthy
+            info.worker_id, info.state = handle.worker_id, handle.state
             infos.append(info)
+        for member in self.pool.starting():
+            infos.append(admin_pb2.WorkerInfo(worker_id=member.worker_id, role=member.role, address=member.address, state="loading"))
         return admin_pb2.ListWorkersResponse(workers=infos)
 
     def drain(self, worker_id: str, remove: bool = False) -> None:
@@ -252,6 +261,7 @@ class RouterCore:
     def _admitted(self):
         with self._lock:
             if self._in_flight >= self.config.max_in_flight:
+                self.metrics.count_admission_rejected()
                 raise AdmissionRejected(f"router is full ({self._in_flight} requests in flight)", retry_after_ms=500)
             self._in_flight += 1
         self.metrics.set_queue_depth(self._in_flight)

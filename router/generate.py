@@ -69,6 +69,7 @@ class FlowState:
     finish_reason: str = ""
     attempts: int = 0
     ttft_s: float | None = None
+    last_token_at: float = 0.0
     route: public_pb2.RouteInfo | None = None
     current: list[tuple[WorkerHandle, str]] = field(default_factory=list)  # (worker, worker request id)
     aborted: bool = False
@@ -281,9 +282,13 @@ class GenerateFlow:
             raise
 
     def _tokens_response(self, tokens: list[int], logprobs=()) -> public_pb2.GenerateResponse:
+        now = time.perf_counter()
         if self.state.ttft_s is None:
-            self.state.ttft_s = time.perf_counter() - self.started
+            self.state.ttft_s = now - self.started
             self.router.metrics.observe_ttft(self.state.ttft_s)
+        else:
+            self.router.metrics.observe_inter_token(now - self.state.last_token_at, len(tokens))
+        self.state.last_token_at = now
         self.state.emitted.extend(tokens)
         text = self.decoder.add(tokens)
         response = public_pb2.GenerateResponse(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from router.config import RouterConfig
 from router.pools.base import WorkerSpec
-from router.server import RunningRouter, start_router
+from router.server import RunningRouter, bind_router, start_router
 from rpc.cluster_auth import ClusterCredential
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class ClusterSpec:
     worker_args: tuple[str, ...] = ()
     router: RouterConfig | None = None
     router_model: str | None = None  # the router's copy of the checkpoint, if not `model`
+    startup_timeout_s: float = 180.0  # per worker: model load + gRPC health SERVING
 
 
 class LocalCluster:
@@ -50,25 +51,36 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> None:
+        """Bind every router port first (a taken port fails here, before any worker starts), then
+        start the workers, then serve."""
         spec = self.spec
         config = spec.router or RouterConfig(model=spec.model, listen="127.0.0.1:0", index=spec.index)
         cluster = _cluster_credential(config)
+        config = dataclasses.replace(config, model=spec.router_model or spec.model, index=spec.index, cluster=cluster)
+        listeners = bind_router(config)
+        try:
+            self.pool = self._make_pool(cluster)
+            self.pool.start(spec.prefill, spec.decode)
+            self.router = start_router(config, self.pool, listeners)
+        except BaseException:
+            listeners.close()
+            raise
+        self.router.core.registry.wait_until_ready(spec.prefill, spec.decode, timeout_s=spec.startup_timeout_s)
+
+    def _make_pool(self, cluster: ClusterCredential):
+        spec = self.spec
         worker_spec = WorkerSpec(
             model=spec.model, transfer=spec.transfer, index=spec.index, memory_gb=spec.memory_gb,
             extra_args=spec.worker_args, cluster_token=cluster.token,
         )  # fmt: skip
+        timeout = spec.startup_timeout_s
         if spec.pool == "ray":
             from router.pools.ray_pool import RayPool
 
-            self.pool = RayPool(worker_spec, address=spec.ray_address)
-        else:
-            from router.pools.process import ProcessPool
+            return RayPool(worker_spec, address=spec.ray_address, startup_timeout_s=timeout)
+        from router.pools.process import ProcessPool
 
-            self.pool = ProcessPool(worker_spec)
-        self.pool.start(spec.prefill, spec.decode)
-        config = dataclasses.replace(config, model=spec.router_model or spec.model, index=spec.index, cluster=cluster)
-        self.router = start_router(config, self.pool)
-        self.router.core.registry.wait_until_ready(spec.prefill, spec.decode)
+        return ProcessPool(worker_spec, startup_timeout_s=timeout)
 
     @property
     def cluster_token(self) -> str:

@@ -18,6 +18,7 @@ from rpc.grpc_server import insecure_or_tls_channel
 from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
+CLOSE_GRACE_S = 60.0  # a departed worker's channel stays open this long for calls still holding it
 LOAD_TIMEOUT_S = 10.0  # a busy engine answers between steps; long prefill steps take seconds
 FAILURES_BEFORE_DOWN = 3
 
@@ -40,10 +41,21 @@ class WorkerHandle:
     healthy: bool = False
     subscription: threading.Thread | None = None
     refused: str = ""  # why the router will not route here (another model), or ""
+    member_id: str = ""  # the pool's name for it (known before the worker ever answers)
+    last_error: str = ""
 
     @property
     def worker_id(self) -> str:
-        return self.info.worker_id or self.address
+        return self.info.worker_id or self.member_id or self.address
+
+    @property
+    def state(self) -> str:
+        """ready | loading (answers, not serving yet; or not polled yet) | draining | unreachable."""
+        if self.draining:
+            return "draining"
+        if self.healthy:
+            return "ready"
+        return "unreachable" if self.failures else "loading"
 
 
 class WorkerRegistry:
@@ -57,9 +69,11 @@ class WorkerRegistry:
         tls: TlsConfig | None = None,
         model_identity: str = "",
         cluster: ClusterCredential | None = None,
+        close_grace_s: float = CLOSE_GRACE_S,
     ) -> None:
         self.pool = pool
         self.model_identity = model_identity  # workers serving other weights are refused
+        self.close_grace_s = close_grace_s
         self.index = index
         self.feed_index = feed_index
         self.poll_s = poll_s
@@ -123,11 +137,15 @@ class WorkerRegistry:
             removed = [self._workers.pop(a) for a in gone]
             for address, member in members.items():
                 if address not in self._workers:
-                    self._workers[address] = self._connect(address, member.role)
+                    self._workers[address] = self._connect(address, member.role, member.worker_id)
             handles = list(self._workers.values())
         for handle in removed:
             self._clear_from_index(handle)
-            handle.channel.close()
+            # Not at once: a request may still hold the handle; on an open channel its call fails
+            # as UNAVAILABLE (the worker is gone: retried elsewhere), on a closed one as a bad call.
+            closer = threading.Timer(self.close_grace_s, handle.channel.close)
+            closer.daemon = True
+            closer.start()
         list(self._pollers.map(self._poll_load, handles))
 
     def _poll_forever(self) -> None:
@@ -137,11 +155,12 @@ class WorkerRegistry:
             except Exception:  # noqa: BLE001 - keep polling
                 log.exception("worker refresh failed")
 
-    def _connect(self, address: str, role: str) -> WorkerHandle:
+    def _connect(self, address: str, role: str, member_id: str = "") -> WorkerHandle:
         channel = insecure_or_tls_channel(address, self.tls, self.cluster)
         return WorkerHandle(
             address=address,
             role=role,
+            member_id=member_id,
             channel=channel,
             control=worker_pb2_grpc.WorkerControlStub(channel),
             prefill=worker_pb2_grpc.PrefillServiceStub(channel),
@@ -153,13 +172,14 @@ class WorkerRegistry:
             info = handle.control.GetLoad(worker_pb2.GetLoadRequest(), timeout=LOAD_TIMEOUT_S)
         except grpc.RpcError as error:
             handle.failures += 1
+            handle.last_error = f"{error.code().name}: {error.details()}"
             if handle.failures >= FAILURES_BEFORE_DOWN and handle.healthy:
                 log.warning("worker %s is down: %s", handle.address, error.code())
                 self.mark_down(handle, verify=False)
             return
         restarted = handle.info.epoch and info.epoch != handle.info.epoch
         self._check_identity(handle, info)
-        handle.info, handle.failures = info, 0
+        handle.info, handle.failures, handle.last_error = info, 0, ""
         handle.healthy = info.healthy
         handle.draining = handle.draining or info.draining
         if restarted:
@@ -209,6 +229,13 @@ class WorkerRegistry:
             log.warning("index unavailable while clearing %s", handle.worker_id)
         except Exception:  # noqa: BLE001
             log.exception("clearing %s from the index failed", handle.worker_id)
+
+    def report_unreachable(self) -> list[WorkerHandle]:
+        """Warn about every worker the last poll could not reach (called at router start)."""
+        unreachable = [h for h in self.workers() if h.state == "unreachable"]
+        for handle in unreachable:
+            log.warning("%s worker at %s is unreachable: %s", handle.role, handle.address, handle.last_error)
+        return unreachable
 
     def wait_until_ready(self, prefill: int, decode: int, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

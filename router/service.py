@@ -6,7 +6,7 @@ from __future__ import annotations
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, public_pb2, public_pb2_grpc
 from router.core import RouterCore
 from rpc.auth import TokenAuth
-from rpc.errors import grpc_errors
+from rpc.errors import PermissionDenied, grpc_errors
 
 
 class BatonServicer(public_pb2_grpc.BatonServicer):
@@ -34,18 +34,29 @@ class BatonServicer(public_pb2_grpc.BatonServicer):
 
 
 class AdminServicer(admin_pb2_grpc.BatonAdminServicer):
-    def __init__(self, core: RouterCore, auth: TokenAuth) -> None:
+    """On the admin listener: admin token when auth is on. On the public listener
+    (`public_listener`): always an admin token, so without auth the admin API is not served there."""
+
+    def __init__(self, core: RouterCore, auth: TokenAuth, *, public_listener: bool = False) -> None:
         self.core = core
         self.auth = auth
+        self.public_listener = public_listener
+
+    def _authorize(self, context) -> None:
+        if self.public_listener and not self.auth.enabled:
+            raise PermissionDenied(
+                "admin RPCs are served on the admin listener (--admin-listen), not the public one"
+            )
+        self.auth.require_admin(context.invocation_metadata())
 
     def ListWorkers(self, request, context):
         with grpc_errors(context):
-            self.auth.require_admin(context.invocation_metadata())
+            self._authorize(context)
             return self.core.list_workers()
 
     def Scale(self, request, context):
         with grpc_errors(context):
-            self.auth.require_admin(context.invocation_metadata())
+            self._authorize(context)
             if request.prefill < 0 or request.decode < 0:
                 raise ValueError("worker counts must be >= 0")
             if request.decode < 1:
@@ -55,6 +66,6 @@ class AdminServicer(admin_pb2_grpc.BatonAdminServicer):
 
     def Drain(self, request, context):
         with grpc_errors(context):
-            self.auth.require_admin(context.invocation_metadata())
+            self._authorize(context)
             self.core.drain(request.worker_id, remove=True)
             return admin_pb2.DrainResponse(draining=True)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rpc.cluster_auth import ClusterCredential, ClusterTokenClientInterceptor
+from rpc.listen import ListenError
 from rpc.tls import TlsConfig
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -20,6 +21,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
+# Servers never share a port: with gRPC's default SO_REUSEPORT a second server on a taken port
+# starts without error and the kernel splits connections between the two.
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 # (add_servicer_to_server function, servicer, full service name)
 ServiceBinding = tuple[Callable, object, str]
@@ -52,14 +56,18 @@ def add_health_and_reflection(server, names: Sequence[str]) -> health.HealthServ
     return health_servicer
 
 
-def bind(server, listen: str, tls: TlsConfig) -> int:
-    port = (
-        server.add_secure_port(listen, server_credentials(tls))
-        if tls.enabled
-        else server.add_insecure_port(listen)
-    )
+def bind(server, listen: str, tls: TlsConfig, what: str = "gRPC server") -> int:
+    """Binds (and holds) `listen` now, before the server starts; a taken port is named."""
+    try:
+        port = (
+            server.add_secure_port(listen, server_credentials(tls))
+            if tls.enabled
+            else server.add_insecure_port(listen)
+        )
+    except RuntimeError as error:
+        raise ListenError(f"{what} cannot listen on {listen}: address already in use or unavailable") from error
     if port == 0:
-        raise RuntimeError(f"could not bind gRPC server to {listen}")
+        raise ListenError(f"{what} cannot listen on {listen}: address already in use or unavailable")
     return port
 
 

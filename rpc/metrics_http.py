@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, start_http_server
 
+from rpc.listen import ListenError
 
-def start_metrics_server(port: int, *, registry: CollectorRegistry | None = None, collector=None) -> int:
-    """Serves /metrics on `port` (0 = any free port); returns the bound port. `collector` (a
+
+@dataclass
+class MetricsServer:
+    host: str
+    port: int
+    _server: object
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve_metrics(host: str, port: int, *, registry: CollectorRegistry) -> MetricsServer:
+    """Binds `host:port` now (0 = any free port) and serves /metrics; a taken port is named."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise ListenError(f"metrics server cannot listen on {host}:{port}: {error.strerror}") from error
+    return MetricsServer(host, server.server_port, server)
+
+
+def start_metrics_server(
+    port: int, *, registry: CollectorRegistry | None = None, collector=None, host: str = "127.0.0.1"
+) -> int:
+    """Serves /metrics on `host:port` (0 = any free port); returns the bound port. `collector` (a
     prometheus custom collector) is registered first when given."""
     registry = registry or CollectorRegistry()
     if collector is not None:
         registry.register(collector)
-    server, _thread = start_http_server(port, registry=registry)
-    return server.server_port
+    return serve_metrics(host, port, registry=registry).port

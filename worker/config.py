@@ -13,6 +13,17 @@ from rpc.tls import TlsConfig
 
 Role = Literal["prefill", "decode"]
 DEFAULT_PORTS = {"prefill": (50061, 9101), "decode": (50071, 9102)}
+METRICS_ANY_PORT = -1
+
+
+def metrics_port_flag(text: str) -> int:
+    """`--metrics-port`: a port, 0 = off, or `any` (a free port, reported in GetLoad)."""
+    if text == "any":
+        return METRICS_ANY_PORT
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 0 (off) or 'any', got {text}")
+    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +34,8 @@ class WorkerConfig:
     advertise: str = ""
     transfer: str = "tcp"
     worker_id: str = ""
-    metrics_port: int = 0
+    metrics_port: int = 0  # 0 = off, METRICS_ANY_PORT = any free port
+    insecure: bool = False  # allow listening beyond loopback without mutual TLS
     index: str = "embedded"
     block_size: int = 16
     max_pages: int = 0  # 0 = from the memory budget
@@ -44,16 +56,30 @@ class WorkerConfig:
     def address(self) -> str:
         return self.advertise or self.listen.replace("0.0.0.0", "127.0.0.1")
 
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
 
 def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
     port, metrics_port = DEFAULT_PORTS[role]
     parser = argparse.ArgumentParser(prog=f"python -m {role}_worker", description=f"Baton {role} worker")
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
-    parser.add_argument("--listen", default=f"0.0.0.0:{port}", help="gRPC host:port (port 0 = any free port)")
+    parser.add_argument(
+        "--listen", default=f"127.0.0.1:{port}",
+        help="gRPC host:port (port 0 = any free port); beyond loopback needs mutual TLS or --insecure",
+    )  # fmt: skip
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="allow listening beyond loopback without mutual TLS (logged as a warning)",
+    )  # fmt: skip
     parser.add_argument("--advertise", default="", help="host:port that peers and the router dial")
     parser.add_argument("--transfer", default="tcp", choices=["tcp", "ucx", "local"])
     parser.add_argument("--worker-id", default="")
-    parser.add_argument("--metrics-port", type=int, default=metrics_port, help="Prometheus /metrics; 0 = off")
+    parser.add_argument(
+        "--metrics-port", type=metrics_port_flag, default=metrics_port,
+        help="Prometheus /metrics on the --listen host; 0 = off, 'any' = a free port",
+    )  # fmt: skip
     parser.add_argument("--index", default=os.environ.get("BATON_INDEX", "embedded"))
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--max-pages", type=int, default=0)
@@ -104,6 +130,7 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         transfer=args.transfer,
         worker_id=args.worker_id or f"{role}-{uuid.uuid4().hex[:8]}",
         metrics_port=args.metrics_port,
+        insecure=args.insecure,
         index=args.index,
         block_size=args.block_size,
         max_pages=args.max_pages,

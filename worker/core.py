@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from baton_pb.v1 import admin_pb2
 from rpc.errors import AdmissionRejected
@@ -34,6 +35,12 @@ def build_engine(config: WorkerConfig, on_kv_event):
     return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
 
 
+def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
+    """(number, total bytes) of the checkpoint's weight files: the scale of the load ahead."""
+    files = [p for p in model_dir.glob("*.safetensors") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
 class WorkerCore:
     def __init__(self, config: WorkerConfig) -> None:
         from kvtransfer.factory import create_backend
@@ -42,8 +49,12 @@ class WorkerCore:
         self.epoch = time.time_ns() // 1_000_000
         # The hub's namespace is the model identity, known once the engine has loaded the weights;
         # the engine emits no event before its first step.
+        started = time.perf_counter()
+        files, size = _checkpoint_files(Path(config.model))
+        log.info("loading model %s: %d weight files, %.2f GB", config.model, files, size / 1e9)
         self.engine = build_engine(config, lambda event: self.hub.on_engine_event(event))
         self.model_id = self.engine.model_id
+        log.info("model %s loaded in %.1f s", self.model_id, time.perf_counter() - started)
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
         self.backend = create_backend(config.transfer)
@@ -56,10 +67,13 @@ class WorkerCore:
             "fetched_tokens": 0,
             "fetch_failures": 0,
             "transfer_bytes": 0,
+            "transfer_seconds": 0.0,
+            "admission_rejections": 0,
             "requests_ok": 0,
             "requests_error": 0,
         }
         self.publisher = None
+        self.metrics_port = 0  # set by worker.launch once /metrics is served
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -67,6 +81,7 @@ class WorkerCore:
             if self.draining.is_set():
                 raise AdmissionRejected(f"worker {self.config.worker_id} is draining", draining=True)
             if self._in_flight >= self.config.max_queue:
+                self.counters["admission_rejections"] += 1
                 raise AdmissionRejected(
                     f"worker {self.config.worker_id} is full ({self._in_flight} requests in flight)"
                 )
@@ -82,7 +97,7 @@ class WorkerCore:
         with self._lock:
             return self._in_flight
 
-    def count(self, name: str, amount: int) -> None:
+    def count(self, name: str, amount: float) -> None:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + amount
 
@@ -117,6 +132,7 @@ class WorkerCore:
             healthy=self.loop.last_error is None,
             load=load,
             model_identity=self.model_id,
+            metrics_port=self.metrics_port,
         )
 
     def wait_idle(self, timeout_s: float) -> bool:

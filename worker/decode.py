@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from rpc.convert import sampling_from_proto
 from rpc.errors import AdmissionRejected, TransferFailed, UnknownRequest, grpc_errors
+from rpc.logs import request_context
 from worker.core import WorkerCore
 from worker.descriptors import descriptor_to_proto
 from worker.token_stream import stream_tokens
@@ -57,8 +58,8 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         self._reaper.start()
 
     def Reserve(self, request, context):
-        with grpc_errors(context):
-            req = request.request
+        req = request.request
+        with request_context(req.request_id, req.session_id), grpc_errors(context):
             if self.core.draining.is_set():
                 raise AdmissionRejected("worker is draining", draining=True)
             params = sampling_from_proto(req.sampling)
@@ -85,7 +86,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             )
 
     def Decode(self, request, context):
-        with grpc_errors(context), self.core.admit():
+        with request_context(request.request_id), grpc_errors(context), self.core.admit():
             pending = self._claim(request.request_id)
             deadline = max(1.0, pending.expires_at - time.monotonic())
             if request.transfer_deadline_s > 0:
@@ -103,8 +104,8 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             yield from stream_tokens(self.core, request.request_id, outputs, context)
 
     def Generate(self, request, context):
-        with grpc_errors(context), self.core.admit():
-            req = request.request
+        req = request.request
+        with request_context(req.request_id, req.session_id), grpc_errors(context), self.core.admit():
             params = sampling_from_proto(req.sampling)
             if not req.prompt_token_ids:
                 raise ValueError("prompt is empty")

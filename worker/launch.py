@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from baton_pb.v1 import worker_pb2_grpc
 from rpc import grpc_server
 from rpc.cluster_auth import ClusterAuthInterceptor
-from worker.config import Role, WorkerConfig, worker_config_from_args
+from rpc.listen import check_exposure, dial_host
+from rpc.logs import configure_logging
+from rpc.metrics_http import MetricsServer, serve_metrics
+from worker.config import METRICS_ANY_PORT, Role, WorkerConfig, worker_config_from_args
 from worker.control import WorkerControlServicer
 from worker.core import WorkerCore
+from worker.metrics import WorkerCollector
+from worker.model_check import STARTUP_ERRORS, check_model_dir
 
 log = logging.getLogger(__name__)
 AddRoleServicer = Callable[[WorkerCore, grpc.Server], None]  # registers a role's servicer on the server
@@ -39,6 +45,7 @@ class RunningWorker:
     health: object
     address: str
     stopped: threading.Event = field(default_factory=threading.Event)
+    metrics_server: MetricsServer | None = None
 
     def drain_and_stop(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
         """Stop taking requests, finish running ones, leave the index, stop. True if drained."""
@@ -55,14 +62,19 @@ class RunningWorker:
             return
         self.stopped.set()
         self.server.stop(grace_s).wait(grace_s + 1)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.core.close()
 
 
 def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> RunningWorker:
     """Serve one worker in this process; `add_role_servicer` registers the role's servicer (given by
-    the role's entry point, `prefill_worker` or `decode_worker`, so this module imports neither)."""
-    core = WorkerCore(config)
+    the role's entry point, `prefill_worker` or `decode_worker`, so this module imports neither).
+    The gRPC and metrics ports are bound (and held) before the model loads, so a taken port fails
+    at once, naming the address."""
+    what = f"{config.role} worker"
     guard = ClusterAuthInterceptor(config.cluster, mutual_tls=config.tls.mutual)
+    check_exposure(config.listen, authenticated=guard.enforced, insecure=config.insecure, what=what)
     if not guard.enforced:
         log.warning(
             "worker RPCs are open to anyone who can reach %s: set BATON_CLUSTER_TOKEN "
@@ -71,26 +83,38 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
         )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(32, 2 * config.max_queue + 16), thread_name_prefix="rpc"),
-        options=grpc_server.CHANNEL_OPTIONS,
+        options=grpc_server.SERVER_OPTIONS,
         interceptors=[guard],
     )
+    port = grpc_server.bind(server, config.listen, config.tls, what)
+    collector = WorkerCollector(None)
+    metrics_server = None
+    try:
+        if config.metrics_port:
+            metrics_port = 0 if config.metrics_port == METRICS_ANY_PORT else config.metrics_port
+            registry = CollectorRegistry()
+            registry.register(collector)
+            metrics_server = serve_metrics(config.listen_host or "0.0.0.0", metrics_port, registry=registry)
+        core = WorkerCore(config)  # loads the model: the long part of a start
+    except BaseException:
+        server.stop(0)
+        if metrics_server is not None:
+            metrics_server.close()
+        raise
+    core.metrics_port = metrics_server.port if metrics_server else 0
     worker_pb2_grpc.add_WorkerControlServicer_to_server(WorkerControlServicer(core), server)
     add_role_servicer(core, server)
     health = grpc_server.add_health_and_reflection(server, SERVICE_NAMES[config.role])
-    port = grpc_server.bind(server, config.listen, config.tls)
     server.start()
-    host = config.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
-    address = config.advertise or f"{host}:{port}"
-    running = RunningWorker(config, core, server, health, address)
+    host = dial_host(config.listen_host)
+    address = config.advertise or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    running = RunningWorker(config, core, server, health, address, metrics_server=metrics_server)
+    collector.worker = running
     core.config = _with_address(config, address)
     _start_index_publisher(running)
-    if config.metrics_port:
-        from worker.metrics import start_metrics_server
-
-        start_metrics_server(config.metrics_port, worker=running)
     if config.ready_file:
         _write_atomically(Path(config.ready_file), address)
-    log.info("%s worker %s serving on %s", config.role, config.worker_id, address)
+    log.info("%s worker %s serving on %s (metrics port %s)", config.role, config.worker_id, address, core.metrics_port or "off")
     return running
 
 
@@ -115,12 +139,15 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def main(role: Role, add_role_servicer: AddRoleServicer, argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("BATON_LOG_LEVEL", "INFO"),
-        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure_logging()
     config = worker_config_from_args(role, argv)
-    running = start_worker(config, add_role_servicer)
+    try:
+        check_model_dir(config.model)
+        running = start_worker(config, add_role_servicer)
+    except STARTUP_ERRORS as error:
+        # One line, no traceback: the operator's input (model, address) is wrong, not the code.
+        log.error("%s worker cannot start: %s", role, error)
+        return 2
     done = threading.Event()
 
     def on_sigterm(signum, frame):  # drain in a thread: signal handlers must return quickly

@@ -29,6 +29,7 @@ from typing import TypeVar
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from rpc.convert import sampling_from_proto
 from rpc.errors import grpc_errors
+from rpc.logs import request_context
 from worker.core import WorkerCore
 from worker.descriptors import descriptor_from_proto
 from worker.engine_loop import EngineStopped
@@ -52,7 +53,8 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
 
     def PrefillStream(self, request, context):
         """Progress after every chunk, heartbeats in between, and the result last."""
-        with grpc_errors(context), self.core.admit():
+        req = request.request
+        with request_context(req.request_id, req.session_id), grpc_errors(context), self.core.admit():
             req = request.request
             if not req.prompt_token_ids:
                 raise ValueError("prompt is empty")
@@ -90,6 +92,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
             computed = len(prompt) - cached
             self.core.count("computed_tokens", computed)
             self.core.count("transfer_bytes", transfer_bytes)
+            self.core.count("transfer_seconds", sender.seconds())
             response = worker_pb2.PrefillResponse(
                 first_token=result.first_token,
                 prompt_tokens=len(prompt),

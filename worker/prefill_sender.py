@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from worker.core import WorkerCore
 
@@ -32,6 +33,7 @@ class LayerwiseSender:
         regions = core.engine.cache.regions()
         self.unit_bytes = {name: tensor[0, 0].nbytes for name, tensor in regions.items() if tensor.numel()}
         self.bytes_posted = 0
+        self.opened_at = time.perf_counter()
         self._handle = core.backend.open_send(descriptor)
         self._lock = threading.Lock()
         self.failed: str | None = None
@@ -65,6 +67,10 @@ class LayerwiseSender:
                 self.bytes_posted += self.unit_bytes["conv"] + self.unit_bytes["ssm"]
         self._handle.finish(result.first_token)
         return self.bytes_posted
+
+    def seconds(self) -> float:
+        """Wall time since the transfer opened (it overlaps the prefill compute)."""
+        return time.perf_counter() - self.opened_at
 
     def abort(self, reason: str) -> None:
         try:

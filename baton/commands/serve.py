@@ -13,7 +13,10 @@ import sys
 import threading
 
 from baton.commands.scale import non_negative
+from router.flags import add_listen_flags
 from router.openai.listen import split_listen
+
+log = logging.getLogger("baton.serve")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,14 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--transfer", default="tcp", choices=["tcp", "ucx", "local"], help="KV transfer backend"
     )
-    parser.add_argument("--listen", default="0.0.0.0:50051", help="public gRPC address")
-    parser.add_argument("--admin-listen", default="", help="admin gRPC address (default: the public port)")
+    add_listen_flags(parser)
     parser.add_argument(
-        "--http-listen", default="", help="OpenAI-compatible HTTP API on [HOST:]PORT (loopback when no host); off when unset"
-    )
-    parser.add_argument(
-        "--metrics-port", type=non_negative, default=9100, help="Prometheus /metrics; 0 = off"
-    )
+        "--startup-timeout", type=float, default=180.0,
+        help="seconds each worker may take to load its model and serve (default 180)",
+    )  # fmt: skip
     parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget per worker")
     parser.set_defaults(func=run)
 
@@ -61,6 +61,10 @@ def check_args(args: argparse.Namespace) -> str | None:
             split_listen(args.http_listen)
         except ValueError as error:
             return str(error)
+    if args.startup_timeout <= 0:
+        return "--startup-timeout must be > 0"
+    if args.metrics_port < 0 or args.max_tokens_limit < 0:
+        return "--metrics-port and --max-tokens-limit must be >= 0"
     return None
 
 
@@ -69,27 +73,30 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=os.environ.get("BATON_LOG_LEVEL", "INFO"))
+    # Lazy imports: `baton --help` must not pay for the router's dependencies.
     from router.config import RouterConfig
     from router.local_cluster import ClusterSpec, LocalCluster
     from router.pools import PoolError
+    from rpc.logs import configure_logging
     from rpc.tls import TlsConfig
 
+    configure_logging()
     router_config = RouterConfig(
         model=args.model, listen=args.listen, admin_listen=args.admin_listen, http_listen=args.http_listen,
-        metrics_port=args.metrics_port,
-        index=args.index, tls=TlsConfig.from_env(), auth_tokens_file=os.environ.get("BATON_AUTH_TOKENS", ""),
+        metrics_port=args.metrics_port, insecure=args.insecure, max_tokens_limit=args.max_tokens_limit, index=args.index,
+        tls=TlsConfig.from_env(), auth_tokens_file=os.environ.get("BATON_AUTH_TOKENS", ""),
     )  # fmt: skip
     spec = ClusterSpec(
         model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
         pool=args.pool, ray_address=args.address, memory_gb=args.memory_gb, router=router_config,
+        startup_timeout_s=args.startup_timeout,
     )  # fmt: skip
     cluster = LocalCluster(spec)
     try:
         try:
             cluster.start()
-        except (PoolError, TimeoutError, OSError, RuntimeError) as error:
-            print(f"error: {error}", file=sys.stderr)
+        except (PoolError, TimeoutError, OSError, RuntimeError, ValueError) as error:
+            log.error("baton serve cannot start: %s", error)  # one line, no traceback
             return 1
         # After start: ray.init installs signal handlers of its own in the driver.
         stop = threading.Event()
@@ -98,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print_endpoints(cluster)
         while not stop.wait(0.5):
             pass
-        print("shutting down ...", file=sys.stderr, flush=True)
+        log.info("shutting down: router first, then the workers drain")
     finally:
         cluster.stop()
     return 0
@@ -110,6 +117,11 @@ def print_endpoints(cluster) -> None:
         print(f"admin    {cluster.admin_address}")
     if cluster.router.http_address:
         print(f"http     http://{cluster.router.http_address}/v1  (OpenAI-compatible)")
+    if cluster.router.metrics_port:
+        print(f"metrics  {cluster.address.rpartition(':')[0]}:{cluster.router.metrics_port}")
+    metrics_ports = {h.address: h.info.metrics_port for h in cluster.router.core.registry.workers()}
     for member in sorted(cluster.pool.members(), key=lambda m: (m.role, m.worker_id)):
-        print(f"{member.role:<8} {member.worker_id:<12} {member.address}")
+        port = metrics_ports.get(member.address, 0)
+        metrics = f"  metrics {member.address.rpartition(':')[0]}:{port}" if port else ""
+        print(f"{member.role:<8} {member.worker_id:<12} {member.address}{metrics}")
     print("Ctrl-C to stop.", flush=True)

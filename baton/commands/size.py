@@ -1,4 +1,5 @@
-"""`baton size`: per-session KV + DeltaNet-state memory and sessions per B200, from a config.json."""
+"""`baton size`: per-session KV + DeltaNet-state memory and sessions per B200, from a model folder
+or its config.json."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ DEFAULT_CONTEXTS = "32768,131072,1048576"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "size", help="memory per session and sessions per B200 for a model config.json"
+        "size", help="memory per session and sessions per B200 for a model folder or config.json"
     )
-    parser.add_argument("--config", required=True, help="path to a Hugging Face config.json")
+    parser.add_argument("model", nargs="?", default=None, help="model folder (or its config.json)")
+    parser.add_argument("--config", default=None, help="same as MODEL: a config.json or a model folder")
     parser.add_argument(
         "--context",
         default=DEFAULT_CONTEXTS,
@@ -138,8 +140,20 @@ def validate_args(args: argparse.Namespace) -> None:
         raise sizing.SizingConfigError("--hbm-gb must be positive and --reserve-gb non-negative")
 
 
+def config_path(args: argparse.Namespace) -> Path:
+    given = args.model or args.config
+    if not given:
+        raise sizing.SizingConfigError("give a model folder (or --config PATH/config.json)")
+    path = Path(given)
+    return path / "config.json" if path.is_dir() else path
+
+
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.config)
+    try:
+        path = config_path(args)
+    except sizing.SizingConfigError as error:
+        print(f"baton size: {error}", file=sys.stderr)
+        return 2
     try:
         validate_args(args)
         raw = json.loads(path.read_text())

@@ -16,10 +16,10 @@ import grpc
 if TYPE_CHECKING:
     from baton_pb.v1 import admin_pb2
 
-COLUMNS = ("role", "id", "address", "draining", "running", "free pages", "hit rate")
+COLUMNS = ("role", "id", "address", "state", "running", "free pages", "hit rate")
 
 
-def add_router_flags(parser: argparse.ArgumentParser, default: str = "127.0.0.1:50051") -> None:
+def add_router_flags(parser: argparse.ArgumentParser, default: str = "127.0.0.1:50052") -> None:
     parser.add_argument(
         "--router", default=default, help=f"router (admin) address host:port (default {default})"
     )
@@ -53,7 +53,7 @@ def worker_rows(workers: Iterable[admin_pb2.WorkerInfo]) -> list[tuple[str, ...]
                 w.role,
                 w.worker_id,
                 w.address,
-                "yes" if w.draining else "no",
+                w.state or ("draining" if w.draining else "ready" if w.healthy else "unreachable"),
                 str(w.load.running_requests),
                 f"{w.load.free_pages}/{w.load.total_pages}",
                 f"{w.load.hit_rate:.2f}",
@@ -76,7 +76,9 @@ def print_workers(workers: Iterable[admin_pb2.WorkerInfo]) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("workers", help="list a running router's workers (admin ListWorkers)")
+    parser = subparsers.add_parser(
+        "workers", help="list a running router's workers and their state (ready/loading/draining/unreachable)"
+    )
     add_router_flags(parser)
     parser.set_defaults(func=run)
 

@@ -44,6 +44,7 @@ class WorkerSpec:
     index: str = "embedded"
     block_size: int = 16
     memory_gb: float = 2.0
+    metrics: bool = True  # each worker serves /metrics on a free port (reported in ListWorkers)
     extra_args: tuple[str, ...] = ()
     cluster_token: str = ""  # handed to each worker as BATON_CLUSTER_TOKEN (never on a command line)
 
@@ -51,12 +52,15 @@ class WorkerSpec:
         """Environment variables every worker gets."""
         return {"BATON_CLUSTER_TOKEN": self.cluster_token} if self.cluster_token else {}
 
-    def argv(self, worker_id: str, *, listen: str = "127.0.0.1:0", ready_file: str = "") -> list[str]:
-        """Worker flags (without the program): free port, no metrics server, our worker id."""
+    def argv(
+        self, worker_id: str, *, listen: str = "127.0.0.1:0", ready_file: str = "", insecure: bool = False
+    ) -> list[str]:
+        """Worker flags (without the program): free ports, our worker id. `insecure`: the worker
+        listens beyond loopback without mutual TLS on purpose (a Ray cluster of several nodes)."""
         args = [
             "--model", self.model,
             "--listen", listen,
-            "--metrics-port", "0",
+            "--metrics-port", "any" if self.metrics else "0",
             "--worker-id", worker_id,
             "--transfer", self.transfer,
             "--index", self.index,
@@ -65,6 +69,8 @@ class WorkerSpec:
         ]  # fmt: skip
         if ready_file:
             args += ["--ready-file", ready_file]
+        if insecure:
+            args.append("--insecure")
         return args + list(self.extra_args)
 
 
@@ -98,6 +104,10 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop everything this pool started. Idempotent."""
+
+    def starting(self) -> list[PoolMember]:
+        """Workers launched but not serving yet (listed as `loading`); address may be empty."""
+        return []
 
     def find(self, key: str) -> PoolMember:
         for member in self.members():

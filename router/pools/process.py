@@ -91,6 +91,7 @@ class ProcessPool(Pool):
         self._dir = Path(tempfile.mkdtemp(prefix="baton-pool-"))
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}  # by worker id; only started (ready) workers
+        self._starting: dict[str, _Worker] = {}  # launched, not ready yet
         self._counter = itertools.count()
         self._closed = False
         atexit.register(self.close)
@@ -114,6 +115,10 @@ class ProcessPool(Pool):
             workers = list(self._workers.values())
         # A worker whose process is gone (crashed, killed) is not a member any more.
         return [w.member() for w in workers if w.process.poll() is None]
+
+    def starting(self) -> list[PoolMember]:
+        with self._lock:
+            return [w.member() for w in self._starting.values()]
 
     def add(self, role: Role) -> PoolMember:
         worker = self._launch(check_role(role))
@@ -177,6 +182,15 @@ class ProcessPool(Pool):
         return _Worker(worker_id, role, process, ready_file, log_file)
 
     def _wait_ready(self, worker: _Worker) -> None:
+        with self._lock:
+            self._starting[worker.worker_id] = worker
+        try:
+            self._wait_serving(worker)
+        finally:
+            with self._lock:
+                self._starting.pop(worker.worker_id, None)
+
+    def _wait_serving(self, worker: _Worker) -> None:
         deadline = time.monotonic() + self._startup_timeout_s
         while not (address := _read_address(worker.ready_file)):
             reason = worker.exit_reason()
@@ -184,7 +198,8 @@ class ProcessPool(Pool):
                 raise WorkerStartError(reason)
             if time.monotonic() >= deadline:
                 raise WorkerStartError(
-                    f"worker {worker.worker_id} wrote no ready file in {self._startup_timeout_s:.0f} s; "
+                    f"worker {worker.worker_id} was not serving after {self._startup_timeout_s:g} s "
+                    "(raise --startup-timeout for large models); "
                     f"log tail:\n{worker.log_tail()}"
                 )
             time.sleep(0.05)

@@ -21,6 +21,7 @@ from typing import Any
 from router.pools.base import Pool, PoolError, PoolMember, Role, WorkerSpec, WorkerStartError, check_role
 from router.pools.health import wait_until_serving
 from router.pools.ray_actor import DEFAULT_STARTER, WorkerActor
+from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0
@@ -89,6 +90,7 @@ class RayPool(Pool):
         self._stop_timeout_s = stop_timeout_s
         self._lock = threading.Lock()
         self._actors: dict[str, _Actor] = {}
+        self._starting: dict[str, _Actor] = {}  # created, not serving yet
         self._counter = itertools.count()
         self._closed = False
 
@@ -172,11 +174,30 @@ class RayPool(Pool):
         if self.spec.env():
             options["runtime_env"] = {"env_vars": self.spec.env()}
         handle = self._actor_class.options(**options).remote(
-            role, self.spec.argv(worker_id, listen=listen), self._starter, self._remote_cluster
+            role, self._worker_argv(worker_id, listen), self._starter, self._remote_cluster
         )
         return _Actor(worker_id, role, handle)
 
+    def _worker_argv(self, worker_id: str, listen: str) -> list[str]:
+        # Across nodes workers listen on every interface: without mutual TLS that is a choice the
+        # operator made by using a remote cluster, so the worker is told (and warns).
+        exposed = self._remote_cluster and not TlsConfig.from_env().mutual
+        return self.spec.argv(worker_id, listen=listen, insecure=exposed)
+
+    def starting(self) -> list[PoolMember]:
+        with self._lock:
+            return [a.member() for a in self._starting.values()]
+
     def _wait_ready(self, actor: _Actor) -> None:
+        with self._lock:
+            self._starting[actor.worker_id] = actor
+        try:
+            self._wait_serving(actor)
+        finally:
+            with self._lock:
+                self._starting.pop(actor.worker_id, None)
+
+    def _wait_serving(self, actor: _Actor) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -185,8 +206,8 @@ class RayPool(Pool):
             actor.address = ray.get(actor.handle.address.remote(), timeout=self._startup_timeout_s)
         except GetTimeoutError:
             raise WorkerStartError(
-                f"Ray actor {actor.worker_id} not started in {self._startup_timeout_s:.0f} s "
-                "(is there a node with the resources it asks for?)"
+                f"Ray actor {actor.worker_id} not started in {self._startup_timeout_s:g} s "
+                "(is there a node with the resources it asks for? large models: raise --startup-timeout)"
             ) from None
         except RayActorError as error:
             raise WorkerStartError(f"Ray actor {actor.worker_id} failed to start: {error}") from None

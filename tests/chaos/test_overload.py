@@ -21,7 +21,10 @@ LONG = 5000  # tokens: a stream that outlives the test's checks; it is cancelled
 @pytest.fixture(scope="module")
 def cluster(tiny_model):
     # One decode worker that prefills locally (colocated), one request at a time everywhere.
-    router = RouterConfig(model="", listen="127.0.0.1:0", local_prefill_threshold=1_000_000, max_in_flight=1)
+    # LONG exceeds the tiny model's 4096-token context, the default --max-tokens-limit: raise it.
+    router = RouterConfig(
+        model="", listen="127.0.0.1:0", local_prefill_threshold=1_000_000, max_in_flight=1, max_tokens_limit=8192
+    )
     spec = ClusterSpec(
         tiny_model, prefill=0, decode=1, worker_args=(*WORKER_ARGS, "--max-queue", "1"), router=router
     )

@@ -217,3 +217,17 @@ def test_router_and_workers_get_the_cluster_token_from_a_secret(overlay):
             f"{workload['metadata']['name']} lacks the cluster token"
         )
         assert all(e.get("name") != "BATON_CLUSTER_TOKEN" or "valueFrom" in e for e in container.get("env", []))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_listening_beyond_loopback_is_authenticated_or_explicitly_insecure(overlay):
+    """The servers refuse a non-loopback listener without auth unless told --insecure: every
+    manifest that listens on 0.0.0.0 must either configure auth or say --insecure."""
+    for component, spec in process_specs(overlay).items():
+        if component == "redis":
+            continue
+        listens = [spec.args[i + 1] for i, arg in enumerate(spec.args) if arg in ("--listen", "--admin-listen")]
+        assert listens, component
+        exposed = [address for address in listens if not address.startswith("127.0.0.1:")]
+        authenticated = "BATON_AUTH_TOKENS" in spec.env if component == "router" else "BATON_TLS_CA" in spec.env
+        assert not exposed or authenticated or "--insecure" in spec.args, (component, exposed)

@@ -165,7 +165,7 @@ def test_process_pool_startup_deadline_and_sigkill_fallback(tmp_path):
         WorkerSpec(model=str(tmp_path)), command=fake_command, startup_timeout_s=0.5,
         env={"FAKE_WORKER_STARTUP_DELAY_S": "30"},
     )  # fmt: skip
-    with pytest.raises(WorkerStartError, match="no ready file"):
+    with pytest.raises(WorkerStartError, match="not serving after .* --startup-timeout"):
         slow.add("prefill")
     slow.close()
 
@@ -181,7 +181,7 @@ def test_process_pool_startup_deadline_and_sigkill_fallback(tmp_path):
 
 
 def test_worker_spec_argv_matches_the_worker_parser():
-    from worker.config import worker_config_from_args
+    from worker.config import METRICS_ANY_PORT, worker_config_from_args
 
     spec = WorkerSpec(model="/m", transfer="ucx", index="redis://r:6379/0", block_size=32, memory_gb=1.5)
     config = worker_config_from_args("decode", spec.argv("decode-3", ready_file="/tmp/r"))
@@ -194,9 +194,12 @@ def test_worker_spec_argv_matches_the_worker_parser():
     assert (config.worker_id, config.listen, config.metrics_port, config.ready_file) == (
         "decode-3",
         "127.0.0.1:0",
-        0,
+        METRICS_ANY_PORT,  # /metrics on a free port, reported in ListWorkers
         "/tmp/r",
     )
+    assert not config.insecure
+    exposed = worker_config_from_args("decode", spec.argv("d", listen="0.0.0.0:0", insecure=True))
+    assert exposed.insecure and exposed.listen == "0.0.0.0:0"
     assert config.memory_gb == 1.5
 
 

@@ -41,17 +41,19 @@ def test_serve_defaults_and_every_documented_flag(tmp_path):
     assert (args.prefill, args.decode, args.pool, args.address) == (2, 3, "ray", None)
     assert args.http_listen == "", "the HTTP API is off unless asked for"
     assert (args.listen, args.admin_listen, args.metrics_port, args.transfer) == (
-        "0.0.0.0:50051",
-        "",
+        "127.0.0.1:50051",
+        "127.0.0.1:50052",
         9100,
         "tcp",
     )
+    assert (args.insecure, args.startup_timeout, args.max_tokens_limit) == (False, 180.0, 0)
     assert check_args(args) is None
     args = parse(
         "serve", "--model", str(tmp_path), "--prefill", "0", "--decode", "1", "--pool", "ray",
         "--address", "ray://head:10001", "--index", "redis://r:6379/0", "--transfer", "ucx",
         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-port", "0", "--memory-gb", "0.5",
         "--http-listen", "8000",
+        "--insecure", "--startup-timeout", "900", "--max-tokens-limit", "65536",
     )  # fmt: skip
     assert args.http_listen == "8000" and split_listen(args.http_listen) == ("127.0.0.1", 8000)
     assert (args.address, args.index, args.transfer, args.metrics_port) == (
@@ -93,7 +95,7 @@ def test_scale_and_workers_flags():
     assert (args.router, args.prefill, args.decode) == ("r:50052", 2, 0)
     rejects("scale", "--prefill", "2")  # --decode is required
     rejects("scale", "--prefill", "-1", "--decode", "1")
-    assert parse("workers").router == "127.0.0.1:50051"
+    assert parse("workers").router == "127.0.0.1:50052"  # the admin listener
     assert parse("workers", "--router", "10.0.0.5:50052", "--token", "t").token == "t"
 
 
@@ -131,8 +133,8 @@ class RecordingRouter(public_pb2_grpc.BatonServicer, admin_pb2_grpc.BatonAdminSe
         self.requests: list = []
         self.metadata: list = []
         self.workers = [
-            admin_pb2.WorkerInfo(worker_id="prefill-0", role="prefill", address="127.0.0.1:1", load=admin_pb2.WorkerLoad(free_pages=7, total_pages=9)),
-            admin_pb2.WorkerInfo(worker_id="decode-1", role="decode", address="127.0.0.1:2", draining=True, load=admin_pb2.WorkerLoad(running_requests=3, hit_rate=0.5)),
+            admin_pb2.WorkerInfo(worker_id="prefill-0", role="prefill", address="127.0.0.1:1", state="ready", load=admin_pb2.WorkerLoad(free_pages=7, total_pages=9)),
+            admin_pb2.WorkerInfo(worker_id="decode-1", role="decode", address="127.0.0.1:2", draining=True, state="draining", load=admin_pb2.WorkerLoad(running_requests=3, hit_rate=0.5)),
         ]  # fmt: skip
 
     def Generate(self, request, context):
@@ -203,15 +205,15 @@ def test_workers_and_scale_print_the_worker_table(router, capsys):
         "role",
         "id",
         "address",
-        "draining",
+        "state",
         "running",
         "free",
         "pages",
         "hit",
         "rate",
     ]
-    assert lines[1].split() == ["decode", "decode-1", "127.0.0.1:2", "yes", "3", "0/0", "0.50"]
-    assert lines[2].split() == ["prefill", "prefill-0", "127.0.0.1:1", "no", "0", "7/9", "0.00"]
+    assert lines[1].split() == ["decode", "decode-1", "127.0.0.1:2", "draining", "3", "0/0", "0.50"]
+    assert lines[2].split() == ["prefill", "prefill-0", "127.0.0.1:1", "ready", "0", "7/9", "0.00"]
     assert main(["scale", "--router", router.address, "--prefill", "2", "--decode", "3"]) == 0
     assert (router.requests[-1].prefill, router.requests[-1].decode) == (2, 3)
     assert len(capsys.readouterr().out.splitlines()) == 3
@@ -227,7 +229,7 @@ def test_serve_runs_answers_and_shuts_down_cleanly(capsys):
 
     command = [
         sys.executable, "-m", "baton", "serve", "--model", str(tiny_checkpoint()), "--pool", "process",
-        "--listen", "127.0.0.1:0", "--metrics-port", "0", "--memory-gb", "0.05",
+        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-port", "0", "--memory-gb", "0.05",
     ]  # fmt: skip
     serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
     try:
@@ -237,6 +239,7 @@ def test_serve_runs_answers_and_shuts_down_cleanly(capsys):
             assert line, f"baton serve exited early with {serve.wait()}: {lines}"
             lines.append(line.strip())
         router = lines[0].split()[1]
+        admin = next(line.split()[1] for line in lines if line.startswith("admin "))
         workers = [line.split()[2] for line in lines if line.split()[0] in ("prefill", "decode")]
         assert len(workers) == 2 and all(is_serving(address) for address in workers)
 
@@ -247,7 +250,7 @@ def test_serve_runs_answers_and_shuts_down_cleanly(capsys):
             == 0
         )
         assert "finish=" in capsys.readouterr().err
-        assert main(["workers", "--router", router]) == 0
+        assert main(["workers", "--router", admin]) == 0
         assert len(capsys.readouterr().out.splitlines()) == 3
     finally:
         serve.send_signal(signal.SIGTERM)
