@@ -88,11 +88,12 @@ def paged_attention_decode(
     context_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """The op the model calls: the Triton kernel on CUDA tensors, the vectorized torch path on CPU."""
+    """The op the model calls: the split-K Triton kernels on CUDA tensors, the torch path on CPU."""
     if q.is_cuda:
-        from engine.ops.triton.paged_attention import paged_attention_triton
+        # Imported here: triton is needed only on the GPU path (and the kernel module imports this one).
+        from engine.ops.triton.paged_attention_splitk import paged_attention_splitk
 
-        return paged_attention_triton(q, kv_layer, block_tables, context_lens, scale)
+        return paged_attention_splitk(q, kv_layer, block_tables, context_lens, scale)
     return paged_attention_torch(q, kv_layer, block_tables, context_lens, scale)
 
 
