@@ -12,7 +12,9 @@ from engine.ops.triton.fused_moe import align_pairs, fused_moe_triton, max_padde
 pytestmark = pytest.mark.timeout(120)
 
 
-def random_moe(tokens: int, hidden: int, inter: int, experts: int, top_k: int, seed: int, dtype=torch.float32):
+def random_moe(
+    tokens: int, hidden: int, inter: int, experts: int, top_k: int, seed: int, dtype=torch.float32
+):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, hidden, generator=gen)
     gate_up_t = torch.randn(experts, hidden, 2 * inter, generator=gen) / hidden**0.5

@@ -77,7 +77,9 @@ def _gate_up_kernel(
     for k0 in range(0, hidden, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < hidden
-        a = tl.load(x_ptr + tokens[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(
+            x_ptr + tokens[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
+        )
         w_offsets = ks[:, None] * stride_w_k + cols[None, :]
         w_mask = k_ok[:, None] & col_ok[None, :]
         w_gate = tl.load(w_expert + w_offsets, mask=w_mask, other=0.0).to(dot_dtype)
