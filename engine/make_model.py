@@ -28,7 +28,28 @@ from engine.make_tokenizer import (
 )
 from engine.models.checkpoint_format import expected_shapes, to_hf
 
-PRESETS = ("tiny", "small")
+PRESETS = ("tiny", "small", "next80b-slice")
+# Widths of Qwen3-Next-80B-A3B on 12 layers: the model `python -m bench.gpu` measures on a GPU.
+NEXT80B_SLICE = {
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "intermediate_size": 5120,
+    "num_experts": 64,
+    "num_experts_per_tok": 10,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "max_position_embeddings": 32768,
+    "dtype": "bfloat16",
+}
+TOKENIZER_MAX_VOCAB = 8192  # a bigger model vocab keeps ids past the tokenizer's unused, as Qwen's do
 VARIANTS = ("default", "head256")
 MODEL_TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 _ARCHITECTURES = {
@@ -92,6 +113,14 @@ def preset_config(preset: str, model_type: str = "qwen3_next", variant: str = "d
     if model_type == "qwen3_next":
         # One dense layer among the MoE ones, so both MLP kinds are exercised.
         cfg.update(decoder_sparse_step=1, mlp_only_layers=[1] if tiny else [])
+    if preset == "next80b-slice":
+        if model_type == "qwen3_5_text":
+            raise ValueError("the next80b-slice preset is a MoE model; use qwen3_next or qwen3_5_moe_text")
+        cfg.update(NEXT80B_SLICE, mlp_only_layers=[])
+        cfg["rope_parameters"] = {**cfg["rope_parameters"], "rope_theta": 10000000.0}
+        cfg["layer_types"] = [
+            "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(12)
+        ]
     if variant == "head256":
         cfg.update(
             num_attention_heads=2,
@@ -189,7 +218,7 @@ def make_model(
     out.mkdir(parents=True, exist_ok=True)
     raw = preset_config(preset, model_type, variant)
     regex = QWEN2_PRETOKENIZE_REGEX if model_type == "qwen3_next" else QWEN3_5_PRETOKENIZE_REGEX
-    tokenizer = build_tokenizer(raw["vocab_size"], regex)
+    tokenizer = build_tokenizer(min(raw["vocab_size"], TOKENIZER_MAX_VOCAB), regex)
     tokenizer_class = "Qwen2Tokenizer" if model_type == "qwen3_next" else "Qwen3_5Tokenizer"
     ids = write_tokenizer(tokenizer, out, raw["max_position_embeddings"], tokenizer_class)
     raw.update(
