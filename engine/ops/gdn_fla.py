@@ -26,7 +26,10 @@ def fla_chunk_gated_delta_rule(
     g: torch.Tensor,
     beta: torch.Tensor,
     initial_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cu_seqlens` [S+1]: B = 1 holds S sequences packed along T (fla's varlen mode), and
+    initial_state / the returned state are [S, H, Dk, Dv]."""
     # Imported here: an optional, GPU-only dependency.
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -39,5 +42,6 @@ def fla_chunk_gated_delta_rule(
         beta=beta.to(dtype),
         initial_state=None if initial_state is None else initial_state.float(),
         output_final_state=True,
+        cu_seqlens=None if cu_seqlens is None else cu_seqlens.long(),
     )
     return out.to(dtype), state.float()

@@ -23,6 +23,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from engine.ops.dispatch import use_triton
+
 
 def moe_dense_reference(
     x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
@@ -76,7 +78,7 @@ def routed_experts(
 ) -> torch.Tensor:
     """The op the model calls: the Triton kernels on CUDA, `torch._grouped_mm` on CPU (the dense
     reference where this torch lacks it: correct, E/K times the work)."""
-    if x.is_cuda:
+    if use_triton(x):
         # Imported here: triton is needed only on the GPU path.
         from engine.ops.triton.fused_moe import fused_moe_triton
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.ops.dispatch import use_triton
+
 
 def paged_attention_reference(
     q: torch.Tensor,
@@ -89,7 +91,7 @@ def paged_attention_decode(
     scale: float,
 ) -> torch.Tensor:
     """The op the model calls: the split-K Triton kernels on CUDA tensors, the torch path on CPU."""
-    if q.is_cuda:
+    if use_triton(q):
         # Imported here: triton is needed only on the GPU path (and the kernel module imports this one).
         from engine.ops.triton.paged_attention_splitk import paged_attention_splitk
 
