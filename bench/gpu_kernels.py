@@ -18,6 +18,7 @@ from engine.ops.moe import grouped_mm_supported, moe_grouped_torch
 from engine.ops.paged_attention import paged_attention_torch
 from engine.ops.triton.causal_conv1d import causal_conv1d_update, causal_conv1d_varlen
 from engine.ops.triton.fused_moe import fused_moe_triton
+from engine.ops.triton.gdn_chunked import chunk_gated_delta_rule_triton
 from engine.ops.triton.gdn_decode import gdn_decode_step
 from engine.ops.triton.paged_attention_splitk import paged_attention_splitk
 from engine.ops.triton.paged_extend import paged_extend_triton
@@ -116,6 +117,7 @@ def kernels_section(args) -> dict:
     )
     gdn = _gdn_prefill_inputs(s, device)
     add(f"GDN chunked prefill torch {n} tokens", partial(chunk_gated_delta_rule, *gdn))
+    add(f"GDN chunked prefill triton {n} tokens", partial(chunk_gated_delta_rule_triton, *gdn))
     if device == "cuda" and importlib.util.find_spec("fla") is not None:
         from engine.ops.gdn_fla import fla_chunk_gated_delta_rule
 

@@ -21,6 +21,7 @@ from engine.ops.gdn_fla import fla_available, fla_chunk_gated_delta_rule
 from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
 from engine.ops.norms import gated_rms_norm, l2_normalize
 from engine.ops.triton.causal_conv1d import causal_conv1d_update, causal_conv1d_varlen
+from engine.ops.triton.gdn_chunked import chunk_gated_delta_rule_triton
 from engine.ops.triton.gdn_decode import gdn_decode_step
 
 
@@ -115,7 +116,9 @@ class GatedDeltaNet:
         for span in batch.prefills if not with_fla else ():
             s, e = span.row_start, span.row_end
             init = ssm_pool[span.state_slot].unsqueeze(0) if span.start_pos else None
-            out, state = chunk_gated_delta_rule(
+            # CUDA only (not FORCE_TRITON): under the interpreter it would take minutes per model forward.
+            prefill_rule = chunk_gated_delta_rule_triton if q.is_cuda else chunk_gated_delta_rule
+            out, state = prefill_rule(
                 q[None, s:e], k[None, s:e], v[None, s:e], g[None, s:e], beta[None, s:e], init
             )
             ssm_pool[span.state_slot] = state[0].to(ssm_pool.dtype)
