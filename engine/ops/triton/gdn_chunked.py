@@ -132,5 +132,6 @@ def chunk_gated_delta_rule_triton(
         g.stride(0), g.stride(1), g.stride(2), out.stride(0), out.stride(1), out.stride(2),
         DK=dim_k, DV=dim_v, BLOCK_K=triton.next_power_of_2(dim_k), BLOCK_V=block_v, CHUNK=chunk_size,
         HAS_INITIAL_STATE=initial_state is not None,
+        num_warps=8,  # [C, Dk] fp32 tiles (q, k, W) and the [C, C] inverse live in registers
     )  # fmt: skip
     return out, state

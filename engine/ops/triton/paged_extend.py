@@ -131,5 +131,6 @@ def paged_extend_triton(
         GROUP=group, GROUP_PAD=group_pad, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
         PRECISION=dot_precision(kv_layer.dtype), UPCAST=dot_upcast(kv_layer.dtype),
+        num_warps=8,  # a [64, head_dim] fp32 accumulator per program
     )  # fmt: skip
     return out
