@@ -118,9 +118,7 @@ def preset_config(preset: str, model_type: str = "qwen3_next", variant: str = "d
             raise ValueError("the next80b-slice preset is a MoE model; use qwen3_next or qwen3_5_moe_text")
         cfg.update(NEXT80B_SLICE, mlp_only_layers=[])
         cfg["rope_parameters"] = {**cfg["rope_parameters"], "rope_theta": 10000000.0}
-        cfg["layer_types"] = [
-            "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(12)
-        ]
+        cfg["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(12)]
     if variant == "head256":
         cfg.update(
             num_attention_heads=2,
