@@ -30,7 +30,28 @@ from engine.model_config import ModelConfig, parse_dtype
 from engine.models.checkpoint_format import expected_shapes, to_hf
 from engine.qwen_tokenizer import write_qwen3_5_tokenizer
 
-PRESETS = ("tiny", "small")
+PRESETS = ("tiny", "small", "next80b-slice")
+# Widths of Qwen3-Next-80B-A3B on 12 layers: the model `python -m bench.gpu` measures on a GPU.
+NEXT80B_SLICE = {
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "intermediate_size": 5120,
+    "num_experts": 64,
+    "num_experts_per_tok": 10,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "max_position_embeddings": 32768,
+    "dtype": "bfloat16",
+}
+TOKENIZER_MAX_VOCAB = 8192  # a bigger model vocab keeps ids past the tokenizer's unused, as Qwen's do
 VARIANTS = ("default", "head256")
 TOKENIZERS = ("trained", "qwen3.5")
 QWEN3_5_PADDED_VOCAB = 248_320  # the published Qwen3.5 vocab_size (248,077 tokens, padded)
@@ -97,6 +118,12 @@ def preset_config(preset: str, model_type: str = "qwen3_next", variant: str = "d
     if model_type == "qwen3_next":
         # One dense layer among the MoE ones, so both MLP kinds are exercised.
         cfg.update(decoder_sparse_step=1, mlp_only_layers=[1] if tiny else [])
+    if preset == "next80b-slice":
+        if model_type == "qwen3_5_text":
+            raise ValueError("the next80b-slice preset is a MoE model; use qwen3_next or qwen3_5_moe_text")
+        cfg.update(NEXT80B_SLICE, mlp_only_layers=[])
+        cfg["rope_parameters"] = {**cfg["rope_parameters"], "rope_theta": 10000000.0}
+        cfg["layer_types"] = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(12)]
     if variant == "head256":
         cfg.update(
             num_attention_heads=2,
@@ -210,7 +237,7 @@ def make_model(
         ids = write_qwen3_5_tokenizer(out, raw["max_position_embeddings"])
     else:
         regex = QWEN2_PRETOKENIZE_REGEX if model_type == "qwen3_next" else QWEN3_5_PRETOKENIZE_REGEX
-        trained = build_tokenizer(raw["vocab_size"], regex)
+        trained = build_tokenizer(min(raw["vocab_size"], TOKENIZER_MAX_VOCAB), regex)
         tokenizer_class = "Qwen2Tokenizer" if model_type == "qwen3_next" else "Qwen3_5Tokenizer"
         ids = write_tokenizer(trained, out, raw["max_position_embeddings"], tokenizer_class)
     if chat_template is not None:

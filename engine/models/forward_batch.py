@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.step_metadata import MetadataUploader
+from engine.ops.dispatch import use_triton
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,20 @@ class PrefillSpan:
     start_pos: int
     state_slot: int
     pages: torch.Tensor  # [ceil((start_pos + len) / block_size)] long: pages covering its context
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillMeta:
+    """All prefill chunks as device tensors, for the varlen Triton kernels (built only when they
+    run: see `engine.ops.dispatch.use_triton`). Prefill rows are [row_start, num_tokens)."""
+
+    row_start: int
+    cu_seqlens: torch.Tensor  # [S+1] int32, relative to row_start
+    start_pos: torch.Tensor  # [S] int32
+    block_tables: torch.Tensor  # [S, max_pages] int32 (padding 0, never read)
+    slots: torch.Tensor  # [S] long
+    has_state: torch.Tensor  # [S] bool: start_pos > 0
+    max_len: int  # longest chunk (sizes the grids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +67,7 @@ class ForwardBatch:
     num_verify_rows: int = 0
     verify_groups: tuple[VerifyGroup, ...] = ()
     last_rows: torch.Tensor | None = None  # [len(chunks)] long: each chunk's last row, input order
+    prefill_meta: PrefillMeta | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -127,6 +143,10 @@ def build_forward_batch(
     token_ids, positions_d, pages_d, offsets_d, slots_d, tables_d, lens_d = on_device[:7]
     last_rows = on_device[7]
     span_pages = on_device[8 : 8 + len(spans)]
+    prefill_spans = tuple(
+        PrefillSpan(s, e, start_pos, slot, pages)
+        for (s, e, start_pos, slot, _), pages in zip(spans, span_pages, strict=True)
+    )
     return ForwardBatch(
         token_ids=token_ids,
         positions=positions_d,
@@ -136,14 +156,35 @@ def build_forward_batch(
         decode_slots=slots_d,
         decode_block_tables=tables_d,
         decode_context_lens=lens_d,
-        prefills=tuple(
-            PrefillSpan(s, e, start_pos, slot, pages)
-            for (s, e, start_pos, slot, _), pages in zip(spans, span_pages, strict=True)
-        ),
+        prefills=prefill_spans,
         chunk_rows=chunk_rows,
         num_verify_rows=sum(len(chunks[i].token_ids) for i in verify),
         verify_groups=_verify_groups(chunks, verify, len(decode), on_device[8 + len(spans) :]),
         last_rows=last_rows,
+        prefill_meta=_prefill_meta(chunks, prefill, prefill_spans, device)
+        if prefill_spans and use_triton(device)
+        else None,
+    )
+
+
+def _prefill_meta(chunks: list, prefill: list[int], spans: list[PrefillSpan], device) -> PrefillMeta:
+    lengths = [span.row_end - span.row_start for span in spans]
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    width = max(span.pages.shape[0] for span in spans)
+    tables = torch.zeros(len(spans), width, dtype=torch.int32)
+    for row, i in enumerate(prefill):
+        needed = spans[row].pages.shape[0]
+        tables[row, :needed] = torch.tensor(chunks[i].block_table[:needed], dtype=torch.int32)
+    return PrefillMeta(
+        row_start=spans[0].row_start,
+        cu_seqlens=torch.tensor(cu, dtype=torch.int32).to(device),
+        start_pos=torch.tensor([s.start_pos for s in spans], dtype=torch.int32).to(device),
+        block_tables=tables.to(device),
+        slots=torch.tensor([s.state_slot for s in spans], dtype=torch.long).to(device),
+        has_state=torch.tensor([s.start_pos > 0 for s in spans]).to(device),
+        max_len=max(lengths),
     )
 
 

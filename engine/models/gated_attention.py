@@ -15,6 +15,7 @@ from engine.ops.attention import chunk_causal_attention
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.paged_attention import paged_attention_decode
 from engine.ops.rope import apply_rope
+from engine.ops.triton.paged_extend import paged_extend_triton
 
 
 class GatedAttention:
@@ -58,9 +59,16 @@ class GatedAttention:
         out = torch.empty_like(q)
         n = batch.num_decode + batch.num_verify_rows  # verify rows attend like decode rows
         if n:
-            tables, lengths = batch.decode_block_tables, batch.decode_context_lens
-            out[:n] = paged_attention_decode(q[:n], kv_pool, tables, lengths, self.scale, validate=False)
-        for span in batch.prefills:
+            out[:n] = paged_attention_decode(
+                q[:n], kv_pool, batch.decode_block_tables, batch.decode_context_lens, self.scale, validate=False
+            )
+        meta = batch.prefill_meta
+        if meta is not None:  # the Triton path: every prefill chunk in one launch
+            out[meta.row_start :] = paged_extend_triton(
+                q[meta.row_start :].contiguous(), kv_pool, meta.block_tables, meta.cu_seqlens,
+                meta.start_pos, self.scale, meta.max_len,
+            )  # fmt: skip
+        for span in batch.prefills if meta is None else ():
             context = span.start_pos + span.row_end - span.row_start
             pages = kv_pool[span.pages]  # [P, 2, block_size, Hkv, D]
             keys = pages[:, 0].reshape(-1, kv_heads, dim)[:context].to(q.dtype)

@@ -13,11 +13,16 @@ import torch.nn.functional as F
 
 from engine.cache.tensors import CacheTensors
 from engine.model_config import ModelConfig
-from engine.models.forward_batch import ForwardBatch, VerifyGroup
+from engine.models.forward_batch import ForwardBatch, PrefillMeta, VerifyGroup
 from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
+from engine.ops.dispatch import use_triton
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
+from engine.ops.gdn_fla import fla_available, fla_chunk_gated_delta_rule
 from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
 from engine.ops.norms import gated_rms_norm, l2_normalize
+from engine.ops.triton.causal_conv1d import causal_conv1d_update, causal_conv1d_varlen
+from engine.ops.triton.gdn_chunked import chunk_gated_delta_rule_triton
+from engine.ops.triton.gdn_decode import gdn_decode_step
 
 
 class GatedDeltaNet:
@@ -63,12 +68,27 @@ class GatedDeltaNet:
         parts = []
         if batch.num_decode:
             slots = batch.decode_slots
-            out, new_state = causal_conv1d_step(mixed[: batch.num_decode], conv_pool[slots], self.conv_weight)
-            conv_pool[slots] = new_state.to(conv_pool.dtype)
-            parts.append(out)
+            if use_triton(mixed):
+                parts.append(
+                    causal_conv1d_update(mixed[: batch.num_decode], self.conv_weight, conv_pool, slots)
+                )
+            else:
+                out, new_state = causal_conv1d_step(
+                    mixed[: batch.num_decode], conv_pool[slots], self.conv_weight
+                )
+                conv_pool[slots] = new_state.to(conv_pool.dtype)
+                parts.append(out)
         for group in batch.verify_groups:
             parts.append(self._verify_conv(mixed, group, conv_pool))
-        for span in batch.prefills:
+        meta = batch.prefill_meta
+        if meta is not None:  # the Triton path: every prefill chunk in one launch
+            rows = mixed[meta.row_start :].contiguous()
+            parts.append(
+                causal_conv1d_varlen(
+                    rows, self.conv_weight, conv_pool, meta.cu_seqlens, meta.slots, meta.has_state
+                )
+            )
+        for span in batch.prefills if meta is None else ():
             state = (
                 conv_pool[span.state_slot] if span.start_pos else torch.zeros_like(conv_pool[span.state_slot])
             )
@@ -89,15 +109,38 @@ class GatedDeltaNet:
             )
         for group in batch.verify_groups:
             parts.append(self._verify_delta_rule(q, k, v, g, beta, group, ssm_pool))
-        for span in batch.prefills:
+        meta = batch.prefill_meta
+        with_fla = meta is not None and q.is_cuda and fla_available()
+        if with_fla:
+            parts.append(self._prefill_fla(q, k, v, g, beta, meta, ssm_pool))
+        for span in batch.prefills if not with_fla else ():
             s, e = span.row_start, span.row_end
             init = ssm_pool[span.state_slot].unsqueeze(0) if span.start_pos else None
-            out, state = chunk_gated_delta_rule(
+            # CUDA only (not FORCE_TRITON): under the interpreter it would take minutes per model forward.
+            prefill_rule = chunk_gated_delta_rule_triton if q.is_cuda else chunk_gated_delta_rule
+            out, state = prefill_rule(
                 q[None, s:e], k[None, s:e], v[None, s:e], g[None, s:e], beta[None, s:e], init
             )
             ssm_pool[span.state_slot] = state[0].to(ssm_pool.dtype)
             parts.append(out[0])
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def _prefill_fla(q, k, v, g, beta, meta: PrefillMeta, ssm_pool: torch.Tensor) -> torch.Tensor:
+        """All prefill chunks in one varlen call of fla-core's chunked kernel (optional, CUDA only)."""
+        r = meta.row_start
+        init = ssm_pool[meta.slots] * meta.has_state[:, None, None, None].to(ssm_pool.dtype)
+        out, state = fla_chunk_gated_delta_rule(
+            q[None, r:],
+            k[None, r:],
+            v[None, r:],
+            g[None, r:],
+            beta[None, r:],
+            init,
+            cu_seqlens=meta.cu_seqlens,
+        )
+        ssm_pool[meta.slots] = state.to(ssm_pool.dtype)
+        return out[0]
 
     def _verify_conv(self, mixed: torch.Tensor, group: VerifyGroup, conv_pool: torch.Tensor) -> torch.Tensor:
         """Conv over T rows per chunk from its live slot; the state after row t goes to slot t."""
@@ -136,9 +179,7 @@ class GatedDeltaNet:
 
     @staticmethod
     def _decode_step(q, k, v, g, beta, slots: torch.Tensor, ssm_pool: torch.Tensor) -> torch.Tensor:
-        if ssm_pool.is_cuda:
-            from engine.ops.triton.gdn_decode import gdn_decode_step
-
+        if use_triton(ssm_pool):
             out, _ = gdn_decode_step(
                 q[:, None],
                 k[:, None],

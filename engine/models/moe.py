@@ -1,7 +1,8 @@
 """Feed-forward blocks: dense SwiGLU MLP and sparse MoE (softmax top-k router + gated shared expert).
 
-The MoE groups the (token, expert) pairs by expert and runs one matmul pair per selected expert,
-so the cost follows the experts actually hit, with no per-token Python loop.
+The routed experts run as one grouped op per projection over all experts of the step
+(`engine.ops.moe.routed_experts`: `torch._grouped_mm` on CPU, fused Triton kernels on CUDA), so the
+ops dispatched per step do not depend on the expert count and nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
+from engine.ops.moe import grouped_mm_supported, routed_experts
 
 
 class DenseMlp:
@@ -36,6 +38,8 @@ class SparseMoe:
         self.inter = self.gate_up_t.shape[2] // 2
         self.shared = DenseMlp(weights, "shared_expert.")
         self.shared_gate_t = weights["shared_expert_gate.weight"].t().contiguous()
+        # Probe (once per device kind and dtype) now, so no step pays for it or records its ops.
+        grouped_mm_supported(self.gate_up_t.device.type, self.gate_up_t.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = x @ self.router_t
@@ -44,28 +48,6 @@ class SparseMoe:
         if self.norm_topk_prob:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         top_w = top_w.to(x.dtype)
-        out = self._experts(x, top_e, top_w)
+        out = routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t)
         shared = self.shared.forward(x) * torch.sigmoid(x @ self.shared_gate_t)
         return out + shared
-
-    def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
-        """Sort the (token, expert) pairs by expert, run each hit expert once over its rows, unsort,
-        and sum each token's k weighted outputs. (A per-expert `index_add_` is ~100x slower on CPU.)"""
-        rows, hidden = x.shape
-        flat_e = top_e.reshape(-1)
-        order = torch.argsort(flat_e, stable=True)
-        counts = torch.bincount(flat_e, minlength=self.num_experts).tolist()
-        sorted_x = x[order // self.top_k]
-        outputs = []
-        start = 0
-        for expert, count in enumerate(counts):
-            if not count:
-                continue
-            gate, up = torch.split(
-                sorted_x[start : start + count] @ self.gate_up_t[expert], self.inter, dim=-1
-            )
-            outputs.append((F.silu(gate) * up) @ self.down_t[expert])
-            start += count
-        pairs = torch.empty(rows * self.top_k, hidden, dtype=x.dtype, device=x.device)
-        pairs[order] = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return (pairs.view(rows, self.top_k, hidden) * top_w.unsqueeze(-1)).sum(dim=1)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.ops.dispatch import use_triton
+
 
 def paged_attention_reference(
     q: torch.Tensor,
@@ -96,12 +98,13 @@ def paged_attention_decode(
     *,
     validate: bool = True,
 ) -> torch.Tensor:
-    """The op the model calls: the Triton kernel on CUDA tensors, the vectorized torch path on CPU.
+    """The op the model calls: the split-K Triton kernels on CUDA tensors, the torch path on CPU.
     The model passes `validate=False`: `build_forward_batch` checked the tables on the host."""
-    if q.is_cuda:
-        from engine.ops.triton.paged_attention import paged_attention_triton
+    if use_triton(q):
+        # Imported here: triton is needed only on the GPU path (and the kernel module imports this one).
+        from engine.ops.triton.paged_attention_splitk import paged_attention_splitk
 
-        return paged_attention_triton(q, kv_layer, block_tables, context_lens, scale)
+        return paged_attention_splitk(q, kv_layer, block_tables, context_lens, scale)
     return paged_attention_torch(q, kv_layer, block_tables, context_lens, scale, validate=validate)
 
 

@@ -34,12 +34,6 @@ SYNC_OPS = {
 SYNC_METHODS = {"tolist", "item", "numpy", "__bool__", "__int__", "__float__", "__index__", "__len__"}
 THE_ONE_COPY = "engine/token_readback.py"
 ENGINE_DIR = str(Path(engine.__file__).parent) + "/"
-# The routed experts still run one matmul per expert hit, sized by a host read of the counts; the
-# loop-free MoE of issue 15 part 1 removes it. Strict: when it lands these cases fail as XPASS and
-# the marker must go.
-MOE_LOOP = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="engine/models/moe.py reads expert counts to the host"
-)
 
 
 class SyncRecorder(TorchDispatchMode):
@@ -119,9 +113,9 @@ def assert_one_copy_per_step(hits: Counter, steps: int) -> None:
 @pytest.mark.parametrize(
     "model_type",
     [
-        pytest.param("qwen3_next", marks=MOE_LOOP),
+        "qwen3_next",
         "qwen3_5_text",
-        pytest.param("qwen3_5_moe_text", marks=MOE_LOOP),
+        "qwen3_5_moe_text",
     ],
 )
 def test_decode_steps_read_back_only_the_token_ids(model_type: str) -> None:

@@ -1,0 +1,88 @@
+"""Routed experts of a sparse MoE layer, without a Python loop over experts (and without a host sync).
+
+Shapes: x `[N, H]`, top_e `[N, K]` expert ids, top_w `[N, K]` routing weights (x's dtype),
+gate_up_t `[E, H, 2I]` (gate columns first, then up), down_t `[E, I, H]` → `[N, H]`:
+
+    out[n] = sum_k top_w[n, k] * (silu(x[n] @ gate[e]) * (x[n] @ up[e])) @ down[e],   e = top_e[n, k]
+
+Three forms with this signature:
+- `moe_dense_reference`: every expert over every token, then pick each token's k outputs; no
+  sorting at all, so it is an independent check of the sorted forms (and costs E/K times the work).
+- `moe_grouped_torch`: (token, k) pairs sorted by expert, `torch._grouped_mm` per projection (one
+  op over all experts), unsort, weighted sum. The CPU path; on CUDA, torch supports it for bf16.
+- `engine.ops.triton.fused_moe.fused_moe_triton`: the GPU kernels (SiLU-and-mul and the routing
+  weight fused into the GEMMs).
+`routed_experts` dispatches. Expert counts are computed with `scatter_add_` rather than
+`bincount` (which reads the max id back to the host on CUDA).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+from engine.ops.dispatch import use_triton
+
+
+def moe_dense_reference(
+    x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
+) -> torch.Tensor:
+    inter = down_t.shape[1]
+    gate, up = torch.split(torch.einsum("nh,ehi->eni", x.float(), gate_up_t.float()), inter, dim=-1)
+    every = torch.einsum("eni,eih->enh", F.silu(gate) * up, down_t.float())  # [E, N, H]
+    tokens = torch.arange(x.shape[0], device=x.device)[:, None]
+    picked = every[top_e, tokens]  # [N, K, H]
+    return (picked * top_w.float().unsqueeze(-1)).sum(dim=1).to(x.dtype)
+
+
+def expert_counts(top_e: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[E] int64 number of (token, k) pairs routed to each expert, computed on the device."""
+    flat = top_e.reshape(-1)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=top_e.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def moe_grouped_torch(
+    x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
+) -> torch.Tensor:
+    rows, top_k = top_e.shape
+    inter = down_t.shape[1]
+    order = torch.argsort(top_e.reshape(-1), stable=True)
+    ends = expert_counts(top_e, gate_up_t.shape[0]).cumsum(0).to(torch.int32)
+    sorted_x = x[order // top_k]
+    gate, up = torch.split(torch._grouped_mm(sorted_x, gate_up_t, offs=ends), inter, dim=-1)
+    sorted_out = torch._grouped_mm(F.silu(gate) * up, down_t, offs=ends)
+    pairs = torch.empty_like(sorted_out)
+    pairs[order] = sorted_out
+    return (pairs.view(rows, top_k, -1) * top_w.unsqueeze(-1)).sum(dim=1)
+
+
+@cache
+def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether `torch._grouped_mm` runs for this device kind and dtype (probed once on tiny input)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        a = torch.ones(4, 16, dtype=dtype, device=device_type)
+        b = torch.ones(2, 16, 16, dtype=dtype, device=device_type)
+        offs = torch.tensor([2, 4], dtype=torch.int32, device=device_type)
+        return bool(torch._grouped_mm(a, b, offs=offs)[0, 0] == 16)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+def routed_experts(
+    x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
+) -> torch.Tensor:
+    """The op the model calls: the Triton kernels on CUDA, `torch._grouped_mm` on CPU (the dense
+    reference where this torch lacks it: correct, E/K times the work)."""
+    if use_triton(x):
+        # Imported here: triton is needed only on the GPU path.
+        from engine.ops.triton.fused_moe import fused_moe_triton
+
+        return fused_moe_triton(x, top_e, top_w, gate_up_t, down_t)
+    if grouped_mm_supported(x.device.type, x.dtype):
+        return moe_grouped_torch(x, top_e, top_w, gate_up_t, down_t)
+    return moe_dense_reference(x, top_e, top_w, gate_up_t, down_t)
