@@ -154,10 +154,6 @@ class ProcessPool(Pool):
                 raise PoolError(f"no worker {worker_id!r} in this pool")
             return self._workers[worker_id].process
 
-    def log_path(self, worker_id: str) -> Path:
-        with self._lock:
-            return self._workers[worker_id].log_file
-
     # ---- internals -------------------------------------------------------------------------------
     def _launch(self, role: Role) -> _Worker:
         if self._closed:
