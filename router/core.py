@@ -29,7 +29,7 @@ from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
 from router.sessions import SessionTable
 from router.tokenize_pool import TokenizePool
-from rpc.errors import AdmissionRejected, NotFound, UnknownRequest
+from rpc.errors import AdmissionRejected, NotFound
 
 log = logging.getLogger(__name__)
 DRAIN_POLL_S = 0.2
@@ -126,7 +126,7 @@ class RouterCore:
         with self._lock:
             flow = self._flows.get((tenant, request_id))
         if flow is None:
-            raise UnknownRequest(f"no running request {request_id[:128]!r}")
+            raise NotFound(f"no running request {request_id[:128]!r}")
         flow.abort()
         return True
 
@@ -215,7 +215,7 @@ class RouterCore:
     def drain(self, worker_id: str, remove: bool = False) -> None:
         handle = self.registry.by_id(worker_id)
         if handle is None:
-            raise UnknownRequest(f"unknown worker {worker_id!r}")
+            raise NotFound(f"unknown worker {worker_id!r}")
         handle.draining = True
         handle.control.Drain(worker_pb2.WorkerDrainRequest(), timeout=5)
         if remove:

@@ -27,9 +27,6 @@ class NotFound(KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
-UnknownRequest = NotFound
-
-
 class AdmissionRejected(RuntimeError):
     """The worker is full (RESOURCE_EXHAUSTED) or draining (UNAVAILABLE)."""
 
