@@ -13,6 +13,7 @@ from baton_pb.v1 import admin_pb2
 from rpc.errors import AdmissionRejected
 from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
+from worker.exposed import ExposedPrefixes
 from worker.kv_events import KvEventHub
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class WorkerCore:
         self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
         self.draining = threading.Event()
+        self.exposed = ExposedPrefixes()  # prefixes peers may read from us (worker/prefix_fetch.py)
         self._lock = threading.Lock()
         self._in_flight = 0
         self.counters = {
