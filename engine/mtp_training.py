@@ -14,6 +14,9 @@ trained head, the index is updated).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,10 +226,6 @@ def trained_copy(
 ) -> Path:
     """`target`: a copy of the checkpoint at `source` with its MTP head trained (made once; a
     staging directory is renamed into place, so a half-written copy is never used)."""
-    import os
-    import shutil
-    import tempfile
-
     target = Path(target)
     if (target / "config.json").is_file():
         return target

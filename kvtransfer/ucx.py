@@ -39,7 +39,7 @@ _LEN = struct.Struct("!Q")
 def load_ucx() -> Any:
     """The ucxx core module, or TransferError saying why UCX cannot load."""
     try:
-        import ucxx._lib.libucxx as ucx_api
+        import ucxx._lib.libucxx as ucx_api  # optional: ucxx
     except Exception as exc:  # ImportError, or the bundled libucx failing to load
         raise TransferError(f"UCX library cannot load: {exc}") from exc
     return ucx_api
@@ -57,7 +57,7 @@ def _wait(requests: list[Any], deadline_mono: float) -> None:
 
 
 def _array(ucx_api: Any, buf: np.ndarray | torch.Tensor) -> Any:
-    from ucxx._lib.arr import Array
+    from ucxx._lib.arr import Array  # optional: ucxx
 
     return Array(buf.numpy() if isinstance(buf, torch.Tensor) else buf)
 

@@ -24,9 +24,11 @@ from router.config import RouterConfig
 from router.generate import GenerateFlow, NoWorkers
 from router.limits import check_prompt_tokens, check_request, prompt_bytes
 from router.metrics import RouterMetrics
+from router.policy import NoRoutableWorker, RoutingConfig, RoutingPolicy, WorkerCandidate
 from router.prompt_hashes import PromptHasher
 from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
+from router.scaling import rescale
 from router.sessions import SessionTable
 from router.tokenize_pool import TokenizePool
 from rpc.errors import AdmissionRejected, NotFound
@@ -73,8 +75,6 @@ class RouterCore:
         self.tokenize_pool = TokenizePool(config.tokenize_threads, config.tokenize_queue)
         self.metrics = RouterMetrics()
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id, cluster=config.cluster)
-        from router.policy import RoutingConfig, RoutingPolicy
-
         self.policy = RoutingPolicy(
             RoutingConfig(
                 block_size=config.block_size,
@@ -175,8 +175,6 @@ class RouterCore:
         )
 
     def _decide(self, **inputs):
-        from router.policy import NoRoutableWorker
-
         try:
             return self.policy.route(**inputs)
         except NoRoutableWorker as error:
@@ -222,8 +220,6 @@ class RouterCore:
             threading.Thread(target=self._finish_drain, args=(handle,), daemon=True).start()
 
     def scale(self, prefill: int, decode: int) -> admin_pb2.ListWorkersResponse:
-        from router.scaling import rescale
-
         rescale(self, prefill, decode)
         return self.list_workers()
 
@@ -286,8 +282,6 @@ class UnknownModel(NotFound):
 
 
 def _candidate(handle: WorkerHandle):
-    from router.policy import WorkerCandidate
-
     load = handle.info.load
     return WorkerCandidate(
         worker_id=handle.worker_id,

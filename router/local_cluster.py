@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from router.config import RouterConfig
 from router.pools.base import WorkerSpec
+from router.pools.process import ProcessPool
 from router.server import RunningRouter, start_router
 from rpc.cluster_auth import ClusterCredential
 
@@ -58,12 +59,10 @@ class LocalCluster:
             extra_args=spec.worker_args, cluster_token=cluster.token,
         )  # fmt: skip
         if spec.pool == "ray":
-            from router.pools.ray_pool import RayPool
+            from router.pools.ray_pool import RayPool  # optional: ray, only for --pool ray
 
             self.pool = RayPool(worker_spec, address=spec.ray_address)
         else:
-            from router.pools.process import ProcessPool
-
             self.pool = ProcessPool(worker_spec)
         self.pool.start(spec.prefill, spec.decode)
         config = dataclasses.replace(config, model=spec.router_model or spec.model, index=spec.index, cluster=cluster)

@@ -18,10 +18,12 @@ from prefix_index.factory import create_index
 from router.config import RouterConfig
 from router.core import RouterCore
 from router.openai.server import RunningHttp, start_http
+from router.pools.static import StaticPool
 from router.service import AdminServicer, BatonServicer
 from rpc import grpc_server
 from rpc.auth import TokenAuth
 from rpc.cluster_auth import ClusterCredential
+from rpc.metrics_http import start_metrics_server
 from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,6 @@ def start_router(config: RouterConfig, pool) -> RunningRouter:
     host = config.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
     metrics_port = 0
     if config.metrics_port:
-        from rpc.metrics_http import start_metrics_server
-
         metrics_port = start_metrics_server(config.metrics_port, registry=core.metrics.registry)
     running = RunningRouter(core, servers, f"{host}:{port}", f"{host}:{admin_port}", metrics_port)
     if config.http_listen:
@@ -183,8 +183,6 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from router.pools.static import StaticPool
-
     logging.basicConfig(level=os.environ.get("BATON_LOG_LEVEL", "INFO"))
     args = arg_parser().parse_args(argv)
     split = lambda text: [a for a in text.split(",") if a]  # noqa: E731

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from baton_pb.v1 import common_pb2
+from engine.sampling_params import SamplingParams
 
 SAMPLING_FIELDS = (
     "temperature",
@@ -22,8 +23,6 @@ SAMPLING_FIELDS = (
 
 def sampling_from_proto(message: common_pb2.SamplingParams, default_max_tokens: int = 256):
     """Builds and validates engine SamplingParams; raises ValueError with a message."""
-    from engine.sampling_params import SamplingParams
-
     options: dict[str, Any] = {name: getattr(message, name) for name in SAMPLING_FIELDS if message.HasField(name)}
     options.setdefault("max_tokens", default_max_tokens)
     if message.stop_token_ids:

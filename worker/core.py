@@ -10,6 +10,9 @@ import time
 from collections.abc import Iterator
 
 from baton_pb.v1 import admin_pb2
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+from kvtransfer.factory import create_backend
 from rpc.errors import AdmissionRejected
 from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
@@ -20,9 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(config: WorkerConfig, on_kv_event):
-    from engine.engine_config import EngineConfig
-    from engine.llm_engine import LLMEngine
-
     options = {
         "block_size": config.block_size,
         "enable_prefix_cache": config.prefix_cache,
@@ -37,8 +37,6 @@ def build_engine(config: WorkerConfig, on_kv_event):
 
 class WorkerCore:
     def __init__(self, config: WorkerConfig) -> None:
-        from kvtransfer.factory import create_backend
-
         self.config = config
         self.epoch = time.time_ns() // 1_000_000
         # The hub's namespace is the model identity, known once the engine has loaded the weights;

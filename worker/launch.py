@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -21,6 +21,8 @@ from rpc.cluster_auth import ClusterAuthInterceptor
 from worker.config import Role, WorkerConfig, worker_config_from_args
 from worker.control import WorkerControlServicer
 from worker.core import WorkerCore
+from worker.index_publisher import IndexPublisher
+from worker.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
 AddRoleServicer = Callable[[WorkerCore, grpc.Server], None]  # registers a role's servicer on the server
@@ -85,8 +87,6 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
     core.config = _with_address(config, address)
     _start_index_publisher(running)
     if config.metrics_port:
-        from worker.metrics import start_metrics_server
-
         start_metrics_server(config.metrics_port, worker=running)
     if config.ready_file:
         _write_atomically(Path(config.ready_file), address)
@@ -95,16 +95,12 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
 
 
 def _with_address(config: WorkerConfig, address: str) -> WorkerConfig:
-    from dataclasses import replace
-
     return replace(config, advertise=address)
 
 
 def _start_index_publisher(running: RunningWorker) -> None:
     spec = running.config.index
     if spec and spec != "embedded":
-        from worker.index_publisher import IndexPublisher
-
         running.core.publisher = IndexPublisher(spec, running.core, key_prefix=running.config.redis_key_prefix).start()
 
 

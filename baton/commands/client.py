@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
-    from baton_pb.v1 import common_pb2, public_pb2
+    from baton_pb.v1 import common_pb2, public_pb2  # lazy: CLI startup
 
     sampling = common_pb2.SamplingParams()
     if args.max_tokens is not None:
@@ -81,7 +81,7 @@ def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baton_pb.v1 import public_pb2_grpc
+    from baton_pb.v1 import public_pb2_grpc  # lazy: CLI startup
 
     request = build_request(args)
     usage, route, finish_reason = None, None, ""

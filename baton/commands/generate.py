@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
+    from engine.llm import LLM  # lazy: CLI startup
+    from engine.sampling_params import SamplingParams  # lazy: CLI startup
 
     try:
         params = SamplingParams(

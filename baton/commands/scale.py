@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baton_pb.v1 import admin_pb2, admin_pb2_grpc
+    from baton_pb.v1 import admin_pb2, admin_pb2_grpc  # lazy: CLI startup
 
     request = admin_pb2.ScaleRequest(prefill=args.prefill, decode=args.decode)
     with open_channel(args.router) as channel:

@@ -18,6 +18,7 @@ from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
 from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
 from engine.ops.norms import gated_rms_norm, l2_normalize
+from engine.ops.triton.gdn_decode import gdn_decode_step
 
 
 class GatedDeltaNet:
@@ -137,8 +138,6 @@ class GatedDeltaNet:
     @staticmethod
     def _decode_step(q, k, v, g, beta, slots: torch.Tensor, ssm_pool: torch.Tensor) -> torch.Tensor:
         if ssm_pool.is_cuda:
-            from engine.ops.triton.gdn_decode import gdn_decode_step
-
             out, _ = gdn_decode_step(
                 q[:, None],
                 k[:, None],

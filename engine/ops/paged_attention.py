@@ -99,7 +99,7 @@ def paged_attention_decode(
     """The op the model calls: the Triton kernel on CUDA tensors, the vectorized torch path on CPU.
     The model passes `validate=False`: `build_forward_batch` checked the tables on the host."""
     if q.is_cuda:
-        from engine.ops.triton.paged_attention import paged_attention_triton
+        from engine.ops.triton.paged_attention import paged_attention_triton  # cycle: it imports this module
 
         return paged_attention_triton(q, kv_layer, block_tables, context_lens, scale)
     return paged_attention_torch(q, kv_layer, block_tables, context_lens, scale, validate=validate)

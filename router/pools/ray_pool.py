@@ -18,6 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
 from router.pools.base import Pool, PoolError, PoolMember, Role, WorkerSpec, WorkerStartError, check_role
 from router.pools.health import wait_until_serving
 from router.pools.ray_actor import DEFAULT_STARTER, WorkerActor
@@ -32,8 +35,6 @@ LOCAL_LOGICAL_CPUS = 16
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to `address` or start a local cluster, unless Ray is up already. True if it started."""
-    import ray
-
     if ray.is_initialized():
         return False
     if address:
@@ -71,8 +72,6 @@ class RayPool(Pool):
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        import ray
-
         self.spec = spec
         self._started_ray = ensure_ray(address)
         self._remote_cluster = bool(address)
@@ -107,8 +106,6 @@ class RayPool(Pool):
             self._actors.update({a.worker_id: a for a in created})
 
     def members(self) -> list[PoolMember]:
-        import ray
-
         with self._lock:
             actors = list(self._actors.values())
             self._refresh_addresses(ray, actors)
@@ -134,8 +131,6 @@ class RayPool(Pool):
         self._stop(actor)
 
     def close(self) -> None:
-        import ray
-
         with self._lock:
             if self._closed:
                 return
@@ -177,9 +172,6 @@ class RayPool(Pool):
         return _Actor(worker_id, role, handle)
 
     def _wait_ready(self, actor: _Actor) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         deadline = time.monotonic() + self._startup_timeout_s
         try:
             actor.address = ray.get(actor.handle.address.remote(), timeout=self._startup_timeout_s)
@@ -217,8 +209,6 @@ class RayPool(Pool):
             actor.pending, actor.refreshed_at = None, now
 
     def _stop(self, actor: _Actor) -> None:
-        import ray
-
         try:
             ray.get(
                 actor.handle.drain_and_stop.remote(self._stop_timeout_s), timeout=self._stop_timeout_s + 5
@@ -229,8 +219,6 @@ class RayPool(Pool):
 
     @staticmethod
     def _kill(actor: _Actor) -> None:
-        import ray
-
         try:
             ray.kill(actor.handle, no_restart=True)
         except Exception as error:  # noqa: BLE001 - already gone
