@@ -213,17 +213,6 @@ class UcxBackend(SharedBackend):
             if isinstance(msg, dict) and self._authorize(msg):
                 self._pool.submit(self._serve, msg)
 
-    def _authorize(self, msg: dict[str, Any]) -> bool:
-        if msg.get("kind") == "open":
-            return self.book.authorized(msg.get("transfer_id"), msg.get("secret"))
-        if msg.get("kind") == "read":
-            try:
-                self.exposed_units(msg.get("transfer_id"), msg.get("secret"))
-            except TransferError:
-                return False
-            return True
-        return False
-
     def _serve(self, msg: dict[str, Any]) -> None:
         try:
             if msg.get("kind") == "open":
