@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from baton.commands.workers import add_router_flags, call_metadata, open_channel, report_rpc_error
+from baton.sampling_flags import add_sampling_flags, sampling_options
 
 if TYPE_CHECKING:
     from baton_pb.v1 import common_pb2, public_pb2
@@ -48,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='--chat: chat-template kwargs as a JSON object, e.g. \'{"enable_thinking": false}\'',
     )
     parser.add_argument("--session", default="", help="agent session id (routing affinity across turns)")
-    parser.add_argument("--max-tokens", type=positive, default=None)
-    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    parser.add_argument("--seed", type=int, default=None)
+    add_sampling_flags(parser, types={"max_tokens": positive})  # unset: the router's defaults
     parser.add_argument("--tenant", default="", help="cache namespace (bound to the token when auth is on)")
     parser.add_argument("--request-id", default="")
     parser.add_argument("--explain", action="store_true", help="print the routing score table")
@@ -61,12 +60,8 @@ def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
     from baton_pb.v1 import common_pb2, public_pb2  # lazy: CLI startup
 
     sampling = common_pb2.SamplingParams()
-    if args.max_tokens is not None:
-        sampling.max_tokens = args.max_tokens
-    if args.temperature is not None:
-        sampling.temperature = args.temperature
-    if args.seed is not None:
-        sampling.seed = args.seed
+    for name, value in sampling_options(args).items():
+        setattr(sampling, name, value)
     request = public_pb2.GenerateRequest(
         request_id=args.request_id, session_id=args.session, tenant=args.tenant, sampling=sampling,
         explain=args.explain,
