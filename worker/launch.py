@@ -22,7 +22,7 @@ from worker.config import Role, WorkerConfig, worker_config_from_args
 from worker.control import WorkerControlServicer
 from worker.core import WorkerCore
 from worker.index_publisher import IndexPublisher
-from worker.metrics import start_metrics_server
+from worker.metrics import serve_worker_metrics
 
 log = logging.getLogger(__name__)
 AddRoleServicer = Callable[[WorkerCore, grpc.Server], None]  # registers a role's servicer on the server
@@ -87,7 +87,7 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
     core.config = _with_address(config, address)
     _start_index_publisher(running)
     if config.metrics_port:
-        start_metrics_server(config.metrics_port, worker=running)
+        serve_worker_metrics(config.metrics_port, worker=running)
     if config.ready_file:
         _write_atomically(Path(config.ready_file), address)
     log.info("%s worker %s serving on %s", config.role, config.worker_id, address)

@@ -47,6 +47,6 @@ class WorkerCollector:
             yield family
 
 
-def start_metrics_server(port: int, *, worker) -> int:
+def serve_worker_metrics(port: int, *, worker) -> int:
     """Serves the worker's /metrics on `port` (0 = any free port); returns the bound port."""
     return metrics_http.start_metrics_server(port, collector=WorkerCollector(worker))

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
+def request_from_args(args: argparse.Namespace) -> public_pb2.GenerateRequest:
     from baton_pb.v1 import common_pb2, public_pb2  # lazy: CLI startup
 
     sampling = common_pb2.SamplingParams()
@@ -78,7 +78,7 @@ def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
 def run(args: argparse.Namespace) -> int:
     from baton_pb.v1 import public_pb2_grpc  # lazy: CLI startup
 
-    request = build_request(args)
+    request = request_from_args(args)
     usage, route, finish_reason = None, None, ""
     with open_channel(args.router) as channel:
         stream = public_pb2_grpc.BatonStub(channel).Generate(
