@@ -19,7 +19,9 @@ def test_every_option_survives_the_wire_both_ways():
     message = sampling_to_proto(params, max_tokens=12)
     assert message.max_tokens == 12
     back = sampling_from_proto(common_pb2.SamplingParams.FromString(message.SerializeToString()))
-    assert back == SamplingParams(**{**{f.name: getattr(params, f.name) for f in fields(params)}, "max_tokens": 12})
+    assert back == SamplingParams(
+        **{**{f.name: getattr(params, f.name) for f in fields(params)}, "max_tokens": 12}
+    )
 
 
 def test_unset_optional_numbers_stay_unset_on_the_wire():
