@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -265,9 +264,3 @@ def _load_deltas(before: dict[str, dict], after: dict[str, dict]) -> dict[str, d
         then = before.get(worker_id, {})
         deltas[worker_id] = {"role": now["role"], **{k: now[k] - then.get(k, 0) for k in LOAD_FIELDS}}
     return deltas
-
-
-def model_dir_for(preset: str, model_type: str) -> Path:
-    from tests.helpers.checkpoints import small_checkpoint, tiny_checkpoint
-
-    return tiny_checkpoint(model_type) if preset == "tiny" else small_checkpoint(model_type)

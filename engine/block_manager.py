@@ -58,9 +58,6 @@ class BlockManager:
         seq.block_table.extend(self.pages.allocate(needed))
         return True
 
-    def can_allocate(self, num_pages: int) -> bool:
-        return self._make_room(num_pages)
-
     def _make_room(self, num_pages: int) -> bool:
         if self.pages.num_free >= num_pages:
             return True
@@ -85,7 +82,3 @@ class BlockManager:
             self.live_slots.free(seq.state_slot)
             seq.state_slot = None
         seq.num_computed_tokens = 0
-
-    @property
-    def num_free_pages(self) -> int:
-        return self.pages.num_free

@@ -6,8 +6,8 @@ sequences whose chunk reached their last token sample the next one, and finished
 back their pages and slot (into the prefix cache first, when it is on). Disaggregation hooks: a
 `prefill_only` request stops after its first token and stays PINNED (pages + slot) until
 `release`; `reserve` + `commit_reservation` let a sequence whose KV and state were written from
-outside join the running batch. Every public method takes one lock, so gRPC threads may call
-add_request/abort/reserve/release while another thread runs step().
+outside join the running batch. The engine takes no locks: one thread owns it and makes every call
+(in a worker that thread is `worker/engine_loop.py::EngineLoop`; offline, the caller's).
 
 A step is launched (forward + sampling queued on the device), its token ids come back in one copy
 (`TokenReadback`), and with overlap scheduling (default on cuda) the next step is planned between
@@ -17,7 +17,6 @@ the two (`engine/overlap.py`). On cuda, pure decode and verify steps replay CUDA
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,7 +115,6 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, commit)
         self._arrivals = 0
-        self._lock = threading.RLock()
         self.logits_observer: Callable[[str, torch.Tensor], None] | None = None  # tests: per sampled row
         self.spec = spec_setup.decoder(self, spec_head) if spares else None  # speculative decoding
         self.readback = TokenReadback(config.device)
@@ -142,11 +140,10 @@ class LLMEngine:
         cache_salt: str = "",
         layer_callback: LayerCallback | None = None,
     ) -> None:
-        with self._lock:
-            seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
-            seq.layer_callback = layer_callback
-            self.sequences[request_id] = seq
-            self.scheduler.add(seq)
+        seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
+        seq.layer_callback = layer_callback
+        self.sequences[request_id] = seq
+        self.scheduler.add(seq)
 
     def _new_sequence(
         self, request_id: str, prompt: list[int], params: SamplingParams | None, prefill_only: bool, salt: str
@@ -181,33 +178,34 @@ class LLMEngine:
         )
 
     def abort(self, request_id: str) -> bool:
-        with self._lock:
-            seq = self.sequences.pop(request_id, None)
-            if seq is None:
-                return False
-            self.scheduler.remove(seq)
-            self.memory.free(seq)
-            seq.status = Status.FINISHED
-            self._pending.append(self._output(seq, [], finished=True, reason="abort"))
-            return True
+        seq = self.sequences.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.remove(seq)
+        self.memory.free(seq)
+        seq.status = Status.FINISHED
+        self._pending.append(self._output(seq, [], finished=True, reason="abort"))
+        return True
+
+    def page_ids(self, request_id: str) -> list[int]:
+        """The KV pages the request holds now, in block order (its block table)."""
+        return list(self.sequences[request_id].block_table)
 
     def has_unfinished_requests(self) -> bool:
-        with self._lock:
-            return self.scheduler.has_work() or bool(self._pending)
+        return self.scheduler.has_work() or bool(self._pending)
 
     # ---- disaggregation hooks ---------------------------------------------------------------
     def release(self, request_id: str) -> bool:
         """Free a PINNED prefill result or a RESERVED reservation (or abort anything else)."""
-        with self._lock:
-            seq = self.sequences.get(request_id)
-            if seq is None:
-                return False
-            if seq.status in (Status.PINNED, Status.RESERVED):
-                del self.sequences[request_id]
-                self.memory.free(seq)
-                seq.status = Status.FINISHED
-                return True
-            return self.abort(request_id)
+        seq = self.sequences.get(request_id)
+        if seq is None:
+            return False
+        if seq.status in (Status.PINNED, Status.RESERVED):
+            del self.sequences[request_id]
+            self.memory.free(seq)
+            seq.status = Status.FINISHED
+            return True
+        return self.abort(request_id)
 
     def reserve(
         self,
@@ -218,61 +216,58 @@ class LLMEngine:
     ) -> Reservation:
         """Pages for the whole prompt + a live slot, to be filled from outside. Raises
         OutOfPages / OutOfSlots when the engine is full (nothing is held then)."""
-        with self._lock:
-            seq = self._new_sequence(request_id, prompt_token_ids, params, False, cache_salt)
-            cached = self.prefix_cache.share_blocks(seq) if self.prefix_cache is not None else 0
-            try:
-                seq.state_slot = self.memory.live_slots.allocate()
-                seq.block_table.extend(
-                    self.memory.allocate_pages(
-                        -(-seq.num_prompt_tokens // self.config.block_size) - len(seq.block_table)
-                    )
+        seq = self._new_sequence(request_id, prompt_token_ids, params, False, cache_salt)
+        cached = self.prefix_cache.share_blocks(seq) if self.prefix_cache is not None else 0
+        try:
+            seq.state_slot = self.memory.live_slots.allocate()
+            seq.block_table.extend(
+                self.memory.allocate_pages(
+                    -(-seq.num_prompt_tokens // self.config.block_size) - len(seq.block_table)
                 )
-            except Exception:
-                self.memory.free(seq)
-                raise
-            seq.status = Status.RESERVED
-            seq.num_cached_tokens = cached * self.config.block_size
-            self.sequences[request_id] = seq
-            return Reservation(list(seq.block_table), seq.state_slot, cached)
+            )
+        except Exception:
+            self.memory.free(seq)
+            raise
+        seq.status = Status.RESERVED
+        seq.num_cached_tokens = cached * self.config.block_size
+        self.sequences[request_id] = seq
+        return Reservation(list(seq.block_table), seq.state_slot, cached)
 
     def commit_reservation(self, request_id: str, first_token: int) -> None:
         """The reservation's pages and slot now hold the prompt's KV and state: decode from here."""
-        with self._lock:
-            seq = self.sequences.get(request_id)
-            if seq is None or seq.status is not Status.RESERVED:
-                raise KeyError(f"no reservation {request_id!r}")
-            if not 0 <= first_token < self.model_config.vocab_size:
-                raise ValueError(f"first_token {first_token} is not a token id of this model")
-            seq.num_computed_tokens = seq.num_prompt_tokens
-            seq.admitted = True
-            self.metrics_state.count_admission(seq)
-            self.scheduler.add_running(seq)
-            self._append_token(seq, first_token, None, announce=False)
+        seq = self.sequences.get(request_id)
+        if seq is None or seq.status is not Status.RESERVED:
+            raise KeyError(f"no reservation {request_id!r}")
+        if not 0 <= first_token < self.model_config.vocab_size:
+            raise ValueError(f"first_token {first_token} is not a token id of this model")
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        seq.admitted = True
+        self.metrics_state.count_admission(seq)
+        self.scheduler.add_running(seq)
+        self.append_token(seq, first_token, None, announce=False)
 
     # ---- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        with self._lock:
-            outputs, self._pending = self._pending, []
-            chunks = self._next_chunks()
-            if not chunks:
-                return outputs
-            for chunk in chunks:
-                if not chunk.seq.admitted:
-                    chunk.seq.admitted = True
-                    self.metrics_state.count_admission(chunk.seq)
-            if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/speculative)
-                outputs.extend(self.spec.step(chunks))
-            else:
-                launched = self._launch(chunks)
-                if self.overlap:
-                    self._trace("schedule", launched.index + 1)
-                    self._plan = plan_ahead(self.scheduler, launched, self.max_model_len)
-                outputs.extend(self._complete(launched))
-            outputs.extend(self._pending)
-            self._pending = []
-            self.metrics_state.steps += 1
+        outputs, self._pending = self._pending, []
+        chunks = self._next_chunks()
+        if not chunks:
             return outputs
+        for chunk in chunks:
+            if not chunk.seq.admitted:
+                chunk.seq.admitted = True
+                self.metrics_state.count_admission(chunk.seq)
+        if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/speculative)
+            outputs.extend(self.spec.step(chunks))
+        else:
+            launched = self._launch(chunks)
+            if self.overlap:
+                self._trace("schedule", launched.index + 1)
+                self._plan = plan_ahead(self.scheduler, launched, self.max_model_len)
+            outputs.extend(self._complete(launched))
+        outputs.extend(self._pending)
+        self._pending = []
+        self.metrics_state.steps += 1
+        return outputs
 
     def _next_chunks(self) -> list[ScheduledChunk]:
         """The plan made while the last step ran (what is still runnable of it), else a fresh one."""
@@ -312,7 +307,9 @@ class LLMEngine:
         with torch.inference_mode():
             return self.runner.forward(seq_chunks, layer_callback=on_layer if watchers else None)
 
-    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
+    def sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
+        """Choose, read back and append the next token of every chunk that samples (one row of
+        `logits` per chunk)."""
         return self._complete(self._start_sampling(chunks, logits))
 
     def _start_sampling(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> LaunchedStep:
@@ -339,14 +336,16 @@ class LLMEngine:
         drop_expectations(launched)
         logprobs = compute_logprobs(launched.logits, chosen, launched.requests)
         outputs = [
-            self._append_token(seq, token, logprob)
+            self.append_token(seq, token, logprob)
             for seq, token, logprob in zip(launched.seqs, chosen, logprobs, strict=True)
         ]
         if self._plan is not None:
             self._plan = still_runnable(self._plan)
         return outputs
 
-    def _append_token(self, seq: Sequence, token: int, logprob, announce: bool = True) -> RequestOutput:
+    def append_token(self, seq: Sequence, token: int, logprob, announce: bool = True) -> RequestOutput:
+        """Append one chosen token to a running sequence and finish it if that token ends it
+        (speculative decoding appends its accepted tokens through here too)."""
         seq.output_token_ids.append(token)
         self.metrics_state.generated_tokens += 1
         reason = self.finisher.check(seq, token)
@@ -394,8 +393,7 @@ class LLMEngine:
 
     # ---- observability ----------------------------------------------------------------------
     def metrics(self) -> dict:
-        with self._lock:
-            return self.metrics_state.snapshot(self)
+        return self.metrics_state.snapshot(self)
 
 
 def _generation_eos(model_dir: Path, model_config: ModelConfig) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ from engine.make_tokenizer import (
 )
 from engine.model_config import ModelConfig, parse_dtype
 from engine.models.checkpoint_format import expected_shapes, to_hf
+from engine.models.mtp import PREFIX, mtp_expected_shapes
 from engine.qwen_tokenizer import write_qwen3_5_tokenizer
 
 PRESETS = ("tiny", "small", "next80b-slice")
@@ -156,7 +157,6 @@ def random_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 def random_mtp_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """`mtp.*` canonical tensors of the MTP head (none when `mtp_num_hidden_layers` is 0), drawn
     from their own generator so the main model's weights do not depend on them."""
-    from engine.models.mtp import PREFIX, mtp_expected_shapes
 
     if cfg.mtp_num_hidden_layers < 1:
         return {}

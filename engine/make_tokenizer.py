@@ -79,21 +79,31 @@ def write_tokenizer(
     """Write tokenizer.json + tokenizer_config.json; returns the special token ids."""
     tokenizer.save(str(out_dir / "tokenizer.json"))
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    added = {
-        str(ids[token]): {
-            "content": token,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for token in SPECIAL_TOKENS
-    }
-    config = {
+    added = {ids[token]: (token, True) for token in SPECIAL_TOKENS}
+    extra = {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}
+    config = tokenizer_config(tokenizer_class, added, model_max_length, extra)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return ids
+
+
+def tokenizer_config(
+    tokenizer_class: str, added: dict[int, tuple[str, bool]], model_max_length: int, extra: dict | None = None
+) -> dict:
+    """`tokenizer_config.json` of a ChatML tokenizer; `added` maps token id -> (content, special)."""
+    return {
         "tokenizer_class": tokenizer_class,
-        "added_tokens_decoder": added,
-        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "added_tokens_decoder": {
+            str(token_id): {
+                "content": content,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": special,
+            }
+            for token_id, (content, special) in added.items()
+        },
+        **(extra or {}),
         "bos_token": None,
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
@@ -103,7 +113,5 @@ def write_tokenizer(
         "errors": "replace",
         "model_max_length": model_max_length,
         "split_special_tokens": False,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": CHAT_TEMPLATE,  # plain ChatML; a chat_template.jinja beside it takes priority
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return ids

@@ -217,25 +217,3 @@ def write_mtp_weights(model_dir: Path, cfg, canonical: dict[str, torch.Tensor]) 
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     index_path.write_text(json.dumps(index, indent=2) + "\n")
 
-
-def trained_copy(
-    source: str | Path, target: str | Path, config: MtpTrainConfig | None = None, log=print
-) -> Path:
-    """`target`: a copy of the checkpoint at `source` with its MTP head trained (made once; a
-    staging directory is renamed into place, so a half-written copy is never used)."""
-    import os
-    import shutil
-    import tempfile
-
-    target = Path(target)
-    if (target / "config.json").is_file():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-        train_mtp(staging, config, log)
-        os.rename(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target

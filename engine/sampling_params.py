@@ -4,7 +4,7 @@ so every bad value becomes a `ValueError` that names the field (the workers map 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 MAX_LOGPROBS = 20
 
@@ -99,3 +99,15 @@ def _check_number(name: str, value: object, low: float | None, high: float | Non
         raise ValueError(f"{name} must be >= {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
+# The one list of sampling options, read by the wire conversion (rpc/convert.py) and the CLI.
+LIST_FIELDS = ("stop_token_ids", "stop")
+FLAG_FIELDS = ("ignore_eos",)
+# Each holds one number; on the wire (common.proto) each is an optional field of the same name.
+NUMBER_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(SamplingParams) if f.name not in LIST_FIELDS + FLAG_FIELDS
+)
+NUMBER_TYPES: dict[str, type] = {
+    f.name: int if f.type.startswith("int") else float for f in fields(SamplingParams) if f.name in NUMBER_FIELDS
+}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvtransfer.base import TransferBackend, TransferError
+from kvtransfer.local import LocalBackend
+from kvtransfer.tcp import TcpBackend
 
 BACKENDS = ("local", "tcp", "ucx")
 
@@ -14,15 +16,11 @@ def create_backend(name: str, **options: Any) -> TransferBackend:
     tcp: host (listen/advertise host, default 127.0.0.1), gate (`tcp_gate.GateLimits`).
     ucx: none beyond UCX_* environment."""
     if name == "local":
-        from kvtransfer.local import LocalBackend
-
         return LocalBackend(**options)
     if name == "tcp":
-        from kvtransfer.tcp import TcpBackend
-
         return TcpBackend(**options)
     if name == "ucx":
-        from kvtransfer.ucx import UcxBackend
+        from kvtransfer.ucx import UcxBackend  # optional: ucxx
 
         return UcxBackend(**options)
     raise TransferError(f"unknown transfer backend {name!r}; choose one of {BACKENDS}")

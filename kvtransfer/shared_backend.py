@@ -129,6 +129,18 @@ class SharedBackend(TransferBackend):
             raise TransferError(f"transfer id {transfer_id!r} is not exposed (unknown, expired or wrong secret)")
         return entry[0]
 
+    def _authorize(self, first: dict) -> bool:
+        """Check of a connection's first message: a transfer we expect, or a prefix we expose."""
+        if first.get("kind") == "open":
+            return self.book.authorized(first.get("transfer_id"), first.get("secret"))
+        if first.get("kind") == "read":
+            try:
+                self.exposed_units(first.get("transfer_id"), first.get("secret"))
+            except TransferError:
+                return False
+            return True
+        return False
+
     def _open_read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> str:
         """Book a local record that a read's stream fills; returns its id."""
         units = {r: tuple(int(u) for u in ids) for r, ids in dst_units_local.items()}

@@ -147,18 +147,6 @@ class TcpBackend(SharedBackend):
             sock.close()
         return self._finish_read(local_id)
 
-    def _authorize(self, first: dict[str, Any]) -> bool:
-        """Gate check of a connection's first frame: a transfer we expect, or a prefix we expose."""
-        if first.get("kind") == "open":
-            return self.book.authorized(first.get("transfer_id"), first.get("secret"))
-        if first.get("kind") == "read":
-            try:
-                self.exposed_units(first.get("transfer_id"), first.get("secret"))
-            except TransferError:
-                return False
-            return True
-        return False
-
     def _serve(self, conn: socket.socket, first: dict[str, Any]) -> None:
         """A serving thread, for an authorized connection (the gate closes it afterwards)."""
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

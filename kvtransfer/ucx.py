@@ -39,7 +39,7 @@ _LEN = struct.Struct("!Q")
 def load_ucx() -> Any:
     """The ucxx core module, or TransferError saying why UCX cannot load."""
     try:
-        import ucxx._lib.libucxx as ucx_api
+        import ucxx._lib.libucxx as ucx_api  # optional: ucxx
     except Exception as exc:  # ImportError, or the bundled libucx failing to load
         raise TransferError(f"UCX library cannot load: {exc}") from exc
     return ucx_api
@@ -57,7 +57,7 @@ def _wait(requests: list[Any], deadline_mono: float) -> None:
 
 
 def _array(ucx_api: Any, buf: np.ndarray | torch.Tensor) -> Any:
-    from ucxx._lib.arr import Array
+    from ucxx._lib.arr import Array  # optional: ucxx
 
     return Array(buf.numpy() if isinstance(buf, torch.Tensor) else buf)
 
@@ -212,17 +212,6 @@ class UcxBackend(SharedBackend):
                 continue  # a malformed open message: nobody to answer
             if isinstance(msg, dict) and self._authorize(msg):
                 self._pool.submit(self._serve, msg)
-
-    def _authorize(self, msg: dict[str, Any]) -> bool:
-        if msg.get("kind") == "open":
-            return self.book.authorized(msg.get("transfer_id"), msg.get("secret"))
-        if msg.get("kind") == "read":
-            try:
-                self.exposed_units(msg.get("transfer_id"), msg.get("secret"))
-            except TransferError:
-                return False
-            return True
-        return False
 
     def _serve(self, msg: dict[str, Any]) -> None:
         try:

@@ -13,7 +13,7 @@ def create_index(spec: str = "embedded", **redis_options: object) -> PrefixIndex
     if spec == "embedded":
         return EmbeddedPrefixIndex()
     if spec == "redis" or spec.startswith(("redis://", "rediss://", "unix://")):
-        from prefix_index.redis_index import RedisPrefixIndex  # redis is only needed when used
+        from prefix_index.redis_index import RedisPrefixIndex  # optional: redis, only for --index redis
 
         url = os.environ.get("BATON_REDIS_URL") if spec == "redis" else spec
         return RedisPrefixIndex(url, **redis_options)  # type: ignore[arg-type]

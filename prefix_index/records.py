@@ -40,9 +40,6 @@ class WorkerRecord:
             checkpoints = tuple(h for h, f in flags_of.items() if f & CHECKPOINT)
             yield namespace, IndexEvent("stored", blocks, checkpoints)
 
-    def num_entries(self) -> int:
-        return sum(len(f) for f in self.entries.values())
-
 
 class PublishedRecords:
     """Not thread-safe on its own: the owning index holds its lock around every call."""

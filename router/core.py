@@ -24,12 +24,14 @@ from router.config import RouterConfig
 from router.generate import GenerateFlow, NoWorkers
 from router.limits import check_prompt_tokens, check_request, prompt_bytes
 from router.metrics import RouterMetrics
+from router.policy import NoRoutableWorker, RoutingConfig, RoutingPolicy, WorkerCandidate
 from router.prompt_hashes import PromptHasher
 from router.prompts import PreparedRequest, prepare
 from router.registry import WorkerHandle, WorkerRegistry
+from router.scaling import rescale
 from router.sessions import SessionTable
 from router.tokenize_pool import TokenizePool
-from rpc.errors import AdmissionRejected, NotFound, UnknownRequest
+from rpc.errors import AdmissionRejected, NotFound
 from rpc.logs import request_context
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,6 @@ class RouterCore:
         self.metrics = metrics or RouterMetrics()
         self.metrics.set_model_name(self.model_name)
         self.registry = WorkerRegistry(pool, index, feed_index=config.index == "embedded", poll_s=config.load_poll_s, tls=config.tls if config.tls.ca else None, model_identity=self.model_id, cluster=config.cluster)
-        from router.policy import RoutingConfig, RoutingPolicy
-
         self.policy = RoutingPolicy(
             RoutingConfig(
                 block_size=config.block_size,
@@ -132,7 +132,7 @@ class RouterCore:
         with self._lock:
             flow = self._flows.get((tenant, request_id))
         if flow is None:
-            raise UnknownRequest(f"no running request {request_id[:128]!r}")
+            raise NotFound(f"no running request {request_id[:128]!r}")
         flow.abort()
         return True
 
@@ -181,8 +181,6 @@ class RouterCore:
         )
 
     def _decide(self, **inputs):
-        from router.policy import NoRoutableWorker
-
         try:
             return self.policy.route(**inputs)
         except NoRoutableWorker as error:
@@ -224,15 +222,13 @@ class RouterCore:
     def drain(self, worker_id: str, remove: bool = False) -> None:
         handle = self.registry.by_id(worker_id)
         if handle is None:
-            raise UnknownRequest(f"unknown worker {worker_id!r}")
+            raise NotFound(f"unknown worker {worker_id!r}")
         handle.draining = True
         handle.control.Drain(worker_pb2.WorkerDrainRequest(), timeout=5)
         if remove:
             threading.Thread(target=self._finish_drain, args=(handle,), daemon=True).start()
 
     def scale(self, prefill: int, decode: int) -> admin_pb2.ListWorkersResponse:
-        from router.scaling import rescale
-
         rescale(self, prefill, decode)
         return self.list_workers()
 
@@ -296,8 +292,6 @@ class UnknownModel(NotFound):
 
 
 def _candidate(handle: WorkerHandle):
-    from router.policy import WorkerCandidate
-
     load = handle.info.load
     return WorkerCandidate(
         worker_id=handle.worker_id,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from router.config import RouterConfig
 from router.pools.base import WorkerSpec
+from router.pools.process import ProcessPool
 from router.server import RunningRouter, bind_router, start_router
 from rpc.cluster_auth import ClusterCredential
 
@@ -75,11 +76,9 @@ class LocalCluster:
         )  # fmt: skip
         timeout = spec.startup_timeout_s
         if spec.pool == "ray":
-            from router.pools.ray_pool import RayPool
+            from router.pools.ray_pool import RayPool  # optional: ray, only for --pool ray
 
             return RayPool(worker_spec, address=spec.ray_address, startup_timeout_s=timeout)
-        from router.pools.process import ProcessPool
-
         return ProcessPool(worker_spec, startup_timeout_s=timeout)
 
     @property

@@ -20,6 +20,7 @@ from router.core import RouterCore
 from router.flags import add_listen_flags
 from router.metrics import RouterMetrics
 from router.openai.server import RunningHttp, start_http
+from router.pools.static import StaticPool
 from router.service import AdminServicer, BatonServicer
 from rpc import grpc_server
 from rpc.auth import TokenAuth
@@ -239,8 +240,6 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from router.pools.static import StaticPool
-
     configure_logging()
     args = arg_parser().parse_args(argv)
     split = lambda text: [a for a in text.split(",") if a]  # noqa: E731

@@ -60,14 +60,6 @@ class SessionTable:
                 oldest, _ = self._entries.popitem(last=False)
                 self.bytes -= _entry_bytes(oldest)
 
-    def forget_worker(self, worker_id: str) -> None:
-        with self._lock:
-            for entry in self._entries.values():
-                if entry.decode_worker == worker_id:
-                    entry.decode_worker = ""
-                if entry.prefill_worker == worker_id:
-                    entry.prefill_worker = ""
-
     def __len__(self) -> int:
         return len(self._entries)
 

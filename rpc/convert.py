@@ -5,26 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from baton_pb.v1 import common_pb2
-
-SAMPLING_FIELDS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "max_tokens",
-    "logprobs",
-)
+from engine.sampling_params import NUMBER_FIELDS, SamplingParams
 
 
 def sampling_from_proto(message: common_pb2.SamplingParams, default_max_tokens: int = 256):
     """Builds and validates engine SamplingParams; raises ValueError with a message."""
-    from engine.sampling_params import SamplingParams
-
-    options: dict[str, Any] = {name: getattr(message, name) for name in SAMPLING_FIELDS if message.HasField(name)}
+    options: dict[str, Any] = {name: getattr(message, name) for name in NUMBER_FIELDS if message.HasField(name)}
     options.setdefault("max_tokens", default_max_tokens)
     if message.stop_token_ids:
         options["stop_token_ids"] = list(message.stop_token_ids)
@@ -40,22 +26,13 @@ def sampling_from_proto(message: common_pb2.SamplingParams, default_max_tokens: 
 def sampling_to_proto(params, max_tokens: int) -> common_pb2.SamplingParams:
     """Engine SamplingParams (already validated by the router) to the wire, with the tokens left."""
     message = common_pb2.SamplingParams(
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        min_p=params.min_p,
-        repetition_penalty=params.repetition_penalty,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        stop_token_ids=list(params.stop_token_ids),
-        stop=list(params.stop),
-        max_tokens=max_tokens,
-        ignore_eos=params.ignore_eos,
+        stop_token_ids=list(params.stop_token_ids), stop=list(params.stop), ignore_eos=params.ignore_eos
     )
-    if params.seed is not None:
-        message.seed = params.seed
-    if params.logprobs is not None:
-        message.logprobs = params.logprobs
+    for name in NUMBER_FIELDS:
+        value = getattr(params, name)
+        if value is not None:  # seed and logprobs are optional
+            setattr(message, name, value)
+    message.max_tokens = max_tokens
     return message
 
 

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 import grpc
 
+from engine.cache.page_pool import OutOfPages
+from engine.cache.state_pool import OutOfSlots
+
 log = logging.getLogger(__name__)
 
 
@@ -25,9 +28,6 @@ class NotFound(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0]) if self.args else "not found"
-
-
-UnknownRequest = NotFound
 
 
 class AdmissionRejected(RuntimeError):
@@ -49,9 +49,6 @@ class Unauthenticated(RuntimeError):
 
 def _out_of_memory(error: BaseException) -> bool:
     """The engine is full (no page or state slot left): the request may succeed later."""
-    from engine.cache.page_pool import OutOfPages
-    from engine.cache.state_pool import OutOfSlots
-
     return isinstance(error, OutOfPages | OutOfSlots)
 
 

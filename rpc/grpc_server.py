@@ -87,9 +87,3 @@ def insecure_or_tls_channel(
     if cluster is not None and cluster.token:
         return grpc.intercept_channel(channel, ClusterTokenClientInterceptor(cluster))
     return channel
-
-
-def aio_channel(address: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
-    if tls and tls.ca:
-        return grpc.aio.secure_channel(address, channel_credentials(tls), options=CHANNEL_OPTIONS)
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

@@ -28,13 +28,3 @@ def serve_metrics(host: str, port: int, *, registry: CollectorRegistry) -> Metri
         raise ListenError(f"metrics server cannot listen on {host}:{port}: {error.strerror}") from error
     return MetricsServer(host, server.server_port, server)
 
-
-def start_metrics_server(
-    port: int, *, registry: CollectorRegistry | None = None, collector=None, host: str = "127.0.0.1"
-) -> int:
-    """Serves /metrics on `host:port` (0 = any free port); returns the bound port. `collector` (a
-    prometheus custom collector) is registered first when given."""
-    registry = registry or CollectorRegistry()
-    if collector is not None:
-        registry.register(collector)
-    return serve_metrics(host, port, registry=registry).port

@@ -135,3 +135,54 @@ def test_the_checker_knows_each_rule():
     assert forbidden("worker", "router.core")
     assert not forbidden("worker", "prefix_index.base") and not forbidden("router", "rpc.tls")
     assert not forbidden("engine", "torch") and not forbidden("baton", "worker.launch")
+
+
+# ---- function-local imports ------------------------------------------------------------------
+# Shipped code imports at module top. A function-local import is allowed only for a cycle, an
+# optional dependency, or the CLI's lazy start, and says which on its line.
+LOCAL_IMPORT_PACKAGES = (
+    "engine", "kvtransfer", "prefix_index", "rpc", "worker", "prefill_worker", "decode_worker",
+    "router", "baton",
+)  # fmt: skip
+LOCAL_IMPORT_REASON = re.compile(r"#\s*(lazy|optional|cycle):")
+
+
+def unmarked_local_imports(source: str, path: str) -> list[str]:
+    """`path:line` of each import inside a function whose lines carry no `# lazy:` /
+    `# optional:` / `# cycle:` comment."""
+    lines = source.splitlines()
+    found: set[int] = set()
+    for function in ast.walk(ast.parse(source, filename=path)):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                text = lines[node.lineno - 1 : node.end_lineno]
+                if not any(LOCAL_IMPORT_REASON.search(line) for line in text):
+                    found.add(node.lineno)
+    return [f"{path}:{line}" for line in sorted(found)]
+
+
+def test_no_unmarked_function_local_import_in_shipped_code():
+    found = []
+    for package in LOCAL_IMPORT_PACKAGES:
+        for path in shipped_files(package):
+            found += unmarked_local_imports(path.read_text(), str(path.relative_to(REPO)))
+    assert not found, "function-local imports without a `# lazy:/optional:/cycle:` reason:\n" + "\n".join(found)
+
+
+def test_the_local_import_checker_needs_a_reason():
+    source = """
+import json
+def a():
+    import os
+def b():
+    import ray  # optional: ray
+async def c():
+    if True:
+        from x import (  # cycle: x imports us
+            y,
+        )
+        from z import w
+"""
+    assert unmarked_local_imports(source, "s.py") == ["s.py:4", "s.py:12"]

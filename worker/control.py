@@ -9,6 +9,7 @@ import queue
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from rpc.errors import grpc_errors
 from worker.core import WorkerCore
+from worker.prefix_fetch import expose_prefix, release_exposed
 
 log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.5
@@ -47,13 +48,9 @@ class WorkerControlServicer(worker_pb2_grpc.WorkerControlServicer):
 
     def ExposePrefix(self, request, context):
         with grpc_errors(context):
-            from worker.prefix_fetch import expose_prefix
-
             return expose_prefix(self.core, request)
 
     def ReleaseExposed(self, request, context):
         with grpc_errors(context):
-            from worker.prefix_fetch import release_exposed
-
             release_exposed(self.core, request.transfer_id)
             return worker_pb2.ReleaseExposedResponse()

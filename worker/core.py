@@ -11,18 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from baton_pb.v1 import admin_pb2
+from engine.engine_config import EngineConfig
+from engine.llm_engine import LLMEngine
+from kvtransfer.factory import create_backend
 from rpc.errors import AdmissionRejected
 from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
+from worker.exposed import ExposedPrefixes
 from worker.kv_events import KvEventHub
 
 log = logging.getLogger(__name__)
 
 
 def build_engine(config: WorkerConfig, on_kv_event):
-    from engine.engine_config import EngineConfig
-    from engine.llm_engine import LLMEngine
-
     options = {
         "block_size": config.block_size,
         "enable_prefix_cache": config.prefix_cache,
@@ -43,8 +44,6 @@ def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
 
 class WorkerCore:
     def __init__(self, config: WorkerConfig) -> None:
-        from kvtransfer.factory import create_backend
-
         self.config = config
         self.epoch = time.time_ns() // 1_000_000
         # The hub's namespace is the model identity, known once the engine has loaded the weights;
@@ -60,6 +59,7 @@ class WorkerCore:
         self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
         self.draining = threading.Event()
+        self.exposed = ExposedPrefixes()  # prefixes peers may read from us (worker/prefix_fetch.py)
         self._lock = threading.Lock()
         self._in_flight = 0
         self.counters = {

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
 from rpc.convert import sampling_from_proto
-from rpc.errors import AdmissionRejected, TransferFailed, UnknownRequest, grpc_errors
+from rpc.errors import AdmissionRejected, NotFound, TransferFailed, grpc_errors
 from rpc.logs import request_context
 from worker.core import WorkerCore
 from worker.descriptors import descriptor_to_proto
@@ -155,7 +155,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         with self._lock:
             pending = self._pending.get(request_id)
             if pending is None or pending.decoding:
-                raise UnknownRequest(f"no reservation for request {request_id!r}")
+                raise NotFound(f"no reservation for request {request_id!r}")
             pending.decoding = True
             del self._pending[request_id]
         return pending

@@ -1,6 +1,7 @@
 """One thread owns the engine: it runs `step()` while there is work and executes every other
-engine call (add, abort, reserve, release, metrics) between steps, so the engine itself needs no
-locks. gRPC handler threads talk to it through `call()` and per-request output queues."""
+engine call (add, abort, reserve, release, metrics) between steps. The engine takes no locks
+(`engine/llm_engine.py`): this thread is the only one that touches it. gRPC handler threads talk
+to it through `call()` and per-request output queues."""
 
 from __future__ import annotations
 

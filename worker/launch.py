@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -25,6 +25,7 @@ from rpc.metrics_http import MetricsServer, serve_metrics
 from worker.config import METRICS_ANY_PORT, Role, WorkerConfig, worker_config_from_args
 from worker.control import WorkerControlServicer
 from worker.core import WorkerCore
+from worker.index_publisher import IndexPublisher
 from worker.metrics import WorkerCollector
 from worker.model_check import STARTUP_ERRORS, check_model_dir
 
@@ -119,16 +120,12 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
 
 
 def _with_address(config: WorkerConfig, address: str) -> WorkerConfig:
-    from dataclasses import replace
-
     return replace(config, advertise=address)
 
 
 def _start_index_publisher(running: RunningWorker) -> None:
     spec = running.config.index
     if spec and spec != "embedded":
-        from worker.index_publisher import IndexPublisher
-
         running.core.publisher = IndexPublisher(spec, running.core, key_prefix=running.config.redis_key_prefix).start()
 
 

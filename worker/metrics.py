@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from rpc import metrics_http
-
 TRANSFER_COUNTERS = ("transfer_bytes", "transfer_seconds")
 
 
@@ -73,7 +71,3 @@ class WorkerCollector:
         yield _family(CounterMetricFamily, "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", vllm_labels, load.prompt_tokens)
         yield _family(CounterMetricFamily, "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", vllm_labels, load.cached_tokens)
 
-
-def start_metrics_server(port: int, *, worker, host: str = "127.0.0.1") -> int:
-    """Serves the worker's /metrics on `host:port` (0 = any free port); returns the bound port."""
-    return metrics_http.start_metrics_server(port, collector=WorkerCollector(worker), host=host)

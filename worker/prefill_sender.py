@@ -43,7 +43,7 @@ class LayerwiseSender:
         if self.failed or layer not in self.attention_index:
             return
         try:
-            page_ids = self.core.engine.sequences[self.request_id].block_table  # engine thread: safe
+            page_ids = self.core.engine.page_ids(self.request_id)  # engine thread: safe
             self._post_kv(self.attention_index[layer], page_ids, full_blocks=token_end // self.block_size)
         except Exception as error:  # noqa: BLE001 - recorded; finish() reports it
             log.exception("layer-wise post failed")

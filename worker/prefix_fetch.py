@@ -23,7 +23,6 @@ from worker.descriptors import descriptor_from_proto, descriptor_to_proto
 
 log = logging.getLogger(__name__)
 EXPOSE_DEADLINE_S = 30.0
-_exposed_lock = threading.Lock()
 
 
 def _prefix_cache(engine) -> PrefixCache:
@@ -55,21 +54,15 @@ def expose_prefix(core, request: worker_pb2.ExposePrefixRequest) -> worker_pb2.E
     except BaseException:
         core.loop.call(lambda engine: _prefix_cache(engine).release_export(exported))
         raise
-    with _exposed_lock:
-        exposed = getattr(core, "exposed", None)
-        if exposed is None:
-            exposed = core.exposed = {}
-        exposed[transfer_id] = (exported, time.monotonic() + deadline_s)
+    core.exposed.add(transfer_id, exported)
     _reap_later(core, transfer_id, deadline_s)
     return worker_pb2.ExposePrefixResponse(descriptor=descriptor_to_proto(descriptor), blocks=blocks)
 
 
 def release_exposed(core, transfer_id: str) -> bool:
-    with _exposed_lock:
-        entry = getattr(core, "exposed", {}).pop(transfer_id, None)
-    if entry is None:
+    exported = core.exposed.pop(transfer_id)
+    if exported is None:
         return False
-    exported, _ = entry
     core.loop.call(lambda engine: _prefix_cache(engine).release_export(exported))
     try:
         core.backend.forget(transfer_id)

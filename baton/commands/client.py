@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from baton.commands.workers import add_router_flags, call_metadata, open_channel, report_rpc_error
+from baton.sampling_flags import add_sampling_flags, sampling_options
 
 if TYPE_CHECKING:
     from baton_pb.v1 import common_pb2, public_pb2
@@ -48,25 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='--chat: chat-template kwargs as a JSON object, e.g. \'{"enable_thinking": false}\'',
     )
     parser.add_argument("--session", default="", help="agent session id (routing affinity across turns)")
-    parser.add_argument("--max-tokens", type=positive, default=None)
-    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    parser.add_argument("--seed", type=int, default=None)
+    add_sampling_flags(parser, types={"max_tokens": positive})  # unset: the router's defaults
     parser.add_argument("--tenant", default="", help="cache namespace (bound to the token when auth is on)")
     parser.add_argument("--request-id", default="")
     parser.add_argument("--explain", action="store_true", help="print the routing score table")
     parser.set_defaults(func=run)
 
 
-def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
-    from baton_pb.v1 import common_pb2, public_pb2
+def request_from_args(args: argparse.Namespace) -> public_pb2.GenerateRequest:
+    from baton_pb.v1 import common_pb2, public_pb2  # lazy: CLI startup
 
     sampling = common_pb2.SamplingParams()
-    if args.max_tokens is not None:
-        sampling.max_tokens = args.max_tokens
-    if args.temperature is not None:
-        sampling.temperature = args.temperature
-    if args.seed is not None:
-        sampling.seed = args.seed
+    for name, value in sampling_options(args).items():
+        setattr(sampling, name, value)
     request = public_pb2.GenerateRequest(
         request_id=args.request_id, session_id=args.session, tenant=args.tenant, sampling=sampling,
         explain=args.explain,
@@ -81,9 +76,9 @@ def build_request(args: argparse.Namespace) -> public_pb2.GenerateRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baton_pb.v1 import public_pb2_grpc
+    from baton_pb.v1 import public_pb2_grpc  # lazy: CLI startup
 
-    request = build_request(args)
+    request = request_from_args(args)
     usage, route, finish_reason = None, None, ""
     with open_channel(args.router) as channel:
         stream = public_pb2_grpc.BatonStub(channel).Generate(

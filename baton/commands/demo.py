@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def ensure_checkpoint(model_dir: Path | None) -> Path:
     """The trained checkpoint: the shipped one, copied to `model_dir` when that is given and missing."""
-    from engine.training.shipped import shipped_or_cached
+    from engine.training.shipped import shipped_or_cached  # lazy: CLI startup
 
     if model_dir is not None and (model_dir / "config.json").is_file():
         return model_dir
@@ -59,9 +59,9 @@ def ensure_checkpoint(model_dir: Path | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
-    from baton.client import BatonClient
-    from router.config import RouterConfig
-    from router.local_cluster import ClusterSpec, LocalCluster
+    from baton.client import BatonClient  # lazy: CLI startup
+    from router.config import RouterConfig  # lazy: CLI startup
+    from router.local_cluster import ClusterSpec, LocalCluster  # lazy: CLI startup
 
     model_dir = ensure_checkpoint(Path(args.model) if args.model else None)
     started = time.perf_counter()
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def run_session(client, model_dir: Path, turns: int, max_tokens: int) -> tuple[list[dict], list[int]]:
     """Each turn resends the module so far (as token ids: the earlier prompt and answer exactly,
     as an agent that keeps its context does) plus a new function header; the model writes on."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # lazy: CLI startup
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     token_ids = tokenizer.encode(SESSION_START).ids

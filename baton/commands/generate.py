@@ -6,18 +6,15 @@ import argparse
 import json
 import sys
 
+from baton.sampling_flags import add_sampling_flags, sampling_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="generate text offline with the engine")
     parser.add_argument("--model", required=True, help="checkpoint directory (Hugging Face layout)")
     parser.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=None)
+    add_sampling_flags(parser, defaults={"max_tokens": 64, "temperature": 0.0})  # offline: short and greedy
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the checkpoint's)")
@@ -26,19 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
+    from engine.llm import LLM  # lazy: CLI startup
+    from engine.sampling_params import SamplingParams  # lazy: CLI startup
 
     try:
         params = SamplingParams(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            min_p=args.min_p,
-            seed=args.seed,
-            stop=tuple(args.stop),
-            max_tokens=args.max_tokens,
-            ignore_eos=args.ignore_eos,
+            **sampling_options(args), stop=tuple(args.stop), ignore_eos=args.ignore_eos
         ).validate()
         llm = LLM(args.model, dtype=args.dtype)
         prompts = args.prompt

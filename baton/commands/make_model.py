@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from engine.make_model import MODEL_TYPES, PRESETS, TOKENIZERS, VARIANTS
+    from engine.make_model import MODEL_TYPES, PRESETS, TOKENIZERS, VARIANTS  # lazy: CLI startup
 
     parser = subparsers.add_parser("make-model", help="write a random-weight checkpoint (HF layout)")
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.train:
         return run_training(args)
-    from engine.make_model import make_model
+    from engine.make_model import make_model  # lazy: CLI startup
 
     path = make_model(
         args.out,
@@ -65,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
     quant = f", {args.quant}" if getattr(args, "quant", None) else ""
     print(f"wrote {args.preset} {args.model_type} ({args.variant}{quant}) checkpoint to {path}")
     if args.train_mtp:
-        from dataclasses import replace
-
-        from engine.mtp_training import MtpTrainConfig, train_mtp
+        from engine.mtp_training import MtpTrainConfig, train_mtp  # lazy: CLI startup
 
         config = MtpTrainConfig.quick() if args.preset == "tiny" else MtpTrainConfig()
         if args.mtp_steps is not None:
@@ -79,10 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_training(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from engine.training.evaluate import evaluate
-    from engine.training.train_model import TrainConfig, train_model, with_steps
+    from engine.training.evaluate import evaluate  # lazy: CLI startup
+    from engine.training.train_model import TrainConfig, train_model, with_steps  # lazy: CLI startup
 
     config = replace(with_steps(TrainConfig(), args.train_steps), seed=args.seed)
     result = train_model(args.out, config)

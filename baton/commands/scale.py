@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baton_pb.v1 import admin_pb2, admin_pb2_grpc
+    from baton_pb.v1 import admin_pb2, admin_pb2_grpc  # lazy: CLI startup
 
     request = admin_pb2.ScaleRequest(prefill=args.prefill, decode=args.decode)
     with open_channel(args.router) as channel:
@@ -65,7 +65,7 @@ def _wait(call, seconds: float) -> bool:
 
 def _print_progress(stub, metadata, args: argparse.Namespace, elapsed_s: float) -> None:
     """One line on stderr while Scale runs: ready workers per role against the targets."""
-    from baton_pb.v1 import admin_pb2
+    from baton_pb.v1 import admin_pb2  # lazy: CLI startup
 
     try:
         workers = stub.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=5, metadata=metadata).workers

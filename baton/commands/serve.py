@@ -48,7 +48,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--address names a Ray cluster; it needs --pool ray"
     if args.decode < 1:
         return "--decode must be >= 1 (decode workers stream every answer)"
-    from engine.model_source import resolve_model  # CLI laziness: huggingface_hub only for serve
+    from engine.model_source import resolve_model  # lazy: CLI startup (huggingface_hub only for serve)
 
     try:
         resolve_model(args.model)  # a folder, or a hub id in the local Hugging Face cache
@@ -73,12 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    # Lazy imports: `baton --help` must not pay for the router's dependencies.
-    from router.config import RouterConfig
-    from router.local_cluster import ClusterSpec, LocalCluster
-    from router.pools import PoolError
-    from rpc.logs import configure_logging
-    from rpc.tls import TlsConfig
+    from router.config import RouterConfig  # lazy: CLI startup
+    from router.local_cluster import ClusterSpec, LocalCluster  # lazy: CLI startup
+    from router.pools import PoolError  # lazy: CLI startup
+    from rpc.logs import configure_logging  # lazy: CLI startup
+    from rpc.tls import TlsConfig  # lazy: CLI startup
 
     configure_logging()
     router_config = RouterConfig(

@@ -30,8 +30,8 @@ def add_router_flags(parser: argparse.ArgumentParser, default: str = "127.0.0.1:
 
 
 def open_channel(address: str) -> grpc.Channel:
-    from rpc.grpc_server import insecure_or_tls_channel
-    from rpc.tls import TlsConfig
+    from rpc.grpc_server import insecure_or_tls_channel  # lazy: CLI startup
+    from rpc.tls import TlsConfig  # lazy: CLI startup
 
     return insecure_or_tls_channel(address, TlsConfig.from_env())
 
@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baton_pb.v1 import admin_pb2, admin_pb2_grpc
+    from baton_pb.v1 import admin_pb2, admin_pb2_grpc  # lazy: CLI startup
 
     with open_channel(args.router) as channel:
         try:

@@ -16,6 +16,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 
+import numpy as np
 import xxhash
 
 HASH_VERSION = 1
@@ -40,8 +41,6 @@ def cache_extra(model_id: str, tenant: str, adapter: str = "") -> bytes:
 def pack_tokens(token_ids: Sequence[int]) -> bytes:
     """Token ids as little-endian int32 bytes (the byte order is fixed so hashes are portable)."""
     if hasattr(token_ids, "__array_interface__"):  # numpy: no per-element Python work
-        import numpy as np
-
         values = np.asarray(token_ids)
         if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
             raise ValueError("token ids must fit in int32")

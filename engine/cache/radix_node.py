@@ -24,16 +24,6 @@ class RadixNode:
     def is_leaf(self) -> bool:
         return not self.children
 
-    def path_from_root(self) -> list[RadixNode]:
-        """Nodes from the first block down to this one (the root excluded)."""
-        path = []
-        node: RadixNode | None = self
-        while node is not None and node.parent is not None:
-            path.append(node)
-            node = node.parent
-        path.reverse()
-        return path
-
 
 class MatchHandle:
     """Keeps a matched checkpoint pinned until `RadixCache.release(handle)`. Release every handle
@@ -73,7 +63,3 @@ class InsertResult:
     new_block_hashes: tuple[int, ...]
     checkpoint_hashes: tuple[int, ...]
     discarded_checkpoints: int
-
-    @property
-    def num_new_blocks(self) -> int:
-        return len(self.new_block_hashes)

@@ -30,8 +30,7 @@ def fla_chunk_gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`cu_seqlens` [S+1]: B = 1 holds S sequences packed along T (fla's varlen mode), and
     initial_state / the returned state are [S, H, Dk, Dv]."""
-    # Imported here: an optional, GPU-only dependency.
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # optional: fla-core, GPU only
 
     dtype = v.dtype
     out, state = chunk_gated_delta_rule(

@@ -79,8 +79,7 @@ def routed_experts(
     """The op the model calls: the Triton kernels on CUDA, `torch._grouped_mm` on CPU (the dense
     reference where this torch lacks it: correct, E/K times the work)."""
     if use_triton(x):
-        # Imported here: triton is needed only on the GPU path.
-        from engine.ops.triton.fused_moe import fused_moe_triton
+        from engine.ops.triton.fused_moe import fused_moe_triton  # cycle: it imports this module
 
         return fused_moe_triton(x, top_e, top_w, gate_up_t, down_t)
     if grouped_mm_supported(x.device.type, x.dtype):

@@ -101,8 +101,9 @@ def paged_attention_decode(
     """The op the model calls: the split-K Triton kernels on CUDA tensors, the torch path on CPU.
     The model passes `validate=False`: `build_forward_batch` checked the tables on the host."""
     if use_triton(q):
-        # Imported here: triton is needed only on the GPU path (and the kernel module imports this one).
-        from engine.ops.triton.paged_attention_splitk import paged_attention_splitk
+        from engine.ops.triton.paged_attention_splitk import (
+            paged_attention_splitk,  # cycle: it imports this module
+        )
 
         return paged_attention_splitk(q, kv_layer, block_tables, context_lens, scale)
     return paged_attention_torch(q, kv_layer, block_tables, context_lens, scale, validate=validate)

@@ -107,7 +107,7 @@ class SpecDecoder:
         outputs = []
         if sampling:
             last = torch.tensor([rows[i][1] - 1 for i in sampling])
-            outputs.extend(engine._sample([chunks[i] for i in sampling], self._logits(hidden[last])))
+            outputs.extend(engine.sample([chunks[i] for i in sampling], self._logits(hidden[last])))
         for index, verify in verifies.items():
             start, end = rows[index]
             outputs.append(self._accept(chunks[index], verify, hidden[start:end]))
@@ -197,7 +197,7 @@ class SpecDecoder:
         self._release_pages(seq)
         self._record(seq, chunk.start, hidden[:computed])
         self._snapshots(seq, chunk.start, verify.step_slots[:computed])
-        outputs = [engine._append_token(seq, token, None) for token in emitted]
+        outputs = [engine.append_token(seq, token, None) for token in emitted]
         tokens = [t for o in outputs for t in o.new_token_ids]
         return dataclasses.replace(outputs[-1], new_token_ids=tokens)
 

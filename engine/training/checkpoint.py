@@ -50,7 +50,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     import matplotlib  # lazy: plotting is only needed once, after training
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: matplotlib, only for the loss plot
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -16,7 +16,7 @@ from router.pools.static import StaticPool
 def __getattr__(name: str):
     # RayPool lazily: importing ray costs seconds and ~100 MB, only `--pool ray` needs it.
     if name == "RayPool":
-        from router.pools.ray_pool import RayPool
+        from router.pools.ray_pool import RayPool  # optional: ray, only for --pool ray
 
         return RayPool
     raise AttributeError(name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
 import logging
 import os
 import shutil
@@ -18,15 +17,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.pools.base import Pool, PoolError, PoolMember, Role, WorkerSpec, WorkerStartError, check_role
+from router.pools.base import PoolMember, Role, WorkerSpec, WorkerStartError
 from router.pools.health import wait_until_serving
+from router.pools.launching import LaunchingPool
 
 log = logging.getLogger(__name__)
 LOG_TAIL_BYTES = 4000
@@ -73,7 +71,7 @@ def _read_address(ready_file: Path) -> str:
         return ""
 
 
-class ProcessPool(Pool):
+class ProcessPool(LaunchingPool[_Worker]):
     def __init__(
         self,
         spec: WorkerSpec,
@@ -83,91 +81,30 @@ class ProcessPool(Pool):
         stop_timeout_s: float = STOP_TIMEOUT_S,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.spec = spec
         self._command = command
         self._startup_timeout_s = startup_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._env = {**os.environ, **spec.env(), **(env or {})}
         self._dir = Path(tempfile.mkdtemp(prefix="baton-pool-"))
-        self._lock = threading.Lock()
-        self._workers: dict[str, _Worker] = {}  # by worker id; only started (ready) workers
-        self._starting: dict[str, _Worker] = {}  # launched, not ready yet
-        self._counter = itertools.count()
-        self._closed = False
         atexit.register(self.close)
 
     # ---- Pool ------------------------------------------------------------------------------------
-    def start(self, prefill: int, decode: int) -> None:
-        roles: list[Role] = ["prefill"] * prefill + ["decode"] * decode
-        launched = [self._launch(role) for role in roles]  # all at once: model loads overlap
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, len(launched))) as executor:
-                list(executor.map(self._wait_ready, launched))
-        except BaseException:
-            for worker in launched:
-                self._terminate(worker)
-            raise
-        with self._lock:
-            self._workers.update({w.worker_id: w for w in launched})
-
     def members(self) -> list[PoolMember]:
         with self._lock:
             workers = list(self._workers.values())
         # A worker whose process is gone (crashed, killed) is not a member any more.
         return [w.member() for w in workers if w.process.poll() is None]
 
-    def starting(self) -> list[PoolMember]:
-        with self._lock:
-            return [w.member() for w in self._starting.values()]
-
-    def add(self, role: Role) -> PoolMember:
-        worker = self._launch(check_role(role))
-        try:
-            self._wait_ready(worker)
-        except BaseException:
-            self._terminate(worker)
-            raise
-        with self._lock:
-            self._workers[worker.worker_id] = worker
-        return worker.member()
-
-    def remove(self, key: str) -> None:
-        with self._lock:
-            worker = next((w for w in self._workers.values() if key in (w.worker_id, w.address)), None)
-            if worker is None:
-                raise PoolError(f"no worker {key!r} in this pool")
-            del self._workers[worker.worker_id]
-        self._terminate(worker)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            workers = list(self._workers.values())
-            self._workers.clear()
-        with ThreadPoolExecutor(max_workers=max(1, len(workers))) as executor:
-            list(executor.map(self._terminate, workers))
-        shutil.rmtree(self._dir, ignore_errors=True)
-        atexit.unregister(self.close)
-
     # ---- extras ----------------------------------------------------------------------------------
     def process(self, worker_id: str) -> subprocess.Popen:
         """The worker's process (chaos tests SIGKILL it)."""
-        with self._lock:
-            if worker_id not in self._workers:
-                raise PoolError(f"no worker {worker_id!r} in this pool")
-            return self._workers[worker_id].process
-
-    def log_path(self, worker_id: str) -> Path:
-        with self._lock:
-            return self._workers[worker_id].log_file
+        return self._worker(worker_id).process
 
     # ---- internals -------------------------------------------------------------------------------
     def _launch(self, role: Role) -> _Worker:
-        if self._closed:
-            raise PoolError("pool is closed")
-        worker_id = f"{role}-{next(self._counter)}"
+        worker_id = self._new_worker_id(role)
         ready_file = self._dir / f"{worker_id}.ready"
         log_file = self._dir / f"{worker_id}.log"
         argv = self._command(role) + self.spec.argv(worker_id, ready_file=str(ready_file))
@@ -182,15 +119,6 @@ class ProcessPool(Pool):
         return _Worker(worker_id, role, process, ready_file, log_file)
 
     def _wait_ready(self, worker: _Worker) -> None:
-        with self._lock:
-            self._starting[worker.worker_id] = worker
-        try:
-            self._wait_serving(worker)
-        finally:
-            with self._lock:
-                self._starting.pop(worker.worker_id, None)
-
-    def _wait_serving(self, worker: _Worker) -> None:
         deadline = time.monotonic() + self._startup_timeout_s
         while not (address := _read_address(worker.ready_file)):
             reason = worker.exit_reason()
@@ -205,6 +133,16 @@ class ProcessPool(Pool):
             time.sleep(0.05)
         worker.address = address
         wait_until_serving(worker.address, max(1.0, deadline - time.monotonic()), failure=worker.exit_reason)
+
+    def _after_close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+        atexit.unregister(self.close)
+
+    def _discard(self, worker: _Worker) -> None:
+        self._terminate(worker)
+
+    def _stop(self, worker: _Worker) -> None:
+        self._terminate(worker)
 
     def _terminate(self, worker: _Worker) -> None:
         process = worker.process

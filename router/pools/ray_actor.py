@@ -10,6 +10,8 @@ import importlib
 import os
 from typing import Any
 
+import ray
+
 DEFAULT_STARTER = "{role}_worker:start"  # `start(argv) -> running worker`; {role} is filled in
 
 
@@ -29,8 +31,6 @@ class WorkerActor:
         address = self._running.address
         if advertise_node_ip:
             # Bound on 0.0.0.0: peers on other nodes dial this node's IP, not loopback.
-            import ray
-
             address = f"{ray.util.get_node_ip_address()}:{address.rsplit(':', 1)[1]}"
         self._address = address
 

@@ -9,17 +9,18 @@ it — that is how an operator pins roles to node groups. Ray restarts a dead ac
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from router.pools.base import Pool, PoolError, PoolMember, Role, WorkerSpec, WorkerStartError, check_role
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from router.pools.base import PoolMember, Role, WorkerSpec, WorkerStartError
 from router.pools.health import wait_until_serving
+from router.pools.launching import LaunchingPool
 from router.pools.ray_actor import DEFAULT_STARTER, WorkerActor
 from rpc.tls import TlsConfig
 
@@ -33,8 +34,6 @@ LOCAL_LOGICAL_CPUS = 16
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to `address` or start a local cluster, unless Ray is up already. True if it started."""
-    import ray
-
     if ray.is_initialized():
         return False
     if address:
@@ -59,7 +58,7 @@ class _Actor:
         return PoolMember(self.address, self.role, self.worker_id)
 
 
-class RayPool(Pool):
+class RayPool(LaunchingPool[_Actor]):
     def __init__(
         self,
         spec: WorkerSpec,
@@ -72,8 +71,7 @@ class RayPool(Pool):
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        import ray
-
+        super().__init__()
         self.spec = spec
         self._started_ray = ensure_ray(address)
         self._remote_cluster = bool(address)
@@ -88,80 +86,22 @@ class RayPool(Pool):
         self._starter = starter
         self._startup_timeout_s = startup_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._lock = threading.Lock()
-        self._actors: dict[str, _Actor] = {}
-        self._starting: dict[str, _Actor] = {}  # created, not serving yet
-        self._counter = itertools.count()
-        self._closed = False
 
     # ---- Pool ------------------------------------------------------------------------------------
-    def start(self, prefill: int, decode: int) -> None:
-        roles: list[Role] = ["prefill"] * prefill + ["decode"] * decode
-        created = [self._create(role) for role in roles]
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, len(created))) as executor:
-                list(executor.map(self._wait_ready, created))
-        except BaseException:
-            for actor in created:
-                self._kill(actor)
-            raise
-        with self._lock:
-            self._actors.update({a.worker_id: a for a in created})
-
     def members(self) -> list[PoolMember]:
-        import ray
-
         with self._lock:
-            actors = list(self._actors.values())
+            actors = list(self._workers.values())
             self._refresh_addresses(ray, actors)
             return [a.member() for a in actors if a.alive and a.address]
-
-    def add(self, role: Role) -> PoolMember:
-        actor = self._create(check_role(role))
-        try:
-            self._wait_ready(actor)
-        except BaseException:
-            self._kill(actor)
-            raise
-        with self._lock:
-            self._actors[actor.worker_id] = actor
-        return actor.member()
-
-    def remove(self, key: str) -> None:
-        with self._lock:
-            actor = next((a for a in self._actors.values() if key in (a.worker_id, a.address)), None)
-            if actor is None:
-                raise PoolError(f"no worker {key!r} in this pool")
-            del self._actors[actor.worker_id]
-        self._stop(actor)
-
-    def close(self) -> None:
-        import ray
-
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            actors = list(self._actors.values())
-            self._actors.clear()
-        with ThreadPoolExecutor(max_workers=max(1, len(actors))) as executor:
-            list(executor.map(self._stop, actors))
-        if self._started_ray:
-            ray.shutdown()
 
     # ---- extras ----------------------------------------------------------------------------------
     def actor(self, worker_id: str) -> Any:
         """The worker's Ray actor handle (chaos tests kill it: `ray.kill(handle, no_restart=False)`)."""
-        with self._lock:
-            if worker_id not in self._actors:
-                raise PoolError(f"no worker {worker_id!r} in this pool")
-            return self._actors[worker_id].handle
+        return self._worker(worker_id).handle
 
     # ---- internals -------------------------------------------------------------------------------
-    def _create(self, role: Role) -> _Actor:
-        if self._closed:
-            raise PoolError("pool is closed")
-        worker_id = f"{role}-{next(self._counter)}"
+    def _launch(self, role: Role) -> _Actor:
+        worker_id = self._new_worker_id(role)
         listen = "0.0.0.0:0" if self._remote_cluster else "127.0.0.1:0"
         options: dict[str, Any] = {
             "num_cpus": self._num_cpus,
@@ -184,23 +124,7 @@ class RayPool(Pool):
         exposed = self._remote_cluster and not TlsConfig.from_env().mutual
         return self.spec.argv(worker_id, listen=listen, insecure=exposed)
 
-    def starting(self) -> list[PoolMember]:
-        with self._lock:
-            return [a.member() for a in self._starting.values()]
-
     def _wait_ready(self, actor: _Actor) -> None:
-        with self._lock:
-            self._starting[actor.worker_id] = actor
-        try:
-            self._wait_serving(actor)
-        finally:
-            with self._lock:
-                self._starting.pop(actor.worker_id, None)
-
-    def _wait_serving(self, actor: _Actor) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         deadline = time.monotonic() + self._startup_timeout_s
         try:
             actor.address = ray.get(actor.handle.address.remote(), timeout=self._startup_timeout_s)
@@ -237,9 +161,14 @@ class RayPool(Pool):
                 actor.alive = False
             actor.pending, actor.refreshed_at = None, now
 
-    def _stop(self, actor: _Actor) -> None:
-        import ray
+    def _after_close(self) -> None:
+        if self._started_ray:
+            ray.shutdown()
 
+    def _discard(self, actor: _Actor) -> None:
+        self._kill(actor)
+
+    def _stop(self, actor: _Actor) -> None:
         try:
             ray.get(
                 actor.handle.drain_and_stop.remote(self._stop_timeout_s), timeout=self._stop_timeout_s + 5
@@ -250,8 +179,6 @@ class RayPool(Pool):
 
     @staticmethod
     def _kill(actor: _Actor) -> None:
-        import ray
-
         try:
             ray.kill(actor.handle, no_restart=True)
         except Exception as error:  # noqa: BLE001 - already gone

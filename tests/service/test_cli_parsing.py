@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from baton.cli import build_parser, main
-from baton.commands.client import build_request
+from baton.commands.client import request_from_args
 from baton.commands.serve import check_args
 from baton_pb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, public_pb2, public_pb2_grpc
 from router.openai.listen import split_listen
@@ -104,17 +104,17 @@ def test_client_request_carries_the_flags():
         "client", "--prompt", "hi", "--session", "s1", "--max-tokens", "8", "--temperature", "0",
         "--tenant", "acme", "--token", "tok",
     )  # fmt: skip
-    request = build_request(args)
+    request = request_from_args(args)
     assert (request.text, request.session_id, request.tenant) == ("hi", "s1", "acme")
     assert request.sampling.HasField("temperature") and request.sampling.temperature == 0.0
     assert request.sampling.max_tokens == 8
-    chat = build_request(parse("client", "--prompt", "hi", "--chat"))
+    chat = request_from_args(parse("client", "--prompt", "hi", "--chat"))
     assert chat.WhichOneof("prompt") == "chat" and chat.chat.messages[0].content == "hi"
     assert not chat.sampling.HasField("temperature")  # unset: the router's default, not 0
     assert not chat.sampling.HasField("max_tokens")
     rejects("client")  # --prompt is required
     rejects("client", "--prompt", "x", "--max-tokens", "0")
-    no_think = build_request(parse("client", "--prompt", "hi", "--chat", "--template-kwargs", '{"enable_thinking": false}'))
+    no_think = request_from_args(parse("client", "--prompt", "hi", "--chat", "--template-kwargs", '{"enable_thinking": false}'))
     assert no_think.chat.template_kwargs_json == '{"enable_thinking": false}'
     rejects("client", "--prompt", "x", "--chat", "--template-kwargs", "[1]")
     rejects("client", "--prompt", "x", "--chat", "--template-kwargs", "{oops")
