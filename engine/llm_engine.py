@@ -37,6 +37,8 @@ from engine.model_config import ModelConfig, parse_dtype
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.model_source import resolve_model
 from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
+from engine.parallel.comm import SINGLE, Comm
+from engine.parallel.step_sync import LeaderRunner, mirrored, send_init, send_stop
 from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
@@ -57,11 +59,23 @@ class LLMEngine:
         *,
         on_kv_event: Callable[[object], None] | None = None,
         model_id: str | None = None,
+        comm: Comm | None = None,
     ) -> None:
+        """With `config.tp`/`config.ep` > 1 this is rank 0 of the worker (`comm`): it schedules
+        and broadcasts each step to the follower ranks (`engine/parallel/ranks.py`)."""
         self.config = config = config or EngineConfig()
+        parallel = config.parallel
+        if parallel.world_size > 1 and (comm is None or comm.world_size != parallel.world_size or comm.rank):
+            raise ValueError(
+                f"tp={config.tp}, ep={config.ep} needs rank 0 of a {parallel.world_size}-rank group "
+                "(engine/parallel/ranks.py starts one)"
+            )
+        self.comm = comm or SINGLE
         self.model_dir = resolve_model(model_dir)
         dtype = parse_dtype(config.dtype) if config.dtype else None
-        loaded = load_checkpoint(self.model_dir, dtype=dtype, device=config.device)
+        loaded = load_checkpoint(
+            self.model_dir, dtype=dtype, device=config.device, parallel=parallel, comm=self.comm
+        )
         self.model_config, self.model = loaded.config, loaded.model
         # Namespaces the prefix-cache hashes: the weights' digest, never a path (engine/identity.py).
         self.model_id = model_id or loaded.identity
@@ -72,19 +86,25 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
         use_graphs = torch.device(config.device).type == "cuda" and not config.enforce_eager
         graph_reserve = config.cuda_graph_bytes if use_graphs else 0
-        num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype(), graph_reserve)
+        # Per rank: the local head counts size the pages and slots (model.config is the shard's).
+        num_pages, live, checkpoints = _pool_sizes(self.model.config, config, self._cache_dtype(), graph_reserve)
         spec_head = spec_setup.load_head(self.model, config)
         spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
         scratch = 1 if use_graphs else 0  # a page and a slot the padding rows of a graph write to
         self.cache = CacheTensors.allocate(
-            self.model_config,
+            self.model.config,
             num_pages + scratch,
             live + checkpoints + spares + scratch,
             config.block_size,
             self._cache_dtype(),
             config.device,
         )
-        self.runner = ModelRunner(self.model, self.cache)
+        if parallel.world_size > 1:
+            send_init(self.comm, self.cache.num_pages, self.cache.num_slots)
+            self.cache = mirrored(self.cache, self.comm)
+            self.runner: ModelRunner = LeaderRunner(self.model, self.cache, self.comm)
+        else:
+            self.runner = ModelRunner(self.model, self.cache)
         if use_graphs:
             self.runner.graphs = DecodeGraphs(
                 self.model,
@@ -127,6 +147,11 @@ class LLMEngine:
         self.overlap = overlap and self.spec is None  # the speculative step reads its tokens itself
         self._plan: list[ScheduledChunk] | None = None  # step N+1, planned while step N ran
         self.step_trace: StepTrace | None = None  # tests: ("schedule" | "launch" | "read", step)
+
+    def stop_followers(self) -> None:
+        """Tell the follower ranks to leave their step loop (tp/ep > 1; a no-op otherwise)."""
+        if self.comm.world_size > 1:
+            send_stop(self.comm)
 
     def _cache_dtype(self) -> torch.dtype:
         return parse_dtype(self.config.dtype, self.model_config.dtype)

@@ -34,6 +34,9 @@ from engine.models.mtp import PREFIX as MTP_PREFIX
 from engine.models.mtp import mtp_expected_shapes
 from engine.models.weight_routes import Piece, route
 from engine.ops.fp8 import FP8_DTYPE, dequantize_block_fp8
+from engine.parallel.comm import SINGLE, Comm
+from engine.parallel.config import ParallelConfig
+from engine.parallel.shard import shard_weights
 from engine.safetensors_stream import FileHeader, SafetensorsError, read_entry, read_header, read_one
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,13 @@ def load_checkpoint(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    parallel: ParallelConfig = ParallelConfig(),
+    comm: Comm = SINGLE,
 ) -> LoadedCheckpoint:
-    """Config, model and identity. `progress`: None = a bar for loads of 1 GiB or more."""
+    """Config, model and identity. `progress`: None = a bar for loads of 1 GiB or more.
+    Under `parallel`, the model is rank `comm.rank`'s shard (`engine/parallel/shard.py`) and
+    computes with the rank's local head counts; `config` stays the whole model's. (The shard is
+    cut after the load: for now each rank holds the whole checkpoint while it loads.)"""
     model_dir = Path(model_dir)
     config_bytes = _read_config_bytes(model_dir)
     cfg = ModelConfig.from_json(model_dir)
@@ -86,7 +94,11 @@ def load_checkpoint(
         ident.store_identity(model_dir, files, identity)
     weights, extra = placer.finish()
     del placer
-    return LoadedCheckpoint(cfg, HybridModel(cfg, weights, extra), identity)
+    if parallel.world_size > 1:
+        weights = shard_weights(cfg, weights, parallel, comm.rank)
+        extra = {}  # the MTP head is not sharded: no speculation under tp/ep
+    model = HybridModel(parallel.local_config(cfg), weights, extra, comm, parallel)
+    return LoadedCheckpoint(cfg, model, identity)
 
 
 def _read_config_bytes(model_dir: Path) -> bytes:

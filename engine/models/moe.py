@@ -26,10 +26,22 @@ class DenseMlp:
 
 
 class SparseMoe:
-    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        first_expert: int = 0,
+        with_shared: bool = True,
+    ) -> None:
+        """`weights["experts.*"]` may hold a contiguous range of the experts (expert parallelism):
+        global ids [first_expert, first_expert + E_local); pairs routed elsewhere contribute zero
+        here and arrive through the layer's all-reduce. `with_shared`: add the shared expert (False
+        on ranks > 0 when it is replicated, so the all-reduce counts it once)."""
         self.top_k = cfg.num_experts_per_tok
         self.norm_topk_prob = cfg.norm_topk_prob
         self.num_experts = cfg.num_experts
+        self.first_expert = first_expert
+        self.with_shared = with_shared
         self.router_t = weights["gate.weight"].t().contiguous()
         self.gate_up_t = weights["experts.gate_up_proj"].transpose(1, 2).contiguous()  # [E, H, 2I]
         self.down_t = weights["experts.down_proj"].transpose(1, 2).contiguous()  # [E, I, H]
@@ -45,6 +57,8 @@ class SparseMoe:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         top_w = top_w.to(x.dtype)
         out = self._experts(x, top_e, top_w)
+        if not self.with_shared:
+            return out
         shared = self.shared.forward(x) * torch.sigmoid(x @ self.shared_gate_t)
         return out + shared
 
@@ -56,15 +70,20 @@ class SparseMoe:
         order = torch.argsort(flat_e, stable=True)
         counts = torch.bincount(flat_e, minlength=self.num_experts).tolist()
         sorted_x = x[order // self.top_k]
+        local = range(self.first_expert, self.first_expert + self.gate_up_t.shape[0])
         outputs = []
         start = 0
         for expert, count in enumerate(counts):
             if not count:
                 continue
+            if expert not in local:  # another rank's expert: zero rows here
+                outputs.append(sorted_x.new_zeros(count, hidden))
+                start += count
+                continue
             gate, up = torch.split(
-                sorted_x[start : start + count] @ self.gate_up_t[expert], self.inter, dim=-1
+                sorted_x[start : start + count] @ self.gate_up_t[expert - self.first_expert], self.inter, dim=-1
             )
-            outputs.append((F.silu(gate) * up) @ self.down_t[expert])
+            outputs.append((F.silu(gate) * up) @ self.down_t[expert - self.first_expert])
             start += count
         pairs = torch.empty(rows * self.top_k, hidden, dtype=x.dtype, device=x.device)
         pairs[order] = torch.cat(outputs) if len(outputs) > 1 else outputs[0]

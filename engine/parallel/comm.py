@@ -1,0 +1,84 @@
+"""`Comm`: a rank's view of its worker's process group (NCCL on cuda, gloo on the CPU).
+
+The model calls `all_reduce` once after each row-parallel projection (attention o_proj, DeltaNet
+out_proj, MLP / MoE down projections), `all_reduce` for the vocab-parallel embedding and
+`all_gather_last` for the vocab-parallel lm head. With one rank every call returns its input.
+The counters make the cost visible (bench.decode --tp).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(eq=False)
+class Comm:
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"  # where broadcast step metadata lives (the GPU under NCCL)
+    all_reduces: int = 0
+    all_gathers: int = 0
+    broadcasts: int = 0
+    seconds: float = 0.0  # wall time inside collectives (synchronous on the CPU)
+    _timed: bool = field(default=True, repr=False)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return x
+        started = time.perf_counter()
+        dist.all_reduce(x)
+        self.all_reduces += 1
+        self.seconds += time.perf_counter() - started
+        return x
+
+    def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's `x` along the last dim, in rank order."""
+        if self.world_size == 1:
+            return x
+        started = time.perf_counter()
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        dist.all_gather(parts, x.contiguous())
+        self.all_gathers += 1
+        self.seconds += time.perf_counter() - started
+        return torch.cat(parts, dim=-1)
+
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `x` into every rank's `x` (same shape and dtype everywhere)."""
+        if self.world_size == 1:
+            return x
+        started = time.perf_counter()
+        dist.broadcast(x, src=0)
+        self.broadcasts += 1
+        self.seconds += time.perf_counter() - started
+        return x
+
+    def reset_counters(self) -> None:
+        self.all_reduces = self.all_gathers = self.broadcasts = 0
+        self.seconds = 0.0
+
+
+SINGLE = Comm()  # the default: one rank, no process group
+
+
+def init_comm(rank: int, world_size: int, device: str | torch.device, init_method: str | None = None) -> Comm:
+    """Join the worker's process group (NCCL for cuda devices, gloo otherwise) and return its Comm.
+    `init_method` defaults to env:// (MASTER_ADDR / MASTER_PORT)."""
+    if world_size == 1 and not dist.is_initialized() and torch.device(device).type != "cuda":
+        return Comm()
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if init_method is None:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            init_method = "env://"
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    comm_device = str(torch.device(device)) if backend == "nccl" else "cpu"
+    return Comm(rank=rank, world_size=world_size, device=comm_device)
