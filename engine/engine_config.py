@@ -63,7 +63,9 @@ class EngineConfig:
                 f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
             )
         if not isinstance(self.cuda_graph_bytes, int) or self.cuda_graph_bytes < 0:
-            raise ValueError(f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}")
+            raise ValueError(
+                f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}"
+            )
         ParallelConfig(self.tp, self.ep)  # a clear error for a bad combination
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")

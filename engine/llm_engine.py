@@ -87,7 +87,9 @@ class LLMEngine:
         use_graphs = torch.device(config.device).type == "cuda" and not config.enforce_eager
         graph_reserve = config.cuda_graph_bytes if use_graphs else 0
         # Per rank: the local head counts size the pages and slots (model.config is the shard's).
-        num_pages, live, checkpoints = _pool_sizes(self.model.config, config, self._cache_dtype(), graph_reserve)
+        num_pages, live, checkpoints = _pool_sizes(
+            self.model.config, config, self._cache_dtype(), graph_reserve
+        )
         spec_head = spec_setup.load_head(self.model, config)
         spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
         scratch = 1 if use_graphs else 0  # a page and a slot the padding rows of a graph write to
@@ -127,7 +129,9 @@ class LLMEngine:
                 model_id=self.model_id,
                 on_kv_event=on_kv_event,
             )
-        live_pool = spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))
+        live_pool = (
+            spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))
+        )
         self.memory = BlockManager(self.cache, pages, live_pool, self.prefix_cache)
         self.scheduler = Scheduler(config, self.memory, self.prefix_cache)
         self.sampler = Sampler(config.seed)
@@ -286,7 +290,9 @@ class LLMEngine:
                 if not chunk.seq.admitted:
                     chunk.seq.admitted = True
                     self.metrics_state.count_admission(chunk.seq)
-            if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/speculative)
+            if (
+                self.spec is not None
+            ):  # speculative decoding: its own forward + acceptance (engine/speculative)
                 outputs.extend(self.spec.step(chunks))
             else:
                 launched = self._launch(chunks)

@@ -209,7 +209,9 @@ class _Placer:
         try:
             # On the target device (a GPU dequantizes fast) and straight into the target dtype.
             scale_inv = read_one(header, scale_name).to(self.device)
-            return dequantize_block_fp8(tensor.to(self.device), scale_inv, quant.weight_block_size, self.dtype)
+            return dequantize_block_fp8(
+                tensor.to(self.device), scale_inv, quant.weight_block_size, self.dtype
+            )
         except ValueError as error:
             raise CheckpointError(f"{self.model_dir}: {scale_name}: {error}") from None
 

@@ -55,7 +55,10 @@ class DecoderLayer:
             # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
             with_shared = parallel.tp > 1 or comm.rank == 0
             self.ffn: SparseMoe | DenseMlp = SparseMoe(
-                cfg, mlp, first_expert=local_experts * comm.rank if parallel.ep > 1 else 0, with_shared=with_shared
+                cfg,
+                mlp,
+                first_expert=local_experts * comm.rank if parallel.ep > 1 else 0,
+                with_shared=with_shared,
             )
         else:
             self.ffn = DenseMlp(mlp)

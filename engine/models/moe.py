@@ -81,7 +81,9 @@ class SparseMoe:
                 start += count
                 continue
             gate, up = torch.split(
-                sorted_x[start : start + count] @ self.gate_up_t[expert - self.first_expert], self.inter, dim=-1
+                sorted_x[start : start + count] @ self.gate_up_t[expert - self.first_expert],
+                self.inter,
+                dim=-1,
             )
             outputs.append((F.silu(gate) * up) @ self.down_t[expert - self.first_expert])
             start += count

@@ -37,7 +37,9 @@ def run_follower(model_dir: str | Path, config: EngineConfig, comm: Comm) -> int
     """A follower rank's whole life; returns the number of steps it ran."""
     model_dir = resolve_model(model_dir)
     dtype = parse_dtype(config.dtype) if config.dtype else None
-    loaded = load_checkpoint(model_dir, dtype=dtype, device=config.device, parallel=config.parallel, comm=comm)
+    loaded = load_checkpoint(
+        model_dir, dtype=dtype, device=config.device, parallel=config.parallel, comm=comm
+    )
     model = loaded.model
     cache_dtype = parse_dtype(config.dtype, loaded.config.dtype)
 

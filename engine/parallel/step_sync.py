@@ -72,7 +72,9 @@ class LeaderRunner(ModelRunner):
         super().__init__(model, cache)
         self.comm = comm
 
-    def forward(self, chunks: list[SeqChunk], *, all_logits: bool = False, layer_callback=None) -> torch.Tensor:
+    def forward(
+        self, chunks: list[SeqChunk], *, all_logits: bool = False, layer_callback=None
+    ) -> torch.Tensor:
         vocab = self.model.config.vocab_size
         for chunk in chunks:  # refuse before the followers start a step
             if any(not 0 <= t < vocab for t in chunk.token_ids):
