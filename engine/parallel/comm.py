@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -69,9 +70,16 @@ class Comm:
 SINGLE = Comm()  # the default: one rank, no process group
 
 
-def init_comm(rank: int, world_size: int, device: str | torch.device, init_method: str | None = None) -> Comm:
+def init_comm(
+    rank: int,
+    world_size: int,
+    device: str | torch.device,
+    init_method: str | None = None,
+    timeout_s: float = 300.0,
+) -> Comm:
     """Join the worker's process group (NCCL for cuda devices, gloo otherwise) and return its Comm.
-    `init_method` defaults to env:// (MASTER_ADDR / MASTER_PORT)."""
+    `init_method` defaults to env:// (MASTER_ADDR / MASTER_PORT). A collective that waits longer
+    than `timeout_s` (a dead rank) raises instead of hanging: the worker fails as a whole."""
     if world_size == 1 and not dist.is_initialized() and torch.device(device).type != "cuda":
         return Comm()
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
@@ -79,6 +87,18 @@ def init_comm(rank: int, world_size: int, device: str | torch.device, init_metho
         if init_method is None:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             init_method = "env://"
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend,
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
     comm_device = str(torch.device(device)) if backend == "nccl" else "cpu"
     return Comm(rank=rank, world_size=world_size, device=comm_device)
+
+
+def close_comm() -> None:
+    """Leave the process group (tests start several in one process, one after another)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
