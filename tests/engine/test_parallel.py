@@ -6,17 +6,23 @@ Rank 0 runs in this process; rank 1 is a spawned process running the real follow
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
+from baton import sizing
+from engine.cache.tensors import CacheTensors
 from engine.engine_config import EngineConfig
+from engine.identity import checkpoint_files
+from engine.loader import _Placer
 from engine.llm_engine import LLMEngine
 from engine.model_config import ModelConfig
 from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
 from engine.parallel.ranks import free_port, init_method_for, spawn_followers
 from engine.parallel.shard import shard_weights, vocab_rows
+from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
 from tests.helpers.checkpoints import tiny_checkpoint
 
@@ -145,3 +151,26 @@ def test_shards_reassemble_into_the_whole_tensors_with_replicated_kv_heads() -> 
     assert torch.equal(rows[: cfg.vocab_size - 1], whole["embed_tokens.weight"])
     assert not rows[cfg.vocab_size - 1 :].any()
     assert vocab_rows(whole["embed_tokens.weight"], 4, 3).shape[0] == -(-(cfg.vocab_size - 1) // 4)
+
+
+@pytest.mark.parametrize(("tp", "ep"), [(2, 1), (1, 2), (2, 2)])
+def test_baton_size_per_gpu_equals_a_real_shard(tp: int, ep: int) -> None:
+    """`baton size --tp --ep` per-GPU weights = the elements rank 0's shard holds (MTP apart)."""
+    model_dir = tiny_checkpoint("qwen3_5_moe_text")
+    cfg = ModelConfig.from_json(model_dir)
+    placer = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+    placer.run(None, False)
+    weights, extra = placer.finish()
+    shard = shard_weights(cfg, weights, ParallelConfig(tp, ep), rank=0)
+    raw = json.loads((model_dir / "config.json").read_text())
+    shape = sizing.shape_from_config(raw)
+    gpu = sizing.per_gpu(shape, tp=tp, ep=ep, weight_dtype_bytes=1, dtype_bytes_=4, ssm_dtype_bytes=4)
+    mtp = sizing.param_counts(shape).mtp
+    assert gpu.weight_bytes - mtp == sum(t.numel() for t in shard.values())
+    local = ParallelConfig(tp, ep).local_config(cfg)
+    page, slot = CacheTensors.bytes_for(local, block_size=1)
+    assert (gpu.kv_bytes_per_token, gpu.state_slot_bytes) == (page, slot)
+
+
+def _headers(model_dir):
+    return [read_header(model_dir / name) for name in checkpoint_files(model_dir)]
