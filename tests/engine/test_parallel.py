@@ -15,8 +15,8 @@ from baton import sizing
 from engine.cache.tensors import CacheTensors
 from engine.engine_config import EngineConfig
 from engine.identity import checkpoint_files
-from engine.loader import _Placer
 from engine.llm_engine import LLMEngine
+from engine.loader import _Placer
 from engine.model_config import ModelConfig
 from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
