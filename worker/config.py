@@ -31,6 +31,8 @@ class WorkerConfig:
     local_prefill_threshold: int = 512
     prefix_cache: bool = True
     spec_tokens: int = 0  # MTP speculative decoding: drafts per step (0 = off; needs an MTP head)
+    tp: int = 1  # tensor-parallel ranks: one process per device, rank 0 serves (engine/parallel)
+    ep: int = 1  # expert-parallel ranks over the same processes
     ready_file: str = ""
     redis_key_prefix: str = "baton"
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -71,6 +73,8 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         help="prefix of every Redis key of the index (must match the router's)",
     )
     parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process per device)")
+    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (over the same processes)")
     return parser
 
 
@@ -93,5 +97,7 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         redis_key_prefix=args.redis_key_prefix,
         prefix_cache=not args.no_prefix_cache,
         spec_tokens=args.spec_tokens,
+        tp=args.tp,
+        ep=args.ep,
         tls=TlsConfig.from_env(),
     )

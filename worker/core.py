@@ -14,6 +14,8 @@ from rpc.errors import AdmissionRejected
 from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
 from worker.kv_events import KvEventHub
+from worker.ranks import start_ranks
+from worker.shard_transfer import ShardedTransferRefused
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,17 @@ def build_engine(config: WorkerConfig, on_kv_event):
         "block_size": config.block_size,
         "enable_prefix_cache": config.prefix_cache,
         "num_speculative_tokens": config.spec_tokens,
+        "tp": config.tp,
+        "ep": config.ep,
     }
     if config.max_pages:
         options["num_pages"] = config.max_pages
     else:
         options["cache_bytes"] = int(config.memory_gb * (1 << 30))
-    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
+    engine_config = EngineConfig(**options)
+    if engine_config.parallel.world_size == 1:
+        return LLMEngine(config.model, engine_config, on_kv_event=on_kv_event), None
+    return start_ranks(config.model, engine_config, on_kv_event)
 
 
 class WorkerCore:
@@ -42,11 +49,14 @@ class WorkerCore:
         self.epoch = time.time_ns() // 1_000_000
         # The hub's namespace is the model identity, known once the engine has loaded the weights;
         # the engine emits no event before its first step.
-        self.engine = build_engine(config, lambda event: self.hub.on_engine_event(event))
+        self.engine, self.ranks = build_engine(config, lambda event: self.hub.on_engine_event(event))
         self.model_id = self.engine.model_id
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
-        self.backend = create_backend(config.transfer)
+        if max(config.tp, config.ep) > 1:
+            self.backend = ShardedTransferRefused(config.tp, config.ep)
+        else:
+            self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
         self.draining = threading.Event()
         self._lock = threading.Lock()
@@ -128,5 +138,7 @@ class WorkerCore:
     def close(self) -> None:
         self.hub.close()
         self.loop.stop()
+        if self.ranks is not None:
+            self.ranks.stop(self.engine)
         with contextlib.suppress(Exception):
             self.backend.close()

@@ -7,6 +7,7 @@ this machine (tests, bench, `baton serve`); a worker of N GPUs starts one per de
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import socket
 from pathlib import Path
@@ -55,6 +56,8 @@ def run_follower(model_dir: str | Path, config: EngineConfig, comm: Comm) -> int
 
 def _follower_main(rank: int, world: int, port: int, model_dir: str, config: EngineConfig) -> None:
     torch.set_num_threads(1)
+    if torch.device(config.device).type == "cuda":  # one device per rank
+        config = dataclasses.replace(config, device=f"cuda:{rank}")
     comm = init_comm(rank, world, config.device, init_method_for(port))
     run_follower(model_dir, config, comm)
 
