@@ -65,7 +65,8 @@ class LLMEngine:
         and broadcasts each step to the follower ranks (`engine/parallel/ranks.py`)."""
         self.config = config = config or EngineConfig()
         parallel = config.parallel
-        if parallel.world_size > 1 and (comm is None or comm.world_size != parallel.world_size or comm.rank):
+        group = comm.world_size if comm is not None else 1
+        if (parallel.world_size > 1 and comm is None) or group != parallel.world_size or (comm and comm.rank):
             raise ValueError(
                 f"tp={config.tp}, ep={config.ep} needs rank 0 of a {parallel.world_size}-rank group "
                 "(engine/parallel/ranks.py starts one)"
@@ -84,7 +85,13 @@ class LLMEngine:
         )
         self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        use_graphs = torch.device(config.device).type == "cuda" and not config.enforce_eager
+        # Graph capture runs the model on rank 0 alone: with follower ranks it would wait on
+        # collectives they never join, so several ranks run eagerly (one rank may capture).
+        use_graphs = (
+            torch.device(config.device).type == "cuda"
+            and not config.enforce_eager
+            and parallel.world_size == 1
+        )
         graph_reserve = config.cuda_graph_bytes if use_graphs else 0
         # Per rank: the local head counts size the pages and slots (model.config is the shard's).
         num_pages, live, checkpoints = _pool_sizes(
@@ -101,7 +108,7 @@ class LLMEngine:
             self._cache_dtype(),
             config.device,
         )
-        if parallel.world_size > 1:
+        if self.comm.active:  # rank 0 of a group (of one rank: the TP path on one device)
             send_init(self.comm, self.cache.num_pages, self.cache.num_slots)
             self.cache = mirrored(self.cache, self.comm)
             self.runner: ModelRunner = LeaderRunner(self.model, self.cache, self.comm)
@@ -154,7 +161,7 @@ class LLMEngine:
 
     def stop_followers(self) -> None:
         """Tell the follower ranks to leave their step loop (tp/ep > 1; a no-op otherwise)."""
-        if self.comm.world_size > 1:
+        if self.comm.active:
             send_stop(self.comm)
 
     def _cache_dtype(self) -> torch.dtype:

@@ -94,7 +94,7 @@ def load_checkpoint(
         ident.store_identity(model_dir, files, identity)
     weights, extra = placer.finish()
     del placer
-    if parallel.world_size > 1:
+    if comm.active:
         weights = shard_weights(cfg, weights, parallel, comm.rank)
         extra = {}  # the MTP head is not sharded: no speculation under tp/ep
     model = HybridModel(parallel.local_config(cfg), weights, extra, comm, parallel)

@@ -62,8 +62,8 @@ class DecoderLayer:
             )
         else:
             self.ffn = DenseMlp(mlp)
-        self.reduce_mixer = parallel.tp > 1
-        self.reduce_ffn = parallel.tp > 1 or (moe and parallel.ep > 1)
+        self.reduce_mixer = comm.splits(parallel.tp)
+        self.reduce_ffn = comm.splits(parallel.tp) or (moe and parallel.ep > 1)
 
     def forward(
         self,
@@ -99,7 +99,7 @@ class HybridModel:
         embedding and lm head are then vocab-parallel (rows [rank * V_local, ...))."""
         self.config = cfg
         self.comm, self.parallel = comm, parallel
-        self.vocab_parallel = parallel.tp > 1
+        self.vocab_parallel = comm.splits(parallel.tp)
         self.embed_tokens = weights["embed_tokens.weight"]
         self.norm = weights["norm.weight"]
         self.lm_head = self.embed_tokens if cfg.tie_word_embeddings else weights["lm_head.weight"]

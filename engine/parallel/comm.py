@@ -22,6 +22,9 @@ class Comm:
     rank: int = 0
     world_size: int = 1
     device: str = "cpu"  # where broadcast step metadata lives (the GPU under NCCL)
+    # In a process group (init_comm). An active group of one rank runs the whole TP code path
+    # (collectives over one rank), which is how one GPU tests it under NCCL and CUDA graphs.
+    active: bool = False
     all_reduces: int = 0
     all_gathers: int = 0
     broadcasts: int = 0
@@ -32,8 +35,13 @@ class Comm:
     def is_leader(self) -> bool:
         return self.rank == 0
 
+    def splits(self, parallel_degree: int) -> bool:
+        """Whether a part split `parallel_degree` ways runs the split path with its collectives:
+        when it is really split, or in an active group of one rank (the TP path over one rank)."""
+        return parallel_degree > 1 or (self.active and self.world_size == 1)
+
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
+        if not self.active:
             return x
         started = time.perf_counter()
         dist.all_reduce(x)
@@ -43,7 +51,7 @@ class Comm:
 
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's `x` along the last dim, in rank order."""
-        if self.world_size == 1:
+        if not self.active:
             return x
         started = time.perf_counter()
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
@@ -54,7 +62,7 @@ class Comm:
 
     def broadcast(self, x: torch.Tensor) -> torch.Tensor:
         """Rank 0's `x` into every rank's `x` (same shape and dtype everywhere)."""
-        if self.world_size == 1:
+        if not self.active:
             return x
         started = time.perf_counter()
         dist.broadcast(x, src=0)
@@ -80,8 +88,6 @@ def init_comm(
     """Join the worker's process group (NCCL for cuda devices, gloo otherwise) and return its Comm.
     `init_method` defaults to env:// (MASTER_ADDR / MASTER_PORT). A collective that waits longer
     than `timeout_s` (a dead rank) raises instead of hanging: the worker fails as a whole."""
-    if world_size == 1 and not dist.is_initialized() and torch.device(device).type != "cuda":
-        return Comm()
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     if not dist.is_initialized():
         if init_method is None:
@@ -95,7 +101,7 @@ def init_comm(
             timeout=timedelta(seconds=timeout_s),
         )
     comm_device = str(torch.device(device)) if backend == "nccl" else "cpu"
-    return Comm(rank=rank, world_size=world_size, device=comm_device)
+    return Comm(rank=rank, world_size=world_size, device=comm_device, active=True)
 
 
 def close_comm() -> None:

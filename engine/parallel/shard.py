@@ -32,7 +32,7 @@ def shard_weights(
 def _shard_one(cfg: ModelConfig, name: str, w: torch.Tensor, p: ParallelConfig, rank: int) -> torch.Tensor:
     tp = p.tp
     if name in ("embed_tokens.weight", "lm_head.weight"):
-        return vocab_rows(w, tp, rank) if tp > 1 else w
+        return vocab_rows(w, tp, rank) if tp > 1 else w  # ep alone: every rank has the whole vocab
     if ".mlp.experts." in name:
         return _shard_experts(name, w, p, rank)
     if tp == 1:

@@ -174,3 +174,37 @@ def test_baton_size_per_gpu_equals_a_real_shard(tp: int, ep: int) -> None:
 
 def _headers(model_dir):
     return [read_header(model_dir / name) for name in checkpoint_files(model_dir)]
+
+
+def _one_rank_group_run(device: str, model_type: str = "qwen3_next"):
+    """The whole TP path over a group of one rank (every collective runs, over one rank)."""
+    comm = init_comm(0, 1, device, init_method_for(free_port()), timeout_s=120)
+    try:
+        engine = LLMEngine(tiny_checkpoint(model_type), EngineConfig(**TIGHT, device=device), comm=comm)
+        result = scenario(engine)
+        counted = (comm.all_reduces, comm.all_gathers, comm.broadcasts)
+        graphs = engine.runner.graphs
+    finally:
+        close_comm()
+    return result, counted, graphs
+
+
+def test_a_one_rank_group_runs_every_collective_and_equals_the_plain_engine() -> None:
+    tokens, logits, preemptions, cached = scenario(
+        LLMEngine(tiny_checkpoint("qwen3_next"), EngineConfig(**TIGHT))
+    )
+    (p_tokens, p_logits, *_), (all_reduces, all_gathers, broadcasts), _ = _one_rank_group_run("cpu")
+    assert p_tokens == tokens
+    assert all_reduces > 0 and all_gathers > 0 and broadcasts > 0
+    for rid, expected in logits.items():
+        torch.testing.assert_close(p_logits[rid], expected, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a cuda device")
+def test_tp_path_under_nccl_on_one_gpu_replays_cuda_graphs_with_the_plain_engines_tokens() -> None:
+    plain = scenario(LLMEngine(tiny_checkpoint("qwen3_next"), EngineConfig(**TIGHT, device="cuda")))
+    (tokens, *_), (all_reduces, _, _), graphs = _one_rank_group_run("cuda")
+    assert graphs is not None and graphs.replays > 0, "decode steps replay CUDA graphs"
+    assert all_reduces > 0
+    assert tokens == plain[0]
