@@ -25,11 +25,44 @@ def shard_weights(
     parallel.check_model(cfg)
     out = {}
     for name in list(weights):
-        out[name] = _shard_one(cfg, name, weights.pop(name), parallel, rank).contiguous()
+        out[name] = shard_tensor(cfg, name, weights.pop(name), parallel, rank).contiguous()
     return out
 
 
-def _shard_one(cfg: ModelConfig, name: str, w: torch.Tensor, p: ParallelConfig, rank: int) -> torch.Tensor:
+def local_shapes(
+    cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], parallel: ParallelConfig, rank: int
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of rank `rank`'s tensors (what the loader preallocates and checks)."""
+    return {
+        name: tuple(shard_tensor(cfg, name, torch.empty(shape, device="meta"), parallel, rank).shape)
+        for name, shape in shapes.items()
+    }
+
+
+def shard_expert_piece(
+    cfg: ModelConfig, name: str, index: tuple, w: torch.Tensor, p: ParallelConfig, rank: int
+) -> tuple[tuple, torch.Tensor] | None:
+    """One expert's `gate_proj` / `up_proj` ([I, H] at rows `index[1]` of `experts.gate_up_proj`) or
+    `down_proj` ([H, I]) as it arrives: (its index in the rank's stacked tensor, its slice), or None
+    when the expert lives on another rank."""
+    expert = index[0]
+    if p.ep > 1:
+        per = cfg.num_experts // p.ep
+        if not rank * per <= expert < (rank + 1) * per:
+            return None
+        return (expert - rank * per, *index[1:]), w
+    if p.tp == 1:
+        return index, w
+    if name.endswith("down_proj"):
+        return index, _part(w, 1, p.tp, rank)
+    rows = index[1]
+    local = w.shape[0] // p.tp
+    start = 0 if rows.start == 0 else local
+    return (expert, slice(start, start + local)), _part(w, 0, p.tp, rank)
+
+
+def shard_tensor(cfg: ModelConfig, name: str, w: torch.Tensor, p: ParallelConfig, rank: int) -> torch.Tensor:
+    """Rank `rank`'s slice of one whole canonical tensor."""
     tp = p.tp
     if name in ("embed_tokens.weight", "lm_head.weight"):
         return vocab_rows(w, tp, rank) if tp > 1 else w  # ep alone: every rank has the whole vocab

@@ -208,3 +208,24 @@ def test_tp_path_under_nccl_on_one_gpu_replays_cuda_graphs_with_the_plain_engine
     assert graphs is not None and graphs.replays > 0, "decode steps replay CUDA graphs"
     assert all_reduces > 0
     assert tokens == plain[0]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5_moe_text"])  # per-expert and fused experts
+@pytest.mark.parametrize(("tp", "ep"), [(2, 1), (1, 2), (2, 2)])
+def test_the_loader_cuts_each_tensor_as_it_arrives_into_the_same_shard(
+    model_type: str, tp: int, ep: int
+) -> None:
+    model_dir = tiny_checkpoint(model_type)
+    cfg = ModelConfig.from_json(model_dir)
+    whole = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+    whole.run(None, False)
+    weights, _ = whole.finish()
+    for rank in range(2):
+        expected = shard_weights(cfg, dict(weights), ParallelConfig(tp, ep), rank)
+        streaming = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+        streaming.shard_for(ParallelConfig(tp, ep), rank)
+        streaming.run(None, False)
+        shard, extra = streaming.finish()
+        assert not extra and sorted(shard) == sorted(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(shard[name], tensor), name
