@@ -217,3 +217,53 @@ def sessions_that_fit(
     if free <= 0 or session_bytes <= 0:
         return 0
     return int(free // session_bytes)
+
+
+# --- per GPU under tensor / expert parallelism (mirrors engine/parallel/shard.py) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class PerGpu:
+    """What one rank of a tp/ep worker holds: its weight shard, and per session its heads' KV
+    and state (every rank holds every session's pages, with 1/tp of the heads)."""
+
+    weight_bytes: float
+    kv_bytes_per_token: float
+    state_slot_bytes: float
+
+
+def per_gpu(
+    shape: HybridShape,
+    *,
+    tp: int,
+    ep: int,
+    weight_dtype_bytes: float,
+    dtype_bytes_: float,
+    ssm_dtype_bytes: float,
+) -> PerGpu:
+    """tp splits attention q heads (kv heads, replicated when fewer than tp), DeltaNet heads, dense
+    and shared MLPs and the vocab; ep splits the routed experts (under tp alone they split by
+    channel). Norms and routers are replicated, and so is the MTP head (counted whole)."""
+    if tp < 1 or ep < 1 or tp not in (1, max(tp, ep)) or ep not in (1, max(tp, ep)):
+        raise SizingConfigError(f"--tp {tp} --ep {ep}: each must be 1 or the world size")
+    p = param_counts(shape)
+    kv_heads = max(1, shape.num_key_value_heads // tp)
+    s = shape
+    attention_q_o = s.num_attention_layers * (3 * s.hidden_size * s.num_attention_heads * s.head_dim)
+    attention_kv = s.num_attention_layers * 2 * s.hidden_size * s.head_dim * kv_heads
+    head_norms = s.num_attention_layers * 2 * s.head_dim + s.num_linear_layers * s.linear_value_head_dim
+    experts = p.routed_experts / (ep if ep > 1 else tp)
+    params = (
+        math.ceil(s.vocab_size / tp) * s.hidden_size * (1 if s.tie_word_embeddings else 2)
+        + attention_q_o / tp
+        + attention_kv
+        + (p.linear_attention - s.num_linear_layers * s.linear_value_head_dim) / tp
+        + head_norms
+        + (p.dense_mlp + p.shared_experts) / tp
+        + experts
+        + p.norms_and_routers
+        + p.mtp
+    )
+    kv = s.num_attention_layers * 2 * kv_heads * s.head_dim * dtype_bytes_
+    slot = state_slot_bytes(s, dtype_bytes_, ssm_dtype_bytes) / tp
+    return PerGpu(weight_bytes=params * weight_dtype_bytes, kv_bytes_per_token=kv, state_slot_bytes=slot)

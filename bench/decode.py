@@ -120,8 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         help="decode with vs without MTP speculation and its ceiling (K drafts, default 2) on the trained "
         "model; see bench/decode_spec.py",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="--spec: rounds per batch size (median reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="--spec: rounds per batch size (median reported)"
+    )
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (see bench/decode_tp.py)")
+    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (see bench/decode_tp.py)")
     args = parser.parse_args(argv)
+    if args.tp > 1 or args.ep > 1:
+        from bench.decode_tp import RESULTS as TP_RESULTS
+        from bench.decode_tp import tp_bench
+        from tests.helpers.checkpoints import small_checkpoint
+
+        out = TP_RESULTS if args.out == RESULTS else args.out
+        batches = [int(b) for b in (args.batches or "1,16").split(",")]
+        tp_bench(args.model or small_checkpoint("qwen3_next"), args.tp, args.ep, batches, args.tokens, out)
+        return 0
     if args.spec:
         from bench.decode_spec import RESULTS as SPEC_RESULTS
         from bench.decode_spec import spec

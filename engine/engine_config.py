@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from engine.parallel.config import ParallelConfig
+
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
@@ -37,6 +39,10 @@ class EngineConfig:
     cuda_graph_bytes: int = 256 << 20  # taken from cache_bytes for the graphs (measured: metrics)
     # Overlap scheduling (engine/overlap.py): plan step N+1 while step N runs. None = on for cuda.
     overlap_schedule: bool | None = None
+    # Parallelism inside one worker (engine/parallel): tensor-parallel degree over heads, MLPs and
+    # vocab; expert-parallel degree over routed experts. world = max(tp, ep) ranks.
+    tp: int = 1
+    ep: int = 1
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -57,9 +63,16 @@ class EngineConfig:
                 f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
             )
         if not isinstance(self.cuda_graph_bytes, int) or self.cuda_graph_bytes < 0:
-            raise ValueError(f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}")
+            raise ValueError(
+                f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}"
+            )
+        ParallelConfig(self.tp, self.ep)  # a clear error for a bad combination
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(self.tp, self.ep)
 
     @property
     def live_slots(self) -> int:

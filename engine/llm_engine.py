@@ -36,6 +36,8 @@ from engine.model_config import ModelConfig, parse_dtype
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.model_source import resolve_model
 from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
+from engine.parallel.comm import SINGLE, Comm
+from engine.parallel.step_sync import LeaderRunner, mirrored, send_init, send_stop
 from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
@@ -56,11 +58,24 @@ class LLMEngine:
         *,
         on_kv_event: Callable[[object], None] | None = None,
         model_id: str | None = None,
+        comm: Comm | None = None,
     ) -> None:
+        """With `config.tp`/`config.ep` > 1 this is rank 0 of the worker (`comm`): it schedules
+        and broadcasts each step to the follower ranks (`engine/parallel/ranks.py`)."""
         self.config = config = config or EngineConfig()
+        parallel = config.parallel
+        group = comm.world_size if comm is not None else 1
+        if (parallel.world_size > 1 and comm is None) or group != parallel.world_size or (comm and comm.rank):
+            raise ValueError(
+                f"tp={config.tp}, ep={config.ep} needs rank 0 of a {parallel.world_size}-rank group "
+                "(engine/parallel/ranks.py starts one)"
+            )
+        self.comm = comm or SINGLE
         self.model_dir = resolve_model(model_dir)
         dtype = parse_dtype(config.dtype) if config.dtype else None
-        loaded = load_checkpoint(self.model_dir, dtype=dtype, device=config.device)
+        loaded = load_checkpoint(
+            self.model_dir, dtype=dtype, device=config.device, parallel=parallel, comm=self.comm
+        )
         self.model_config, self.model = loaded.config, loaded.model
         # Namespaces the prefix-cache hashes: the weights' digest, never a path (engine/identity.py).
         self.model_id = model_id or loaded.identity
@@ -69,21 +84,35 @@ class LLMEngine:
         )
         self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        use_graphs = torch.device(config.device).type == "cuda" and not config.enforce_eager
+        # Graph capture runs the model on rank 0 alone: with follower ranks it would wait on
+        # collectives they never join, so several ranks run eagerly (one rank may capture).
+        use_graphs = (
+            torch.device(config.device).type == "cuda"
+            and not config.enforce_eager
+            and parallel.world_size == 1
+        )
         graph_reserve = config.cuda_graph_bytes if use_graphs else 0
-        num_pages, live, checkpoints = _pool_sizes(self.model_config, config, self._cache_dtype(), graph_reserve)
+        # Per rank: the local head counts size the pages and slots (model.config is the shard's).
+        num_pages, live, checkpoints = _pool_sizes(
+            self.model.config, config, self._cache_dtype(), graph_reserve
+        )
         spec_head = spec_setup.load_head(self.model, config)
         spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
         scratch = 1 if use_graphs else 0  # a page and a slot the padding rows of a graph write to
         self.cache = CacheTensors.allocate(
-            self.model_config,
+            self.model.config,
             num_pages + scratch,
             live + checkpoints + spares + scratch,
             config.block_size,
             self._cache_dtype(),
             config.device,
         )
-        self.runner = ModelRunner(self.model, self.cache)
+        if self.comm.active:  # rank 0 of a group (of one rank: the TP path on one device)
+            send_init(self.comm, self.cache.num_pages, self.cache.num_slots)
+            self.cache = mirrored(self.cache, self.comm)
+            self.runner: ModelRunner = LeaderRunner(self.model, self.cache, self.comm)
+        else:
+            self.runner = ModelRunner(self.model, self.cache)
         if use_graphs:
             self.runner.graphs = DecodeGraphs(
                 self.model,
@@ -106,7 +135,9 @@ class LLMEngine:
                 model_id=self.model_id,
                 on_kv_event=on_kv_event,
             )
-        live_pool = spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))
+        live_pool = (
+            spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))
+        )
         self.memory = BlockManager(self.cache, pages, live_pool, self.prefix_cache)
         self.scheduler = Scheduler(config, self.memory, self.prefix_cache)
         self.sampler = Sampler(config.seed)
@@ -125,6 +156,11 @@ class LLMEngine:
         self.overlap = overlap and self.spec is None  # the speculative step reads its tokens itself
         self._plan: list[ScheduledChunk] | None = None  # step N+1, planned while step N ran
         self.step_trace: StepTrace | None = None  # tests: ("schedule" | "launch" | "read", step)
+
+    def stop_followers(self) -> None:
+        """Tell the follower ranks to leave their step loop (tp/ep > 1; a no-op otherwise)."""
+        if self.comm.active:
+            send_stop(self.comm)
 
     def _cache_dtype(self) -> torch.dtype:
         return parse_dtype(self.config.dtype, self.model_config.dtype)

@@ -34,6 +34,9 @@ from engine.models.mtp import PREFIX as MTP_PREFIX
 from engine.models.mtp import mtp_expected_shapes
 from engine.models.weight_routes import Piece, route
 from engine.ops.fp8 import FP8_DTYPE, dequantize_block_fp8
+from engine.parallel.comm import SINGLE, Comm
+from engine.parallel.config import ParallelConfig
+from engine.parallel.shard import local_shapes, shard_expert_piece, shard_tensor
 from engine.safetensors_stream import FileHeader, SafetensorsError, read_entry, read_header, read_one
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,13 @@ def load_checkpoint(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    parallel: ParallelConfig = ParallelConfig(),
+    comm: Comm = SINGLE,
 ) -> LoadedCheckpoint:
-    """Config, model and identity. `progress`: None = a bar for loads of 1 GiB or more."""
+    """Config, model and identity. `progress`: None = a bar for loads of 1 GiB or more.
+    Under `parallel`, the model is rank `comm.rank`'s shard (`engine/parallel/shard.py`) and
+    computes with the rank's local head counts; `config` stays the whole model's. (The shard is
+    cut tensor by tensor as it arrives: a rank never holds more than its shard plus one tensor.)"""
     model_dir = Path(model_dir)
     config_bytes = _read_config_bytes(model_dir)
     cfg = ModelConfig.from_json(model_dir)
@@ -80,13 +88,16 @@ def load_checkpoint(
     identity = ident.cached_identity(model_dir, files)
     hasher = ident.new_hasher(config_bytes) if identity is None else None
     placer = _Placer(model_dir, cfg, parse_dtype(dtype, cfg.dtype), torch.device(device), headers)
+    if comm.active:  # each tensor is cut to this rank's shard as it arrives
+        placer.shard_for(parallel, comm.rank)
     placer.run(hasher, progress)
     if hasher is not None:
         identity = ident.finish(hasher)
         ident.store_identity(model_dir, files, identity)
     weights, extra = placer.finish()
     del placer
-    return LoadedCheckpoint(cfg, HybridModel(cfg, weights, extra), identity)
+    model = HybridModel(parallel.local_config(cfg), weights, extra, comm, parallel)
+    return LoadedCheckpoint(cfg, model, identity)
 
 
 def _read_config_bytes(model_dir: Path) -> bytes:
@@ -114,9 +125,17 @@ class _Placer:
         has_mtp = cfg.mtp_num_hidden_layers > 0 and any(n.startswith(MTP_PREFIX) for n in self.where)
         if has_mtp:
             self.expected.update({MTP_PREFIX + k: v for k, v in mtp_expected_shapes(cfg).items()})
+        self.sharding: tuple[ParallelConfig, int] | None = None
         self.placed: dict[str, torch.Tensor] = {}
         self.filled: dict[str, int] = {}
         self.expert_parts: dict[str, set[str]] = {}  # stacked target → per-expert names placed
+
+    def shard_for(self, parallel: ParallelConfig, rank: int) -> None:
+        """Place rank `rank`'s shard only. The MTP head is not sharded: no speculation under a group."""
+        parallel.check_model(self.cfg)
+        self.sharding = (parallel, rank)
+        model = {k: v for k, v in self.expected.items() if not k.startswith(MTP_PREFIX)}
+        self.expected = local_shapes(self.cfg, model, parallel, rank)
 
     # --- reading ------------------------------------------------------------------------------
     def run(self, hasher, progress: bool | None) -> None:
@@ -179,7 +198,18 @@ class _Placer:
             ) from None
         for piece in pieces:
             if piece.target in self.expected:
-                self._put(piece, hf_name)
+                piece = self._sharded(piece)
+                if piece is not None:
+                    self._put(piece, hf_name)
+
+    def _sharded(self, piece: Piece) -> Piece | None:
+        if self.sharding is None:
+            return piece
+        parallel, rank = self.sharding
+        if piece.index is None:
+            return Piece(piece.target, None, shard_tensor(self.cfg, piece.target, piece.tensor, parallel, rank))
+        placed = shard_expert_piece(self.cfg, piece.target, piece.index, piece.tensor, parallel, rank)
+        return None if placed is None else Piece(piece.target, placed[0], placed[1])
 
     def _dequantized(self, hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.dtype != FP8_DTYPE:
@@ -197,7 +227,9 @@ class _Placer:
         try:
             # On the target device (a GPU dequantizes fast) and straight into the target dtype.
             scale_inv = read_one(header, scale_name).to(self.device)
-            return dequantize_block_fp8(tensor.to(self.device), scale_inv, quant.weight_block_size, self.dtype)
+            return dequantize_block_fp8(
+                tensor.to(self.device), scale_inv, quant.weight_block_size, self.dtype
+            )
         except ValueError as error:
             raise CheckpointError(f"{self.model_dir}: {scale_name}: {error}") from None
 

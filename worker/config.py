@@ -44,6 +44,8 @@ class WorkerConfig:
     local_prefill_threshold: int = 512
     prefix_cache: bool = True
     spec_tokens: int = 0  # MTP speculative decoding: drafts per step (0 = off; needs an MTP head)
+    tp: int = 1  # tensor-parallel ranks: one process per device, rank 0 serves (engine/parallel)
+    ep: int = 1  # expert-parallel ranks over the same processes
     ready_file: str = ""
     redis_key_prefix: str = "baton"
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -117,6 +119,8 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         help="fraction of the state slots one tenant's pending reservations may hold",
     )
     parser.add_argument("--heartbeat-s", type=float, default=1.0, help="liveness beat interval on streams")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process per device)")
+    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (over the same processes)")
     return parser
 
 
@@ -140,6 +144,8 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         redis_key_prefix=args.redis_key_prefix,
         prefix_cache=not args.no_prefix_cache,
         spec_tokens=args.spec_tokens,
+        tp=args.tp,
+        ep=args.ep,
         tls=TlsConfig.from_env(),
         cluster=ClusterCredential.from_env(args.cluster_token_file),
         max_reservation_s=_positive("--max-reservation-s", args.max_reservation_s),

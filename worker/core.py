@@ -19,6 +19,8 @@ from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
 from worker.exposed import ExposedPrefixes
 from worker.kv_events import KvEventHub
+from worker.ranks import start_ranks
+from worker.shard_transfer import ShardedTransferRefused
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,17 @@ def build_engine(config: WorkerConfig, on_kv_event):
         "block_size": config.block_size,
         "enable_prefix_cache": config.prefix_cache,
         "num_speculative_tokens": config.spec_tokens,
+        "tp": config.tp,
+        "ep": config.ep,
     }
     if config.max_pages:
         options["num_pages"] = config.max_pages
     else:
         options["cache_bytes"] = int(config.memory_gb * (1 << 30))
-    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
+    engine_config = EngineConfig(**options)
+    if engine_config.parallel.world_size == 1:
+        return LLMEngine(config.model, engine_config, on_kv_event=on_kv_event), None
+    return start_ranks(config.model, engine_config, on_kv_event)
 
 
 def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
@@ -51,12 +58,15 @@ class WorkerCore:
         started = time.perf_counter()
         files, size = _checkpoint_files(Path(config.model))
         log.info("loading model %s: %d weight files, %.2f GB", config.model, files, size / 1e9)
-        self.engine = build_engine(config, lambda event: self.hub.on_engine_event(event))
+        self.engine, self.ranks = build_engine(config, lambda event: self.hub.on_engine_event(event))
         self.model_id = self.engine.model_id
         log.info("model %s loaded in %.1f s", self.model_id, time.perf_counter() - started)
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
-        self.backend = create_backend(config.transfer)
+        if max(config.tp, config.ep) > 1:
+            self.backend = ShardedTransferRefused(config.tp, config.ep)
+        else:
+            self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
         self.draining = threading.Event()
         self.exposed = ExposedPrefixes()  # prefixes peers may read from us (worker/prefix_fetch.py)
@@ -144,5 +154,7 @@ class WorkerCore:
     def close(self) -> None:
         self.hub.close()
         self.loop.stop()
+        if self.ranks is not None:
+            self.ranks.stop(self.engine)
         with contextlib.suppress(Exception):
             self.backend.close()

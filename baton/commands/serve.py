@@ -40,7 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds each worker may take to load its model and serve (default 180)",
     )  # fmt: skip
     parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget per worker")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per worker")
+    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per worker (same processes)")
     parser.set_defaults(func=run)
+
+
+def parallel_worker_args(tp: int, ep: int) -> tuple[str, ...]:
+    return (*(("--tp", str(tp)) if tp > 1 else ()), *(("--ep", str(ep)) if ep > 1 else ()))
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -56,6 +62,14 @@ def check_args(args: argparse.Namespace) -> str | None:
         return str(error)
     if args.memory_gb <= 0:
         return "--memory-gb must be > 0"
+    from engine.parallel.config import ParallelConfig  # lazy: CLI startup
+
+    try:
+        ParallelConfig(args.tp, args.ep)
+    except ValueError as error:
+        return f"--tp/--ep: {error}"
+    if max(args.tp, args.ep) > 1 and args.prefill:
+        return "--tp/--ep > 1: multi-rank workers do not ship KV yet; use --prefill 0"
     if args.http_listen:
         try:
             split_listen(args.http_listen)
@@ -89,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
         pool=args.pool, ray_address=args.address, memory_gb=args.memory_gb, router=router_config,
         startup_timeout_s=args.startup_timeout,
+        worker_args=parallel_worker_args(args.tp, args.ep),
     )  # fmt: skip
     cluster = LocalCluster(spec)
     try:

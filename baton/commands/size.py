@@ -35,7 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--checkpoints", type=int, default=1, help="state checkpoints held per session (end of turn = 1)"
     )
-    parser.add_argument("--gpus", type=int, default=1, help="B200s one model replica spans")
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="B200s one model replica spans (default tp/ep)"
+    )
+    parser.add_argument(
+        "--tp", type=int, default=1, help="tensor-parallel ranks of one worker: per-GPU memory"
+    )
+    parser.add_argument(
+        "--ep", type=int, default=1, help="expert-parallel ranks of one worker: per-GPU memory"
+    )
     parser.add_argument("--hbm-gb", type=float, default=192.0, help="HBM per GPU in GB (1e9 bytes)")
     parser.add_argument(
         "--reserve-gb",
@@ -133,7 +141,43 @@ def format_report(raw: dict, args: argparse.Namespace, name: str) -> str:
     return "\n".join(lines)
 
 
+def per_gpu_lines(raw: dict, args: argparse.Namespace) -> list[str]:
+    """Per-GPU memory of one tp/ep worker (one rank per GPU) and sessions per worker."""
+    shape = sizing.shape_from_config(raw)
+    model_bytes = sizing.dtype_bytes(args.dtype)
+    ssm_bytes = sizing.dtype_bytes(args.ssm_dtype or shape.mamba_ssm_dtype_name)
+    gpu = sizing.per_gpu(
+        shape,
+        tp=args.tp,
+        ep=args.ep,
+        weight_dtype_bytes=sizing.dtype_bytes(args.weight_dtype or args.dtype),
+        dtype_bytes_=model_bytes,
+        ssm_dtype_bytes=ssm_bytes,
+    )
+    free = args.hbm_gb * 1e9 - args.reserve_gb * 1e9 - gpu.weight_bytes
+    lines = [
+        "",
+        f"per GPU at tp={args.tp} ep={args.ep} ({max(args.tp, args.ep)} GPUs, one rank each): weights "
+        f"{human_bytes(gpu.weight_bytes)}, KV per token {human_bytes(gpu.kv_bytes_per_token)}, "
+        f"DeltaNet state per slot {human_bytes(gpu.state_slot_bytes)}, free for sessions "
+        f"{human_bytes(max(free, 0.0))}" + ("  (weights do not fit)" if free <= 0 else ""),
+        "",
+        "| context | per session per GPU | sessions per worker |",
+        "|---|---|---|",
+    ]
+    for tokens in parse_contexts(args.context):
+        pages = -(-tokens // args.block_size) * args.block_size
+        session = pages * gpu.kv_bytes_per_token + (1 + args.checkpoints) * gpu.state_slot_bytes
+        fits = int(free // session) if free > 0 else 0
+        lines.append(f"| {context_label(tokens)} | {human_bytes(session)} | {fits} |")
+    return lines
+
+
 def validate_args(args: argparse.Namespace) -> None:
+    if args.gpus is None:
+        args.gpus = max(args.tp, args.ep)
+    if args.tp < 1 or args.ep < 1:
+        raise sizing.SizingConfigError("--tp and --ep must be >= 1")
     if args.block_size < 1 or args.gpus < 1 or args.checkpoints < 0:
         raise sizing.SizingConfigError("--block-size and --gpus must be >= 1, --checkpoints >= 0")
     if args.hbm_gb <= 0 or args.reserve_gb < 0:
@@ -157,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         validate_args(args)
         raw = json.loads(path.read_text())
-        print(format_report(raw, args, path.parent.name if path.name == "config.json" else path.stem))
+        report = format_report(raw, args, path.parent.name if path.name == "config.json" else path.stem)
+        if max(args.tp, args.ep) > 1:
+            report += "\n" + "\n".join(per_gpu_lines(raw, args))
+        print(report)
     except (OSError, json.JSONDecodeError) as error:
         print(f"baton size: cannot read {path}: {error}", file=sys.stderr)
         return 2

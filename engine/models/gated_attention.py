@@ -26,7 +26,7 @@ class GatedAttention:
         self.qkv_proj_t = torch.cat([weights[f"{p}_proj.weight"] for p in "qkv"]).t().contiguous()
         self.qkv_bias = torch.cat([weights[f"{p}_proj.bias"] for p in "qkv"]) if cfg.attention_bias else None
         self.o_proj_t = weights["o_proj.weight"].t().contiguous()
-        self.o_bias = weights.get("o_proj.bias")
+        self.o_bias = weights.get("o_proj.bias")  # under tp: rank 0's only (the all-reduce adds it once)
         self.q_norm, self.k_norm = weights["q_norm.weight"], weights["k_norm.weight"]
         q_out = cfg.num_attention_heads * cfg.head_dim * 2
         kv_out = cfg.num_key_value_heads * cfg.head_dim

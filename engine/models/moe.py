@@ -28,10 +28,22 @@ class DenseMlp:
 
 
 class SparseMoe:
-    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        first_expert: int = 0,
+        with_shared: bool = True,
+    ) -> None:
+        """`weights["experts.*"]` may hold a contiguous range of the experts (expert parallelism):
+        global ids [first_expert, first_expert + E_local); pairs routed elsewhere contribute zero
+        here and arrive through the layer's all-reduce. `with_shared`: add the shared expert (False
+        on ranks > 0 when it is replicated, so the all-reduce counts it once)."""
         self.top_k = cfg.num_experts_per_tok
         self.norm_topk_prob = cfg.norm_topk_prob
         self.num_experts = cfg.num_experts
+        self.first_expert = first_expert
+        self.with_shared = with_shared
         self.router_t = weights["gate.weight"].t().contiguous()
         self.gate_up_t = weights["experts.gate_up_proj"].transpose(1, 2).contiguous()  # [E, H, 2I]
         self.down_t = weights["experts.down_proj"].transpose(1, 2).contiguous()  # [E, I, H]
@@ -48,6 +60,19 @@ class SparseMoe:
         if self.norm_topk_prob:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         top_w = top_w.to(x.dtype)
-        out = routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t)
+        out = self._experts(x, top_e, top_w)
+        if not self.with_shared:
+            return out
         shared = self.shared.forward(x) * torch.sigmoid(x @ self.shared_gate_t)
         return out + shared
+
+    def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
+        """The routed experts this rank holds (all of them without expert parallelism). Under EP a
+        pair routed to another rank's expert gets weight 0 here, so the layer's all-reduce sums
+        each pair exactly once; shapes stay fixed (no host read-back, graph-safe)."""
+        held = self.gate_up_t.shape[0]
+        if self.first_expert == 0 and held == self.num_experts:
+            return routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t)
+        local = top_e - self.first_expert
+        mine = (local >= 0) & (local < held)
+        return routed_experts(x, local.clamp(0, held - 1), top_w * mine, self.gate_up_t, self.down_t)

@@ -257,3 +257,15 @@ def test_serve_runs_answers_and_shuts_down_cleanly(capsys):
         code = serve.wait(60)
     assert code == 0
     assert not any(is_serving(address, timeout_s=0.5) for address in workers)
+
+
+def test_serve_tp_ep_flags_reach_the_workers_and_bad_ones_are_refused(tmp_path):
+    from baton.commands.serve import parallel_worker_args
+
+    args = parse("serve", "--model", str(tmp_path), "--prefill", "0", "--tp", "2", "--ep", "2")
+    assert check_args(args) is None
+    assert parallel_worker_args(args.tp, args.ep) == ("--tp", "2", "--ep", "2")
+    assert parallel_worker_args(1, 1) == ()
+    assert "use --prefill 0" in check_args(parse("serve", "--model", str(tmp_path), "--tp", "2"))
+    bad = parse("serve", "--model", str(tmp_path), "--prefill", "0", "--tp", "2", "--ep", "4")
+    assert "each must be 1 or the world size" in check_args(bad)

@@ -1,0 +1,131 @@
+"""Rank 0 schedules; every rank runs the same step on its shard.
+
+Rank 0's `LeaderRunner.forward` first broadcasts the step: a fixed 8-int64 header (op, counts,
+flags) and then, for a forward, one int64 payload holding every chunk
+([n_tokens, start_pos, n_pages, state_slot, n_step_slots (-1: none), tokens, pages, step slots]).
+Tensors, not pickles. State copies and resets the prefix cache and block manager make on rank 0
+(`MirroredCache`) are broadcast the same way, so every rank's slots hold the same positions and the
+page and slot ids rank 0 chose: one radix tree. Followers (`follow`) loop on the header until STOP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.cache.tensors import CacheTensors
+from engine.model_runner import ModelRunner, SeqChunk
+from engine.parallel.comm import Comm
+
+HEADER = 8
+OP_INIT, OP_FORWARD, OP_COPY_STATE, OP_ZERO_STATE, OP_STOP = 1, 2, 3, 4, 5
+
+
+def encode_chunks(chunks: list[SeqChunk]) -> torch.Tensor:
+    ints: list[int] = []
+    for c in chunks:
+        steps = c.step_slots if c.step_slots is not None else []
+        ints += [len(c.token_ids), c.start_pos, len(c.block_table), c.state_slot]
+        ints.append(len(steps) if c.step_slots is not None else -1)
+        ints += list(c.token_ids) + list(c.block_table) + list(steps)
+    return torch.tensor(ints, dtype=torch.int64)
+
+
+def decode_chunks(payload: torch.Tensor, count: int) -> list[SeqChunk]:
+    ints = payload.tolist()
+    chunks, at = [], 0
+    for _ in range(count):
+        n, start, pages, slot, steps = ints[at : at + 5]
+        at += 5
+        tokens = ints[at : at + n]
+        table = ints[at + n : at + n + pages]
+        at += n + pages
+        step_slots = None
+        if steps >= 0:
+            step_slots = ints[at : at + steps]
+            at += steps
+        chunks.append(SeqChunk(tokens, start, table, slot, step_slots))
+    return chunks
+
+
+def _send_header(comm: Comm, *values: int) -> None:
+    header = torch.zeros(HEADER, dtype=torch.int64)
+    header[: len(values)] = torch.tensor(values, dtype=torch.int64)
+    comm.broadcast(header.to(comm.device))
+
+
+def send_init(comm: Comm, num_pages: int, num_slots: int) -> None:
+    """The cache sizes rank 0 chose: every rank allocates the same page and slot ids."""
+    _send_header(comm, OP_INIT, num_pages, num_slots)
+
+
+def send_stop(comm: Comm) -> None:
+    _send_header(comm, OP_STOP)
+
+
+class LeaderRunner(ModelRunner):
+    """Rank 0's runner: broadcasts each step before running its own shard of it."""
+
+    def __init__(self, model, cache: CacheTensors, comm: Comm) -> None:
+        super().__init__(model, cache)
+        self.comm = comm
+
+    def forward(
+        self, chunks: list[SeqChunk], *, all_logits: bool = False, layer_callback=None
+    ) -> torch.Tensor:
+        vocab = self.model.config.vocab_size
+        for chunk in chunks:  # refuse before the followers start a step
+            if any(not 0 <= t < vocab for t in chunk.token_ids):
+                raise ValueError(f"token ids must lie in [0, {vocab})")
+        payload = encode_chunks(chunks)
+        _send_header(self.comm, OP_FORWARD, len(chunks), payload.numel(), int(all_logits))
+        self.comm.broadcast(payload.to(self.comm.device))
+        return super().forward(chunks, all_logits=all_logits, layer_callback=layer_callback)
+
+    def forward_hidden(self, chunks, layer_callback=None):
+        raise NotImplementedError("speculative decoding is not supported with tp/ep > 1")
+
+
+@dataclass(eq=False)
+class MirroredCache(CacheTensors):
+    """Rank 0's cache: state copies and resets go to every rank first."""
+
+    comm: Comm | None = None
+
+    def copy_state(self, src_slot: int, dst_slot: int) -> None:
+        _send_header(self.comm, OP_COPY_STATE, src_slot, dst_slot)
+        super().copy_state(src_slot, dst_slot)
+
+    def zero_state(self, slot: int) -> None:
+        _send_header(self.comm, OP_ZERO_STATE, slot)
+        super().zero_state(slot)
+
+
+def mirrored(cache: CacheTensors, comm: Comm) -> MirroredCache:
+    return MirroredCache(kv=cache.kv, conv=cache.conv, ssm=cache.ssm, block_size=cache.block_size, comm=comm)
+
+
+def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner]) -> int:
+    """A follower rank's loop: INIT (allocate via `make_runner(num_pages, num_slots)`), then
+    steps until STOP. Returns the number of forwards run."""
+    runner: ModelRunner | None = None
+    forwards = 0
+    while True:
+        header = comm.broadcast(torch.zeros(HEADER, dtype=torch.int64, device=comm.device)).tolist()
+        op = header[0]
+        if op == OP_INIT:
+            runner = make_runner(header[1], header[2])
+        elif op == OP_FORWARD:
+            payload = comm.broadcast(torch.zeros(header[2], dtype=torch.int64, device=comm.device))
+            runner.forward(decode_chunks(payload.cpu(), header[1]), all_logits=bool(header[3]))
+            forwards += 1
+        elif op == OP_COPY_STATE:
+            runner.cache.copy_state(header[1], header[2])
+        elif op == OP_ZERO_STATE:
+            runner.cache.zero_state(header[1])
+        elif op == OP_STOP:
+            return forwards
+        else:
+            raise RuntimeError(f"follower rank {comm.rank}: unknown step op {op}")
