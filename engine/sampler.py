@@ -181,22 +181,12 @@ def apply_top_k_top_p(logits: torch.Tensor, requests: list[SampleRequest]) -> to
 def compute_logprobs(
     raw: torch.Tensor, chosen: list[int], requests: list[SampleRequest]
 ) -> list[Logprob | None]:
-    """Logprobs of the rows that asked for them, for ids already read back (the engine's path)."""
-    wanted = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
-    result: list[Logprob | None] = [None] * len(requests)
-    if not wanted:
-        return result
-    logprobs = torch.log_softmax(raw[_device_index(wanted, raw.device)].float(), dim=-1).cpu()
-    for row, i in enumerate(wanted):
-        n = requests[i].params.logprobs or 0
-        top = logprobs[row].topk(n) if n else None
-        result[i] = Logprob(
-            token_id=chosen[i],
-            logprob=float(logprobs[row, chosen[i]]),
-            top_token_ids=tuple(top.indices.tolist()) if top is not None else (),
-            top_logprobs=tuple(top.values.tolist()) if top is not None else (),
-        )
-    return result
+    """Logprobs of the rows that asked for them, for ids already read back (the engine's path):
+    packed on the logits' device and read back in one copy, only when some row asked."""
+    if all(r.params.logprobs is None for r in requests):
+        return [None] * len(requests)
+    ids = torch.tensor(chosen, dtype=torch.long).to(raw.device, non_blocking=True)
+    return _to_host(raw.float(), ids, requests).logprobs
 
 
 def _to_host(raw: torch.Tensor, token_ids: torch.Tensor, requests: list[SampleRequest]) -> SampleResult:
