@@ -31,6 +31,10 @@ class EngineConfig:
     # Speculative decoding with the checkpoint's MTP head: drafts per step (0 = off, 1..4). A
     # checkpoint without MTP weights runs without speculation. See engine/speculative.
     num_speculative_tokens: int = 0
+    # cuda only: the cache budget is this fraction of the GPU's total memory minus what this
+    # process already holds (weights), so two processes on one GPU size independently of start
+    # order (engine/gpu_budget.py). None: `cache_bytes` is the budget.
+    gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -50,6 +54,9 @@ class EngineConfig:
             raise ValueError(
                 f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
             )
+        utilization = self.gpu_memory_utilization
+        if utilization is not None and not (isinstance(utilization, int | float) and 0 < utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization!r}")
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 

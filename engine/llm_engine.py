@@ -25,6 +25,7 @@ from engine.cache.state_pool import StatePool
 from engine.cache.tensors import CacheTensors
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
+from engine.gpu_budget import resolve_cache_budget
 from engine.loader import load_model
 from engine.metrics import EngineMetrics
 from engine.model_config import ModelConfig, parse_dtype
@@ -53,6 +54,7 @@ class LLMEngine:
         self.model_dir = Path(model_dir)
         dtype = parse_dtype(config.dtype) if config.dtype else None
         self.model_config, self.model = load_model(self.model_dir, dtype=dtype, device=config.device)
+        self.config = config = resolve_cache_budget(config, self.model_config)  # --gpu-memory-utilization
         self.tokenizer = (
             Tokenizer.from_dir(model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
         )

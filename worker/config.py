@@ -8,10 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.engine_args import add_engine_flags, engine_config_from_args
+from engine.engine_config import EngineConfig
 from rpc.tls import TlsConfig
 
 Role = Literal["prefill", "decode"]
 DEFAULT_PORTS = {"prefill": (50061, 9101), "decode": (50071, 9102)}
+WORKER_ENGINE_DEFAULTS = {"cache_bytes": 2 << 30}  # a worker's cache budget unless --memory-gb
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +27,15 @@ class WorkerConfig:
     worker_id: str = ""
     metrics_port: int = 0
     index: str = "embedded"
-    block_size: int = 16
-    max_pages: int = 0  # 0 = from the memory budget
-    memory_gb: float = 2.0
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(**WORKER_ENGINE_DEFAULTS))
     max_queue: int = 64
     local_prefill_threshold: int = 512
-    prefix_cache: bool = True
     ready_file: str = ""
     tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def block_size(self) -> int:
+        return self.engine.block_size
 
     @property
     def address(self) -> str:
@@ -48,19 +52,21 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
     parser.add_argument("--worker-id", default="")
     parser.add_argument("--metrics-port", type=int, default=metrics_port, help="Prometheus /metrics; 0 = off")
     parser.add_argument("--index", default=os.environ.get("BATON_INDEX", "embedded"))
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-pages", type=int, default=0)
-    parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget")
     parser.add_argument(
         "--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED"
     )
     parser.add_argument("--ready-file", default="", help="write the bound address here once serving")
-    parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
+    add_engine_flags(parser, WORKER_ENGINE_DEFAULTS)
     return parser
 
 
 def worker_config_from_args(role: Role, argv: list[str] | None = None) -> WorkerConfig:
-    args = worker_arg_parser(role).parse_args(argv)
+    parser = worker_arg_parser(role)
+    args = parser.parse_args(argv)
+    try:
+        engine = engine_config_from_args(args, WORKER_ENGINE_DEFAULTS)
+    except ValueError as error:
+        parser.error(str(error))
     return WorkerConfig(
         role=role,
         model=args.model,
@@ -70,11 +76,8 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         worker_id=args.worker_id or f"{role}-{uuid.uuid4().hex[:8]}",
         metrics_port=args.metrics_port,
         index=args.index,
-        block_size=args.block_size,
-        max_pages=args.max_pages,
-        memory_gb=args.memory_gb,
+        engine=engine,
         max_queue=args.max_queue,
         ready_file=args.ready_file,
-        prefix_cache=not args.no_prefix_cache,
         tls=TlsConfig.from_env(),
     )

@@ -13,7 +13,16 @@ import sys
 import threading
 
 from baton.commands.scale import non_negative
+from engine.engine_args import (
+    GIB,
+    add_engine_flags,
+    engine_argv,
+    engine_config_from_args,
+    given_engine_options,
+)
 from router.openai.listen import split_listen
+
+SERVE_ENGINE_DEFAULTS = {"cache_bytes": 2 << 30}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics-port", type=non_negative, default=9100, help="Prometheus /metrics; 0 = off"
     )
-    parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget per worker")
+    add_engine_flags(parser, SERVE_ENGINE_DEFAULTS)  # every worker's engine: the workers' own flags
     parser.set_defaults(func=run)
 
 
@@ -50,8 +59,10 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--decode must be >= 1 (decode workers stream every answer)"
     if not os.path.isdir(args.model):
         return f"model directory {args.model} does not exist"
-    if args.memory_gb <= 0:
-        return "--memory-gb must be > 0"
+    try:
+        engine_config_from_args(args, SERVE_ENGINE_DEFAULTS)
+    except ValueError as error:
+        return str(error)
     if args.http_listen:
         try:
             split_listen(args.http_listen)
@@ -67,19 +78,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=os.environ.get("BATON_LOG_LEVEL", "INFO"))
     from router.config import RouterConfig
-    from router.local_cluster import ClusterSpec, LocalCluster
+    from router.local_cluster import LocalCluster
     from router.pools import PoolError
     from rpc.tls import TlsConfig
 
     router_config = RouterConfig(
-        model=args.model, listen=args.listen, admin_listen=args.admin_listen, http_listen=args.http_listen,
+        model=args.model, block_size=engine_config_from_args(args, SERVE_ENGINE_DEFAULTS).block_size, listen=args.listen, admin_listen=args.admin_listen, http_listen=args.http_listen,
         metrics_port=args.metrics_port,
         index=args.index, tls=TlsConfig.from_env(), auth_tokens_file=os.environ.get("BATON_AUTH_TOKENS", ""),
     )  # fmt: skip
-    spec = ClusterSpec(
-        model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
-        pool=args.pool, ray_address=args.address, memory_gb=args.memory_gb, router=router_config,
-    )  # fmt: skip
+    spec = cluster_spec(args, router_config)
     cluster = LocalCluster(spec)
     try:
         try:
@@ -98,6 +106,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         cluster.stop()
     return 0
+
+
+def cluster_spec(args: argparse.Namespace, router_config):
+    """The workers get serve's engine flags back as their own flags (same names, one definition)."""
+    from router.local_cluster import ClusterSpec
+
+    engine = engine_config_from_args(args, SERVE_ENGINE_DEFAULTS)
+    given = given_engine_options(args)
+    given.pop("cache_bytes", None)  # travels as ClusterSpec.memory_gb
+    return ClusterSpec(
+        model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
+        pool=args.pool, ray_address=args.address, memory_gb=engine.cache_bytes / GIB,
+        worker_args=tuple(engine_argv(given)), router=router_config,
+    )  # fmt: skip
 
 
 def print_endpoints(cluster) -> None:

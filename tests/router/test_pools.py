@@ -197,7 +197,7 @@ def test_worker_spec_argv_matches_the_worker_parser():
         0,
         "/tmp/r",
     )
-    assert config.memory_gb == 1.5
+    assert config.engine.cache_bytes == int(1.5 * (1 << 30))
 
 
 # ---- RayPool over the stand-in worker ------------------------------------------------------------
