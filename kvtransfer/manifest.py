@@ -1,6 +1,9 @@
 """The manifest: what the sender says it sent, checked by the receiver against what arrived.
 
 Checksums are xxh3-64 of the bytes of one (region, layer), its units taken in transfer order.
+Host regions are hashed in place. Device regions are hashed on the staged host bytes as they pass
+(`digest`); a direct device path (local device-to-device, ucx over CUDA transports) sends none,
+since hashing would need a full extra copy.
 """
 
 from __future__ import annotations
@@ -83,10 +86,18 @@ def layer_checksum(regions: RegionSet, region: str, layer: int, units: list[int]
 
 
 def build_entry(
-    regions: RegionSet, region: str, layer: int, placed: dict[int, int], with_checksum: bool
+    regions: RegionSet,
+    region: str,
+    layer: int,
+    placed: dict[int, int],
+    with_checksum: bool,
+    digest: int | None = None,
 ) -> LayerEntry:
-    """`placed` maps transfer position -> source unit for one (region, layer)."""
+    """`placed` maps transfer position -> source unit for one (region, layer); `digest` is the
+    checksum of a device region's staged bytes (None: not staged)."""
     positions = tuple(sorted(placed))
     units = [placed[p] for p in positions]
-    checksum = layer_checksum(regions, region, layer, units) if with_checksum else None
+    checksum = None
+    if with_checksum:
+        checksum = digest if regions.on_device(region) else layer_checksum(regions, region, layer, units)
     return LayerEntry(region, layer, positions, len(units) * regions.unit_bytes(region), checksum)
