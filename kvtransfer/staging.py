@@ -61,6 +61,26 @@ def _ring(options: StagingOptions) -> list[torch.Tensor]:
     return [torch.empty(options.slot_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(options.slots)]
 
 
+class RingPool:
+    """Rings reused across transfers: pinning host memory costs milliseconds, a transfer should not."""
+
+    def __init__(self, options: StagingOptions, keep: int = 8) -> None:
+        self.options, self._keep = options, keep
+        self._free: list[list[torch.Tensor]] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> list[torch.Tensor]:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return _ring(self.options)
+
+    def give(self, ring: list[torch.Tensor]) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(ring)
+
+
 def _chunks(view: torch.Tensor, size: int):
     flat = view.reshape(-1)
     for start in range(0, flat.numel(), size):
@@ -74,9 +94,16 @@ def _bytes(buffer: torch.Tensor) -> memoryview:
 class StagedWriter:
     """Ordered frames and staged payloads to `send` (a blocking write of host bytes)."""
 
-    def __init__(self, send: Callable[[memoryview], None], copy: Copy, options: StagingOptions) -> None:
-        self._send, self._copy = send, copy
-        self._slots = _ring(options)
+    def __init__(
+        self,
+        send: Callable[[memoryview], None],
+        copy: Copy,
+        ring: list[torch.Tensor],
+        release: Callable[[list[torch.Tensor]], None] | None = None,
+    ) -> None:
+        """`release(ring)` runs once the sender thread is done with the ring (after close())."""
+        self._send, self._copy, self._release = send, copy, release
+        self._slots = ring
         self._free: queue.Queue[int] = queue.Queue()
         for index in range(len(self._slots)):
             self._free.put(index)
@@ -118,26 +145,31 @@ class StagedWriter:
             raise ConnectionError(f"staged send failed: {self._error}") from self._error
 
     def _run(self) -> None:
-        while True:
-            item = self._work.get()
-            try:
-                if item is None:
-                    return
-                if self._error is None:
-                    self._send_item(item)
-            except BaseException as exc:  # reported to the caller by the next call
-                self._error = exc
-            finally:
-                if item is not None and item[0] == "slot":
-                    self._free.put(item[1])
-                self._work.task_done()
+        try:
+            while True:
+                item = self._work.get()
+                try:
+                    if item is None:
+                        return
+                    if item[0] == "slot":
+                        item[3]()  # the device -> host copy of this chunk (even after an error)
+                    if self._error is None:
+                        self._send_item(item)
+                except BaseException as exc:  # reported to the caller by the next call
+                    self._error = exc
+                finally:
+                    if item is not None and item[0] == "slot":
+                        self._free.put(item[1])
+                    self._work.task_done()
+        finally:
+            if self._release is not None:
+                self._release(self._slots)
 
     def _send_item(self, item: tuple) -> None:
         if item[0] == "bytes":
             self._send(memoryview(item[1]))
             return
-        _, _, staged, wait, tap = item
-        wait()  # the device -> host copy of this chunk
+        _, _, staged, _, tap = item
         data = _bytes(staged)
         if tap is not None:
             tap(data)
@@ -147,9 +179,9 @@ class StagedWriter:
 class StagedReader:
     """Payloads from `recv_exact` (fills a host buffer) into device views through the ring."""
 
-    def __init__(self, copy: Copy, options: StagingOptions) -> None:
+    def __init__(self, copy: Copy, ring: list[torch.Tensor]) -> None:
         self._copy = copy
-        self._slots = _ring(options)
+        self._slots = ring
         self._pending: list[Wait | None] = [None] * len(self._slots)
         self._next = 0
 

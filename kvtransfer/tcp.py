@@ -18,7 +18,7 @@ import torch
 
 from kvtransfer.base import SendHandle, TransferDescriptor, TransferError, TransferResult
 from kvtransfer.shared_backend import SharedBackend
-from kvtransfer.staging import Copy, StagedReader, StagedWriter, StagingOptions, Tap, device_copy
+from kvtransfer.staging import Copy, RingPool, StagedReader, StagedWriter, StagingOptions, Tap, device_copy
 from kvtransfer.stream import StreamSendHandle, receive_into, serve_read
 
 _HEADER = struct.Struct("!4sI")
@@ -32,11 +32,12 @@ def _bytes_of(view: torch.Tensor) -> memoryview:
 
 class TcpLink:
     def __init__(self, sock: socket.socket, deadline_unix_s: float, stage_copy: Copy | None = None,
-                 staging: StagingOptions | None = None) -> None:  # fmt: skip
+                 rings: RingPool | None = None) -> None:  # fmt: skip
         self._sock, self._deadline = sock, deadline_unix_s
         self._writer = None
         if stage_copy is not None:
-            self._writer = StagedWriter(self._send_armed, stage_copy, staging or StagingOptions())
+            rings = rings or RingPool(StagingOptions())
+            self._writer = StagedWriter(self._send_armed, stage_copy, rings.take(), rings.give)
 
     @property
     def stages(self) -> bool:
@@ -83,8 +84,8 @@ class TcpLink:
 
 
 class TcpSource:
-    def __init__(self, sock: socket.socket, reader: StagedReader | None = None) -> None:
-        self._sock, self._reader = sock, reader
+    def __init__(self, sock: socket.socket, reader: StagedReader | None = None, release=None) -> None:
+        self._sock, self._reader, self._release = sock, reader, release
 
     @property
     def stages(self) -> bool:
@@ -126,6 +127,14 @@ class TcpSource:
         if self._reader is not None:
             self._reader.drain()
 
+    def close(self) -> None:
+        """Wait for the last copies and hand the ring back (the socket is the caller's)."""
+        if self._reader is not None:
+            self._reader.drain()
+            if self._release is not None:
+                self._release()
+            self._reader = None
+
 
 class TcpBackend(SharedBackend):
     """`staging`: the ring's shape. `stage_copy` (tests): stage every region with this copy
@@ -141,7 +150,7 @@ class TcpBackend(SharedBackend):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        self._staging, self._forced_copy = staging or StagingOptions(), stage_copy
+        self._rings, self._forced_copy = RingPool(staging or StagingOptions()), stage_copy
         self._listener = socket.create_server((host, 0))
         self._address = f"{host}:{self._listener.getsockname()[1]}".encode()
         self._stopping = False
@@ -159,11 +168,14 @@ class TcpBackend(SharedBackend):
         return None if device is None else device_copy(device)
 
     def _link(self, sock: socket.socket, deadline_unix_s: float) -> TcpLink:
-        return TcpLink(sock, deadline_unix_s, self._stage_copy(), self._staging)
+        return TcpLink(sock, deadline_unix_s, self._stage_copy(), self._rings)
 
     def _source(self, sock: socket.socket) -> TcpSource:
         copy = self._stage_copy()
-        return TcpSource(sock, None if copy is None else StagedReader(copy, self._staging))
+        if copy is None:
+            return TcpSource(sock)
+        ring = self._rings.take()
+        return TcpSource(sock, StagedReader(copy, ring), lambda: self._rings.give(ring))
 
     def _connect(self, descriptor: TransferDescriptor) -> socket.socket:
         host, _, port = descriptor.address.decode().rpartition(":")
@@ -198,7 +210,11 @@ class TcpBackend(SharedBackend):
                     "deadline_unix_s": descriptor.deadline_unix_s,
                 }
             )
-            receive_into(self.book, local_id, self._source(sock))
+            source = self._source(sock)
+            try:
+                receive_into(self.book, local_id, source)
+            finally:
+                source.close()
         except OSError as exc:
             self.book.fail(local_id, f"read request failed: {exc}")
         finally:
@@ -219,7 +235,11 @@ class TcpBackend(SharedBackend):
             first = TcpSource(conn).recv_control(time.monotonic() + 30.0)
             if first.get("kind") == "open":
                 self.book.begin(first["transfer_id"])
-                receive_into(self.book, first["transfer_id"], self._source(conn))
+                source = self._source(conn)
+                try:
+                    receive_into(self.book, first["transfer_id"], source)
+                finally:
+                    source.close()
             elif first.get("kind") == "read":
                 self._serve_read(conn, first)
         except Exception:

@@ -18,7 +18,7 @@ from kvtransfer.base import TransferStatus
 from kvtransfer.book import ReceiveBook
 from kvtransfer.manifest import layer_checksum
 from kvtransfer.regions import RegionSet
-from kvtransfer.staging import StagedReader, StagedWriter, StagingOptions, host_copy
+from kvtransfer.staging import RingPool, StagedReader, StagedWriter, StagingOptions, host_copy
 from kvtransfer.tcp import TcpBackend, TcpLink
 from tests.kvtransfer.helpers import (
     assert_units_equal,
@@ -71,7 +71,7 @@ def test_writer_sends_identical_bytes_and_copies_layer_l_plus_1_while_layer_l_is
         events.add("send", index, "end")
 
     device = layers(5, 1024)  # one slot per layer
-    writer = StagedWriter(slow_send, slow_copy, HOST)
+    writer = StagedWriter(slow_send, slow_copy, RingPool(HOST).take())
     digest = xxhash.xxh3_64()
     for index, layer in enumerate(device):
         writer.write(b"hdr%d" % index)
@@ -92,7 +92,7 @@ def test_writer_bounds_the_ring_and_reports_a_dead_socket():
         sent.append(len(data))
         raise ConnectionResetError("peer went away")
 
-    writer = StagedWriter(failing_send, host_copy, HOST)
+    writer = StagedWriter(failing_send, host_copy, RingPool(HOST).take())
     with pytest.raises(ConnectionError, match="peer went away"):
         for _ in range(50):  # more chunks than slots: the caller must learn of the failure
             writer.write_views(layers(1, 4096))
@@ -126,7 +126,7 @@ def test_reader_receives_the_next_chunk_while_the_last_one_is_copied_to_the_devi
         buf[:] = next(incoming)
         events.add("recv", index, "end")
 
-    reader = StagedReader(async_copy, HOST)
+    reader = StagedReader(async_copy, RingPool(HOST).take())
     digest = xxhash.xxh3_64()
     for view in device_out:
         reader.read_views([view], recv_exact, digest.update)
@@ -166,6 +166,10 @@ def test_tcp_through_the_ring_delivers_identical_bytes(seed):
         pulled = receiver.read(sender.expose("r", exposed, deadline_s=20.0), local)
         assert pulled.status is TransferStatus.DONE, pulled.reason
         assert_units_equal(src, exposed, dst, local)
+        deadline = time.monotonic() + 5  # rings go back to their pools for the next transfer
+        while time.monotonic() < deadline and not (sender._rings._free and receiver._rings._free):
+            time.sleep(0.01)
+        assert sender._rings._free and receiver._rings._free
     finally:
         sender.close()
         receiver.close()
