@@ -145,6 +145,9 @@ class UcxLink:
         self._send([np.frombuffer(_LEN.pack(len(body)), dtype=np.uint8).copy(), body])
 
     def send_payloads(self, views: list[torch.Tensor], tap: Tap | None = None) -> None:
+        if not self.stages and any(_on_device(v) for v in views):
+            # UCX reads device memory outside CUDA's stream order: the layer must be computed.
+            torch.cuda.default_stream(next(v for v in views if _on_device(v)).device).synchronize()
         buffers = []
         for view in views:
             if self.stages and _on_device(view):
