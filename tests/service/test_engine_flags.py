@@ -15,6 +15,7 @@ import pytest
 from baton.cli import build_parser
 from baton.commands.serve import cluster_spec
 from baton_pb.v1 import worker_pb2, worker_pb2_grpc
+from decode_worker import start as start_decode_worker
 from engine.engine_args import engine_argv, engine_flags
 from engine.engine_config import EngineConfig
 from prefill_worker import start as start_prefill_worker
@@ -116,10 +117,13 @@ def test_bad_engine_values_are_refused_with_the_reason(capsys):
     assert "gpu_memory_utilization must be in (0, 1]" in capsys.readouterr().err
 
 
-def test_a_running_worker_reports_every_engine_value():
+@pytest.mark.parametrize(
+    "start_worker", [start_prefill_worker, start_decode_worker], ids=["prefill", "decode"]
+)
+def test_a_running_worker_reports_every_engine_value(start_worker):
     values = start_values()
     argv = ["--model", str(tiny_checkpoint()), "--listen", "127.0.0.1:0", "--metrics-port", "0"]
-    running = start_prefill_worker(argv + engine_argv(values))
+    running = start_worker(argv + engine_argv(values))
     try:
         with grpc.insecure_channel(running.address) as channel:
             info = worker_pb2_grpc.WorkerControlStub(channel).GetLoad(worker_pb2.GetLoadRequest(), timeout=30)
