@@ -105,14 +105,20 @@ def add_engine_flags(
     shown = {f.name: f.default for f in dataclasses.fields(EngineConfig)} | dict(defaults or {})
     for flag in engine_flags():
         default = shown[flag.field]
-        shown_default = "unset" if default is None else flag.to_flag(default)
-        text = f"{flag.help} (default: {shown_default})"
+        text = flag.help
+        if default is not None:
+            text += f" (default: {flag.to_flag(default)})"
+        elif "default:" not in text:
+            text += " (default: unset)"
         if flag.kind is bool:
             group.add_argument(
                 *flag.names, dest=flag.dest, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            group.add_argument(*flag.names, dest=flag.dest, type=flag.kind, default=None, help=text)
+            metavar = flag.names[0].removeprefix("--").upper().replace("-", "_")
+            group.add_argument(
+                *flag.names, dest=flag.dest, type=flag.kind, default=None, metavar=metavar, help=text
+            )
     return group
 
 
