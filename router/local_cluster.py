@@ -27,6 +27,9 @@ class ClusterSpec:
     memory_gb: float = 1.0
     worker_args: tuple[str, ...] = ()
     router: RouterConfig | None = None
+    # Ray: GPUs each worker actor asks for (None: 1 when the cluster has GPUs). A fraction lets a
+    # prefill and a decode actor share one GPU (`baton serve` uses --gpu-memory-utilization).
+    gpus_per_worker: float | None = None
 
 
 class LocalCluster:
@@ -54,7 +57,7 @@ class LocalCluster:
         if spec.pool == "ray":
             from router.pools.ray_pool import RayPool
 
-            self.pool = RayPool(worker_spec, address=spec.ray_address)
+            self.pool = RayPool(worker_spec, address=spec.ray_address, num_gpus_per_worker=spec.gpus_per_worker)
         else:
             from router.pools.process import ProcessPool
 

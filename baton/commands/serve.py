@@ -118,8 +118,16 @@ def cluster_spec(args: argparse.Namespace, router_config):
     return ClusterSpec(
         model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
         pool=args.pool, ray_address=args.address, memory_gb=engine.cache_bytes / GIB,
-        worker_args=tuple(engine_argv(given)), router=router_config,
+        worker_args=tuple(engine_argv(given)), router=router_config, gpus_per_worker=ray_gpus(engine),
     )  # fmt: skip
+
+
+def ray_gpus(engine) -> float | None:
+    """A Ray actor on cuda asks for its memory fraction of a GPU, so a prefill and a decode worker
+    can share one (Ray also sets the actor's CUDA_VISIBLE_DEVICES to that GPU)."""
+    if engine.device.startswith("cuda") and engine.gpu_memory_utilization is not None:
+        return engine.gpu_memory_utilization
+    return None
 
 
 def print_endpoints(cluster) -> None:

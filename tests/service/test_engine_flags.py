@@ -108,6 +108,15 @@ def test_flags_round_trip_through_every_entry_point(tmp_path):
     assert dataclasses.asdict(config.engine) == values
 
 
+def test_serve_gives_each_ray_actor_its_fraction_of_a_gpu(tmp_path):
+    """Two workers at 0.45 fit one GPU in Ray's accounting; on the CPU no GPU is asked for."""
+    parse = _serve_parser().parse_args
+    gpu = parse(["--model", str(tmp_path), "--device", "cuda", "--gpu-memory-utilization", "0.45"])
+    assert cluster_spec(gpu, RouterConfig(model=str(tmp_path))).gpus_per_worker == 0.45
+    cpu = parse(["--model", str(tmp_path)])
+    assert cluster_spec(cpu, RouterConfig(model=str(tmp_path))).gpus_per_worker is None
+
+
 def test_bad_engine_values_are_refused_with_the_reason(capsys):
     with pytest.raises(SystemExit):
         worker_config_from_args("prefill", ["--model", "/m", "--spec-tokens", "9"])
