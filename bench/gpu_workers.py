@@ -13,6 +13,11 @@ Parts, each in its own subprocess with its own timeout (one hang cannot eat the 
 - `serve`: `bench.serve --device DEVICE`: disaggregated / colocated TTFT at --serve-tokens
   (target <= 1.10 at 8K on the 12-layer slice).
 
+`--wheels DIR`: pure-Python wheels to import from (`*.whl` put on sys.path and PYTHONPATH, which the
+worker processes inherit): the GPU machine lacks grpcio-health-checking and grpcio-reflection;
+bring wheels built for its protobuf (`pip download --no-deps grpcio-health-checking==V
+grpcio-reflection==V -d DIR`, V = its grpcio version) and carry DIR.
+
 CPU check: `python -m bench.gpu_workers --device cpu` (tiny checkpoint, small sizes). This is the
 part bench/gpu.py (on the GPU-engine branch) calls as its `workers` section once both are merged.
 """
@@ -41,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--transfer-mib", type=int, default=0, help="default 1024 on cuda, 16 on cpu")
     parser.add_argument("--serve-tokens", type=int, default=0, help="default 8192 on cuda, 256 on cpu")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/baton-gpu-workers"))
+    parser.add_argument("--wheels", type=Path, default=None, help="dir of pure-Python wheels to import from")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--part", default="", help=argparse.SUPPRESS)  # run one part in this process
     return parser.parse_args(argv)
@@ -65,7 +71,9 @@ def serve_path(args: argparse.Namespace) -> dict:
     vocab = ModelConfig.from_json(Path(args.model)).vocab_size
     rng = random.Random(0)
     new_text = [[rng.randrange(vocab) for _ in range(96 + 32 * turn)] for turn in range(args.turns)]
-    spec = ClusterSpec(args.model, transfer="tcp", pool="process", memory_gb=0.5, worker_args=engine_flags(args))
+    spec = ClusterSpec(
+        args.model, transfer="tcp", pool="process", memory_gb=0.5, worker_args=engine_flags(args)
+    )
     served, cached, prompts = [], [], []
     with LocalCluster(spec) as cluster:
         client = BatonClient(cluster.address)
@@ -109,7 +117,9 @@ def transfer(args: argparse.Namespace) -> dict:
     mib = args.transfer_mib or (1024 if args.device == "cuda" else 16)
     out = args.log_dir / "transfer.json"
     argv = ["--device", args.device, "--sizes-mib", str(mib), "--iters", "3", "--out", str(out)]
-    code, tail = run_module("bench.transfer", argv, TIMEOUTS_S["transfer"] - 10, args.log_dir / "transfer.inner.log")
+    code, tail = run_module(
+        "bench.transfer", argv, TIMEOUTS_S["transfer"] - 10, args.log_dir / "transfer.inner.log"
+    )
     if code != 0:
         return {"error": f"bench.transfer exit {code}", "log_tail": tail}
     report = json.loads(out.read_text())
@@ -138,7 +148,9 @@ def run_part_in_subprocess(name: str, argv: list[str], args: argparse.Namespace)
     result_file = args.log_dir / f"{name}.result.json"
     result_file.unlink(missing_ok=True)
     started = time.monotonic()
-    code, tail = run_module("bench.gpu_workers", [*argv, "--part", name], TIMEOUTS_S[name], args.log_dir / f"{name}.log")
+    code, tail = run_module(
+        "bench.gpu_workers", [*argv, "--part", name], TIMEOUTS_S[name], args.log_dir / f"{name}.log"
+    )
     if code != 0 or not result_file.is_file():
         return {"error": "timed out" if code == 124 else f"exit {code}", "log_tail": tail}
     return json.loads(result_file.read_text()) | {"seconds": round(time.monotonic() - started, 1)}
@@ -161,9 +173,18 @@ def print_summary(results: dict) -> None:
             print(f"{name}: {result['error']}\n{result['log_tail']}")
 
 
+def use_wheels(folder: Path) -> None:
+    """Wheels are zip archives Python imports from: put each on sys.path and on PYTHONPATH."""
+    wheels = sorted(str(p.resolve()) for p in folder.glob("*.whl"))
+    sys.path[:0] = wheels
+    os.environ["PYTHONPATH"] = os.pathsep.join([*wheels, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.wheels:
+        use_wheels(args.wheels)
     if not args.model:
         from tests.helpers.checkpoints import tiny_checkpoint  # the default only; a GPU run passes --model
 
