@@ -12,10 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import xxhash
 
 from kvtransfer.base import TransferError, TransferResult, TransferStatus, UnknownTransfer
-from kvtransfer.manifest import Manifest, layer_checksum
+from kvtransfer.manifest import Manifest, checksum_of
 from kvtransfer.regions import RegionSet
 
 TERMINAL = (TransferStatus.DONE, TransferStatus.FAILED)
@@ -33,7 +32,6 @@ class Record:
     extras: dict[str, int | str] = field(default_factory=dict)
     received: dict[tuple[str, int], set[int]] = field(default_factory=dict)
     has_sender: bool = False
-    digests: dict[tuple[str, int], xxhash.xxh3_64] = field(default_factory=dict)  # staged device bytes
 
     def result(self) -> TransferResult:
         return TransferResult(self.status, self.reason, self.first_token, dict(self.extras))
@@ -119,15 +117,6 @@ class ReceiveBook:
                 got.update(range(position, position + count))
             return views
 
-    def tap(self, transfer_id: str, region: str, layer: int):
-        """For a device region received through staging: the checksum fed the staged bytes."""
-        assert self.regions is not None
-        if not (self.verify_checksums and self.regions.on_device(region)):
-            return None
-        with self._cond:
-            record = self._active(transfer_id)
-            return record.digests.setdefault((region, layer), xxhash.xxh3_64()).update
-
     def fail(self, transfer_id: str, reason: str) -> None:
         with self._cond:
             record = self._records.get(transfer_id)
@@ -169,21 +158,12 @@ class ReceiveBook:
                 if entry.num_bytes != len(expected) * self.regions.unit_bytes(region):
                     return f"byte count mismatch region={region} layer={layer}"
                 if self.verify_checksums and entry.checksum is not None:
-                    mine = self._received_checksum(record, region, layer, [units[p] for p in expected])
-                    if mine is not None and mine != entry.checksum:
+                    mine = checksum_of(entry.algo, self.regions, region, layer, [units[p] for p in expected])
+                    if mine != entry.checksum:
                         return f"checksum mismatch region={region} layer={layer}"
         if entries:
             return f"manifest names units this transfer did not expect: {sorted(entries)[:3]}"
         return ""
-
-    def _received_checksum(self, record: Record, region: str, layer: int, dst: list[int]) -> int | None:
-        """Host regions: hashed in place. Device regions: the staged bytes' digest (None when they
-        came by a direct device path, which cannot be hashed without a full copy)."""
-        assert self.regions is not None
-        if not self.regions.on_device(region):
-            return layer_checksum(self.regions, region, layer, dst)
-        digest = record.digests.get((region, layer))
-        return None if digest is None else digest.intdigest()
 
     def status(self, transfer_id: str) -> tuple[TransferStatus, str]:
         with self._cond:

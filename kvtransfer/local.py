@@ -41,9 +41,7 @@ class LocalLink:
             self._ended = True
             self._book.fail(self._id, f"sender aborted: {msg['reason']}")
 
-    stages = False  # device to device (or host to host) in one copy: nothing staged to hash
-
-    def send_payloads(self, views: list[torch.Tensor], tap: object = None) -> None:
+    def send_payloads(self, views: list[torch.Tensor]) -> None:
         if len(views) != len(self._pending):
             raise TransferError("payload count does not match the data header")
         for dst, src in zip(self._pending, views, strict=True):

@@ -6,7 +6,6 @@ slot while a sender thread puts chunk k on the wire, so the copy of layer L+1 ov
 layer L. Control frames travel through the same queue, so the wire order is the call order.
 Receiver (`StagedReader`): chunk k+1 is received into the next slot while chunk k is copied to the
 device; a slot is reused only after its copy finished, and `drain()` waits for the last ones.
-Checksums are fed the staged host bytes (`tap`), so they cost no extra copy.
 
 The copy function is injectable (`Copy`): `device_copy` for cuda, `host_copy` for host tensors
 standing in for device memory in tests.
@@ -23,7 +22,6 @@ import torch
 
 Wait = Callable[[], None]
 Copy = Callable[[torch.Tensor, torch.Tensor], Wait]  # copy(dst, src) starts a copy; wait() ends it
-Tap = Callable[[memoryview], None]  # sees each staged chunk, in wire order (checksums)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +114,13 @@ class StagedWriter:
         self._raise_if_failed()
         self._work.put(("bytes", data))
 
-    def write_views(self, views: list[torch.Tensor], tap: Tap | None = None) -> None:
+    def write_views(self, views: list[torch.Tensor]) -> None:
         size = self._slots[0].numel()
         for view in views:
             for chunk in _chunks(view, size):
                 index = self._take_slot()
                 staged = self._slots[index][: chunk.numel()]
-                self._work.put(("slot", index, staged, self._copy(staged, chunk), tap))
+                self._work.put(("slot", index, staged, self._copy(staged, chunk)))
 
     def flush(self) -> None:
         """Returns once everything written so far is on the wire; raises the sender's error."""
@@ -169,11 +167,7 @@ class StagedWriter:
         if item[0] == "bytes":
             self._send(memoryview(item[1]))
             return
-        _, _, staged, _, tap = item
-        data = _bytes(staged)
-        if tap is not None:
-            tap(data)
-        self._send(data)
+        self._send(_bytes(item[2]))
 
 
 class StagedReader:
@@ -185,9 +179,7 @@ class StagedReader:
         self._pending: list[Wait | None] = [None] * len(self._slots)
         self._next = 0
 
-    def read_views(
-        self, views: list[torch.Tensor], recv_exact: Callable[[memoryview], None], tap: Tap | None = None
-    ) -> None:
+    def read_views(self, views: list[torch.Tensor], recv_exact: Callable[[memoryview], None]) -> None:
         size = self._slots[0].numel()
         for view in views:
             for chunk in _chunks(view, size):
@@ -195,10 +187,7 @@ class StagedReader:
                 self._next = (index + 1) % len(self._slots)
                 self._settle(index)  # this slot's previous host -> device copy
                 staged = self._slots[index][: chunk.numel()]
-                data = _bytes(staged)
-                recv_exact(data)
-                if tap is not None:
-                    tap(data)
+                recv_exact(_bytes(staged))
                 self._pending[index] = self._copy(chunk, staged)
 
     def drain(self) -> None:

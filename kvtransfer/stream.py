@@ -17,22 +17,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-import xxhash
 
 from kvtransfer.base import SendHandle, TransferDescriptor, TransferError, UnknownTransfer
 from kvtransfer.book import ReceiveBook
 from kvtransfer.manifest import Manifest, build_entry
 from kvtransfer.regions import RegionSet, runs
-from kvtransfer.staging import Tap
 
 
 class Link(Protocol):
     """Sender-side transport of one transfer."""
 
-    stages: bool  # payloads pass through host buffers, which `tap` sees (device regions' checksums)
-
     def send_control(self, msg: dict[str, Any]) -> None: ...
-    def send_payloads(self, views: list[torch.Tensor], tap: Tap | None = None) -> None: ...
+    def send_payloads(self, views: list[torch.Tensor]) -> None: ...
     def flush(self) -> None: ...  # returns once everything sent so far has left
     def close(self) -> None: ...
 
@@ -40,12 +36,8 @@ class Link(Protocol):
 class Source(Protocol):
     """Receiver-side transport of one transfer; both calls raise on a dead peer or past the deadline."""
 
-    stages: bool
-
     def recv_control(self, deadline_mono: float) -> dict[str, Any]: ...
-    def recv_payloads(
-        self, views: list[torch.Tensor], deadline_mono: float, tap: Tap | None = None
-    ) -> None: ...
+    def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float) -> None: ...
     def drain(self) -> None: ...  # returns once every payload received is in its destination
 
 
@@ -67,7 +59,6 @@ class StreamSendHandle(SendHandle):
         _check_layouts(regions, descriptor)
         self._lock = threading.Lock()
         self._placed: dict[tuple[str, int], dict[int, int]] = {}
-        self._digests: dict[tuple[str, int], xxhash.xxh3_64] = {}  # device regions, staged bytes
         self._cursor: dict[tuple[str, int], int] = {}
         self._ops: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._error = ""
@@ -136,8 +127,6 @@ class StreamSendHandle(SendHandle):
                 elif kind == "data" and not self._error:
                     self._send_data(*arg)
                 elif kind == "finish":
-                    if self._link.stages:
-                        self._link.flush()  # every staged chunk hashed before the manifest is built
                     self._link.send_control({"kind": "finish", "manifest": self._manifest(*arg).to_dict()})
                     self._link.flush()
                     return
@@ -165,19 +154,13 @@ class StreamSendHandle(SendHandle):
                 "runs": [[r.index, r.count] for r in unit_runs],
             }
         )
-        self._link.send_payloads(views, self._tap(region, layer))
-
-    def _tap(self, region: str, layer: int) -> Tap | None:
-        if not (self._checksums and self._link.stages and self._regions.on_device(region)):
-            return None
-        return self._digests.setdefault((region, layer), xxhash.xxh3_64()).update
+        self._link.send_payloads(views)
 
     def _manifest(self, first_token: int | None, extras: dict[str, int | str]) -> Manifest:
         with self._lock:
             placed = {key: dict(v) for key, v in self._placed.items()}
-        digests = {key: hasher.intdigest() for key, hasher in self._digests.items()}
         entries = tuple(
-            build_entry(self._regions, region, layer, units, self._checksums, digests.get((region, layer)))
+            build_entry(self._regions, region, layer, units, self._checksums)
             for (region, layer), units in sorted(placed.items())
         )
         layouts = {r: self._regions.layouts[r] for r in self._desc.dst_units}
@@ -205,10 +188,9 @@ def receive_into(book: ReceiveBook, transfer_id: str, source: Source) -> None:
             if kind == "data":
                 region, layer = msg["region"], int(msg["layer"])
                 views = book.dst_views(transfer_id, region, layer, msg["runs"])
-                tap = book.tap(transfer_id, region, layer) if source.stages else None
-                source.recv_payloads(views, deadline, tap)
+                source.recv_payloads(views, deadline)
             elif kind == "finish":
-                source.drain()
+                source.drain()  # staged copies to the device done before the check
                 book.complete(transfer_id, Manifest.from_dict(msg["manifest"]))
                 return
             elif kind == "abort":

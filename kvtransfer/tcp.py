@@ -18,7 +18,7 @@ import torch
 
 from kvtransfer.base import SendHandle, TransferDescriptor, TransferError, TransferResult
 from kvtransfer.shared_backend import SharedBackend
-from kvtransfer.staging import Copy, RingPool, StagedReader, StagedWriter, StagingOptions, Tap, device_copy
+from kvtransfer.staging import Copy, RingPool, StagedReader, StagedWriter, StagingOptions, device_copy
 from kvtransfer.stream import StreamSendHandle, receive_into, serve_read
 
 _HEADER = struct.Struct("!4sI")
@@ -39,10 +39,6 @@ class TcpLink:
             rings = rings or RingPool(StagingOptions())
             self._writer = StagedWriter(self._send_armed, stage_copy, rings.take(), rings.give)
 
-    @property
-    def stages(self) -> bool:
-        return self._writer is not None
-
     def _send_armed(self, data: memoryview) -> None:
         self._arm()
         self._sock.sendall(data)
@@ -61,9 +57,9 @@ class TcpLink:
         else:
             self._send_armed(memoryview(frame))
 
-    def send_payloads(self, views: list[torch.Tensor], tap: Tap | None = None) -> None:
+    def send_payloads(self, views: list[torch.Tensor]) -> None:
         if self._writer is not None:
-            self._writer.write_views(views, tap)
+            self._writer.write_views(views)
             return
         self._arm()
         for view in views:
@@ -86,10 +82,6 @@ class TcpLink:
 class TcpSource:
     def __init__(self, sock: socket.socket, reader: StagedReader | None = None, release=None) -> None:
         self._sock, self._reader, self._release = sock, reader, release
-
-    @property
-    def stages(self) -> bool:
-        return self._reader is not None
 
     def _recv_exact(self, buf: memoryview, deadline_mono: float) -> None:
         got = 0
@@ -116,9 +108,9 @@ class TcpSource:
         self._recv_exact(memoryview(body), deadline_mono)
         return json.loads(body)
 
-    def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float, tap: Tap | None = None) -> None:
+    def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float) -> None:
         if self._reader is not None:
-            self._reader.read_views(views, lambda buf: self._recv_exact(buf, deadline_mono), tap)
+            self._reader.read_views(views, lambda buf: self._recv_exact(buf, deadline_mono))
             return
         for view in views:
             self._recv_exact(_bytes_of(view), deadline_mono)

@@ -8,8 +8,9 @@ messages use (channel << 32 | seq), channel random per direction, seq counting m
 Device (cuda) regions: when this UCX has CUDA transports (its `cuda` module is installed, a GPU is
 visible and UCX_TLS keeps `cuda_copy`), payloads are sent and received straight from device memory
 (UCX picks cuda_ipc / cuda_copy / GPUDirect). Otherwise each payload is staged through a host copy
-(tag sends are asynchronous, so the copy of run k+1 overlaps the send of run k) and the checksum is
-taken on the staged bytes. Each side decides for itself; one message per run either way.
+(tag sends are asynchronous, so the copy of run k+1 overlaps the send of run k). Each side decides
+for itself; one message per run either way. Checksums of device regions are computed on the
+device (dev64) by both sides, whichever path the bytes took.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import torch
 
 from kvtransfer.base import SendHandle, TransferDescriptor, TransferError, TransferResult
 from kvtransfer.shared_backend import SharedBackend
-from kvtransfer.staging import Tap
 from kvtransfer.stream import StreamSendHandle, receive_into, serve_read
 
 os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
@@ -144,17 +144,13 @@ class UcxLink:
         body = np.frombuffer(json.dumps(msg, separators=(",", ":")).encode(), dtype=np.uint8).copy()
         self._send([np.frombuffer(_LEN.pack(len(body)), dtype=np.uint8).copy(), body])
 
-    def send_payloads(self, views: list[torch.Tensor], tap: Tap | None = None) -> None:
+    def send_payloads(self, views: list[torch.Tensor]) -> None:
         if not self.stages and any(_on_device(v) for v in views):
             # UCX reads device memory outside CUDA's stream order: the layer must be computed.
             torch.cuda.default_stream(next(v for v in views if _on_device(v)).device).synchronize()
         buffers = []
         for view in views:
-            if self.stages and _on_device(view):
-                view = _staged(view)
-                if tap is not None:
-                    tap(memoryview(view.numpy()).cast("B"))
-            buffers.append(view)
+            buffers.append(_staged(view) if self.stages and _on_device(view) else view)
         self._send(buffers)
 
     def close(self) -> None:
@@ -185,7 +181,7 @@ class UcxSource:
         self._recv([body], deadline_mono)
         return json.loads(body.tobytes())
 
-    def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float, tap: Tap | None = None) -> None:
+    def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float) -> None:
         staged = [self.stages and _on_device(v) for v in views]
         buffers = [
             torch.empty(v.numel(), dtype=torch.uint8, pin_memory=torch.cuda.is_available()) if s else v
@@ -194,8 +190,6 @@ class UcxSource:
         self._recv(buffers, deadline_mono)
         for view, buffer, was_staged in zip(views, buffers, staged, strict=True):
             if was_staged:
-                if tap is not None:
-                    tap(memoryview(buffer.numpy()).cast("B"))
                 view.reshape(-1).copy_(buffer)
 
     def drain(self) -> None:

@@ -1,7 +1,7 @@
 """The staging ring, with host tensors standing in for device memory: the bytes arrive identical,
 the recorded events show the copy of the next layer running while the previous one is sent (and,
 receiving, the next receive running while the previous copy to the device is under way), and
-checksums taken on the staged bytes equal the ones taken in place."""
+device regions carry dev64 checksums that catch a byte changed on the staged wire."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-import xxhash
 
 from kvtransfer.base import TransferStatus
 from kvtransfer.book import ReceiveBook
-from kvtransfer.manifest import layer_checksum
+from kvtransfer.device_checksum import dev64
 from kvtransfer.regions import RegionSet
 from kvtransfer.staging import RingPool, StagedReader, StagedWriter, StagingOptions, host_copy
 from kvtransfer.tcp import TcpBackend, TcpLink
@@ -72,15 +71,13 @@ def test_writer_sends_identical_bytes_and_copies_layer_l_plus_1_while_layer_l_is
 
     device = layers(5, 1024)  # one slot per layer
     writer = StagedWriter(slow_send, slow_copy, RingPool(HOST).take())
-    digest = xxhash.xxh3_64()
     for index, layer in enumerate(device):
         writer.write(b"hdr%d" % index)
-        writer.write_views([layer], digest.update)
+        writer.write_views([layer])
     writer.flush()
     writer.close()
     expected = b"".join(b"hdr%d" % i + bytes(layer.numpy()) for i, layer in enumerate(device))
     assert bytes(wire) == expected
-    assert digest.intdigest() == xxhash.xxh3_64(b"".join(bytes(t.numpy()) for t in device)).intdigest()
     for layer in range(len(device) - 1):  # the copy of layer L+1 starts before layer L has left
         assert events.at("copy", layer + 1, "start") < events.at("send", layer, "end"), events.log
 
@@ -127,13 +124,11 @@ def test_reader_receives_the_next_chunk_while_the_last_one_is_copied_to_the_devi
         events.add("recv", index, "end")
 
     reader = StagedReader(async_copy, RingPool(HOST).take())
-    digest = xxhash.xxh3_64()
     for view in device_out:
-        reader.read_views([view], recv_exact, digest.update)
+        reader.read_views([view], recv_exact)
     reader.drain()
     pool.shutdown()
     assert all(torch.equal(a, b) for a, b in zip(source, device_out, strict=True))
-    assert digest.intdigest() == xxhash.xxh3_64(b"".join(bytes(t.numpy()) for t in source)).intdigest()
     for index in range(len(source) - 1):
         assert events.at("recv", index + 1, "start") < events.at("copy", index, "end"), events.log
 
@@ -175,9 +170,9 @@ def test_tcp_through_the_ring_delivers_identical_bytes(seed):
         receiver.close()
 
 
-def test_device_regions_are_checksummed_on_the_staged_bytes(monkeypatch):
-    """Regions taken for device memory: both sides hash the staged bytes; the sender's digests
-    equal the in-place checksums and the receiver's agree (DONE)."""
+def test_device_regions_are_checksummed_in_place_with_dev64(monkeypatch):
+    """Regions taken for device memory: the manifest names dev64, computed on the sender's units,
+    and the receiver's dev64 of what arrived agrees (DONE)."""
     monkeypatch.setattr(RegionSet, "on_device", lambda self, region: True)
     manifests = []
     complete = ReceiveBook.complete
@@ -198,15 +193,15 @@ def test_device_regions_are_checksummed_on_the_staged_bytes(monkeypatch):
         (manifest,) = manifests
         assert manifest.entries and all(entry.checksum is not None for entry in manifest.entries)
         for entry in manifest.entries:
-            in_place = layer_checksum(sender.regions, entry.region, entry.layer, units[entry.region])
-            assert entry.checksum == in_place
+            assert entry.algo == "dev64"
+            assert entry.checksum == dev64(sender.regions, entry.region, entry.layer, units[entry.region])
     finally:
         sender.close()
         receiver.close()
 
 
 def test_a_byte_changed_on_the_staged_wire_fails_the_transfer(monkeypatch):
-    """Between the sender's hash of a staged chunk and the receiver's: a checksum mismatch."""
+    """A byte flipped between the sender's ring and the receiver's: a checksum mismatch."""
     monkeypatch.setattr(RegionSet, "on_device", lambda self, region: True)
     send = TcpLink._send_armed
     flipped = []

@@ -10,7 +10,7 @@ import torch
 from kvtransfer import ucx
 from kvtransfer.base import TransferStatus
 from kvtransfer.book import ReceiveBook
-from kvtransfer.manifest import layer_checksum
+from kvtransfer.device_checksum import dev64
 from kvtransfer.regions import RegionSet
 from tests.kvtransfer.conftest import ucx_unavailable_reason
 from tests.kvtransfer.helpers import assert_units_equal, make_regions, post_all, zeros_like_regions
@@ -47,7 +47,7 @@ def test_without_a_gpu_nothing_goes_direct(monkeypatch):
 
 @pytest.mark.ucx
 @pytest.mark.timeout(60)
-def test_staged_device_payloads_arrive_identical_with_checksums_on_the_staged_bytes(monkeypatch):
+def test_staged_device_payloads_arrive_identical_and_checked(monkeypatch):
     """Host tensors stand in for device memory that UCX cannot read (no CUDA transports)."""
     if reason := ucx_unavailable_reason():
         pytest.skip(reason)
@@ -72,10 +72,9 @@ def test_staged_device_payloads_arrive_identical_with_checksums_on_the_staged_by
         result = receiver.wait("u", 20.0)
         assert result.status is TransferStatus.DONE, result.reason
         assert_units_equal(src, units, dst, units)
-        for entry in manifests[0].entries:  # hashed on the staged copies, equal to in place
-            assert entry.checksum == layer_checksum(
-                sender.regions, entry.region, entry.layer, units[entry.region]
-            )
+        for entry in manifests[0].entries:  # computed where the bytes are (dev64), both sides
+            assert entry.algo == "dev64"
+            assert entry.checksum == dev64(sender.regions, entry.region, entry.layer, units[entry.region])
     finally:
         sender.close()
         receiver.close()
