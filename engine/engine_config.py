@@ -37,6 +37,10 @@ class EngineConfig:
     cuda_graph_bytes: int = 256 << 20  # taken from cache_bytes for the graphs (measured: metrics)
     # Overlap scheduling (engine/overlap.py): plan step N+1 while step N runs. None = on for cuda.
     overlap_schedule: bool | None = None
+    # cuda only: the cache budget is this fraction of the GPU's total memory minus what this
+    # process already holds (weights), so two processes on one GPU size independently of start
+    # order (engine/gpu_budget.py). None: `cache_bytes` is the budget.
+    gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -58,6 +62,9 @@ class EngineConfig:
             )
         if not isinstance(self.cuda_graph_bytes, int) or self.cuda_graph_bytes < 0:
             raise ValueError(f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}")
+        utilization = self.gpu_memory_utilization
+        if utilization is not None and not (isinstance(utilization, int | float) and 0 < utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization!r}")
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 

@@ -4,6 +4,7 @@ backend registered on the engine's cache tensors, a KV event hub, admission cont
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from baton_pb.v1 import admin_pb2
+from engine.engine_args import effective_options
 from rpc.errors import AdmissionRejected
 from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
@@ -20,19 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(config: WorkerConfig, on_kv_event):
-    from engine.engine_config import EngineConfig
     from engine.llm_engine import LLMEngine
 
-    options = {
-        "block_size": config.block_size,
-        "enable_prefix_cache": config.prefix_cache,
-        "num_speculative_tokens": config.spec_tokens,
-    }
-    if config.max_pages:
-        options["num_pages"] = config.max_pages
-    else:
-        options["cache_bytes"] = int(config.memory_gb * (1 << 30))
-    return LLMEngine(config.model, EngineConfig(**options), on_kv_event=on_kv_event)
+    return LLMEngine(config.model, config.engine, on_kv_event=on_kv_event)
 
 
 def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
@@ -133,6 +125,7 @@ class WorkerCore:
             load=load,
             model_identity=self.model_id,
             metrics_port=self.metrics_port,
+            engine_config_json=json.dumps(effective_options(self.engine.config), sort_keys=True),
         )
 
     def wait_idle(self, timeout_s: float) -> bool:
