@@ -133,7 +133,7 @@ def test_cli_tells_the_gpu_budget_per_worker(capsys):
         x for x in capsys.readouterr().out.splitlines() if x.startswith("GPU memory budget per worker")
     )
     assert "--gpu-memory-utilization 0.5, 2 worker(s) per GPU): 96.00 GB of one 192 GB GPU" in line
-    weights = sizing.param_counts(sizing.shape_from_config(json.loads(Path(config).read_text()))).total  # fp8
+    weights = sizing.param_counts(sizing.shape_from_config(json.loads(Path(config).read_text()))).total_with_mtp  # fp8
     assert f"{(96e9 - weights - 10e9) / 1e9:.2f} GB for KV pages + state slots" in line
     assert "does not fit" not in line
     assert main(["size", "--config", config]) == 0  # bf16 80B weights: more than one GPU holds
