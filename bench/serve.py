@@ -63,9 +63,11 @@ def ttft_side_by_side(
     spec = ClusterSpec(model, transfer=transfer, memory_gb=2.0, worker_args=worker_args, router=disagg_config)
     results: dict[str, list[float]] = {"disaggregated": [], "colocated": []}
     with LocalCluster(spec) as cluster:
-        colocated_router = start_router(
-            RouterConfig(model=model, listen="127.0.0.1:0", local_prefill_threshold=10**9), cluster.pool
-        )
+        colocated_config = RouterConfig(  # the cluster's token: worker RPCs demand it
+            model=model, listen="127.0.0.1:0", local_prefill_threshold=10**9,
+            cluster=cluster.router.core.config.cluster,
+        )  # fmt: skip
+        colocated_router = start_router(colocated_config, cluster.pool)
         colocated_router.core.registry.wait_until_ready(1, 1)
         clients = {
             "disaggregated": BatonClient(cluster.address),
