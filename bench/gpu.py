@@ -8,8 +8,9 @@ results side by side and writes `bench/results/gpu.json` with the device name.
 Sections (bench/gpu_sections.py, bench/gpu_kernels.py): `decode` (tok/s at batch 1/16/64 vs the
 weights-read bandwidth bound and transformers, +fla when importable), `prefill` (a long prompt vs
 the FLOP bound), `kernels` (each kernel vs its bound), `launches` (kernel launches per decode step:
-torch.profiler on cuda, dispatched ops on cpu), `graphs` (graph memory; n/a until graphs exist).
-Later parts (GPU workers, TP, trained model) add a function to `SECTIONS` and a row printer.
+torch.profiler on cuda, dispatched ops on cpu), `graphs` (graph memory; n/a until graphs exist),
+`workers` (router + prefill + decode workers on the device: bench/gpu_workers.py).
+Later parts (TP, trained model) add a function to `SECTIONS` and a row printer.
 
 CPU check: `python -m bench.gpu --device cpu --preset tiny` (the kernels section then runs the
 Triton kernels under TRITON_INTERPRET=1 at small sizes; their timings mean nothing there).
@@ -37,6 +38,7 @@ DEFAULT_TIMEOUTS_S = {
     "kernels": 90,
     "launches": 60,
     "graphs": 20,
+    "workers": 700,  # its own parts carry their own timeouts (bench/gpu_workers.py)
 }
 
 
@@ -50,8 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prefill-tokens", type=int, default=None, help="default 8192 on cuda, 256 on cpu")
-    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument(
+        "--sections", default=",".join(s for s in SECTIONS if s != "workers"), help="add `workers` (~10 min) by name"
+    )
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--wheels", type=Path, default=None, help="workers: dir of pure-Python wheels to import")
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every section timeout")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--log-dir", type=Path, default=None, help="default: next to --out, gpu_logs/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench.gpu_workers import print_summary as print_workers
+
 
 def _fmt(value, digits: int = 1) -> str:
     if value is None:
@@ -54,3 +56,7 @@ def print_report(report: dict) -> None:
     graphs = sections.get("graphs", {})
     if graphs:
         print(f"\ngraph memory: {_fmt(graphs.get('graph_memory_bytes'))} ({graphs.get('note', '')})")
+    workers = sections.get("workers", {})
+    if workers.get("status") == "ok":
+        print()
+        print_workers(workers)

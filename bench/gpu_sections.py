@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench.decode import weight_traffic
 from bench.gpu_kernels import kernels_section
 from bench.gpu_timing import measure_copy_bandwidth, measure_matmul_flops, sync, timed
+from bench.gpu_workers import workers_section
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -215,4 +216,5 @@ SECTIONS = {
     "kernels": kernels_section,
     "launches": launches,
     "graphs": graphs,
+    "workers": workers_section,  # router + prefill + decode workers on the device (bench/gpu_workers.py)
 }

@@ -12,6 +12,10 @@
 4. Small-request latency while a huge (7.5 MB) prompt tokenizes in the router (bench/tokenize_stall.py),
    with the GIL-releasing tokenizer path and, for comparison, with one that holds the GIL.
 Prints a table and writes bench/results/serve.json.
+
+`--device cuda`: both workers run their engines on the one GPU as two processes, each with its own
+`--gpu-memory-utilization` fraction; the KV pages and state ship from GPU memory (tcp stages them
+through its pinned ring). `--skip-router --http-requests 0` keeps only part 1 (the GPU check).
 """
 
 from __future__ import annotations
@@ -37,7 +41,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def ttft_side_by_side(model: str, prompt_tokens: int, repeats: int, transfer: str) -> dict:
+def worker_engine_args(device: str, gpu_memory_utilization: float) -> tuple[str, ...]:
+    """Engine flags for both workers (the workers' own flag names)."""
+    if device == "cpu":
+        return ()
+    return ("--device", device, "--gpu-memory-utilization", str(gpu_memory_utilization))
+
+
+def ttft_side_by_side(
+    model: str, prompt_tokens: int, repeats: int, transfer: str, worker_args: tuple[str, ...] = ()
+) -> dict:
     from baton.client import BatonClient
     from engine.model_config import ModelConfig
     from router.config import RouterConfig
@@ -47,12 +60,14 @@ def ttft_side_by_side(model: str, prompt_tokens: int, repeats: int, transfer: st
     vocab = ModelConfig.from_json(Path(model) / "config.json").vocab_size
     rng = random.Random(0)
     disagg_config = RouterConfig(model=model, listen="127.0.0.1:0", local_prefill_threshold=0)
-    spec = ClusterSpec(model, transfer=transfer, memory_gb=2.0, router=disagg_config)
+    spec = ClusterSpec(model, transfer=transfer, memory_gb=2.0, worker_args=worker_args, router=disagg_config)
     results: dict[str, list[float]] = {"disaggregated": [], "colocated": []}
     with LocalCluster(spec) as cluster:
-        colocated_router = start_router(
-            RouterConfig(model=model, listen="127.0.0.1:0", local_prefill_threshold=10**9), cluster.pool
-        )
+        colocated_config = RouterConfig(  # the cluster's token: worker RPCs demand it
+            model=model, listen="127.0.0.1:0", local_prefill_threshold=10**9,
+            cluster=cluster.router.core.config.cluster,
+        )  # fmt: skip
+        colocated_router = start_router(colocated_config, cluster.pool)
         colocated_router.core.registry.wait_until_ready(1, 1)
         clients = {
             "disaggregated": BatonClient(cluster.address),
@@ -142,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-requests", type=int, default=200, help="pairs for the HTTP vs gRPC part; 0 = skip")
     parser.add_argument("--huge-prompt-mb", type=float, default=7.5, help="section 3: the huge prompt's size")
     parser.add_argument("--only", choices=["tokenize"], help="run one section alone")
+    parser.add_argument("--device", default="cpu", help="the workers' engine device: cpu | cuda")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.4, help="each worker's GPU fraction (with --device cuda)"
+    )
+    parser.add_argument("--skip-router", action="store_true", help="skip the router parts (overhead, tokenize stall)")
     parser.add_argument("--out", default=str(RESULTS / "serve.json"))
     parser.add_argument("--http-only", action="store_true", help="only part 3 (HTTP vs gRPC), to --out")
     parser.add_argument(
@@ -161,26 +181,28 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or str(_preset_checkpoint(args.preset))
     if args.http_only:
         return _http_only(model, args)
-    stall = tokenize_stall(model, args.huge_prompt_mb)
-    print_tokenize_stall(stall)
+    stall = None if args.skip_router else tokenize_stall(model, args.huge_prompt_mb)  # a router part
+    if stall is not None:
+        print_tokenize_stall(stall)
     if args.only == "tokenize":
         _write(Path(args.out).with_name("serve_tokenize.json"), {"model": model, "tokenize_stall": stall})
         return 0
-    ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer)
-    overhead = router_overhead(model, args.router_prompt_tokens, args.router_requests)
+    engine_args = worker_engine_args(args.device, args.gpu_memory_utilization)
+    ttft = ttft_side_by_side(model, args.prompt_tokens, args.repeats, args.transfer, engine_args)
+    overhead = None if args.skip_router else router_overhead(model, args.router_prompt_tokens, args.router_requests)
     http = _http_parts(model, args.http_requests) if args.http_requests else None
-    print(f"\nmodel {model}, transfer {args.transfer}")
+    print(f"\nmodel {model}, transfer {args.transfer}, workers on {args.device}")
     print(f"{'mode':<16}{'TTFT p50 ms':>12}{'TTFT min ms':>12}")
     for mode in ("colocated", "disaggregated"):
         print(f"{mode:<16}{1e3 * ttft[mode]['p50_s']:>12.1f}{1e3 * ttft[mode]['min_s']:>12.1f}")
     print(f"disaggregated / colocated TTFT (p50): {ttft['ratio_p50']:.3f}  (aim <= 1.10)")
-    for kind in ("new_session", "next_turn"):
+    for kind in ("new_session", "next_turn") if overhead else ():
         row = overhead[kind]
         print(f"router overhead, {overhead['prompt_tokens']}-token prompt, {kind}: p50 {row['p50_ms']:.2f} ms, "
               f"p99 {row['p99_ms']:.2f} ms  (aim p50 <= 2 ms)")  # fmt: skip
-    _write(Path(args.out), {"model": model, "transfer": args.transfer, "prompt_tokens": args.prompt_tokens,
-                            "ttft": ttft, "router_overhead": overhead, "http_overhead": http,
-                            "tokenize_stall": stall})  # fmt: skip
+    _write(Path(args.out), {"model": model, "transfer": args.transfer, "device": args.device,
+                            "prompt_tokens": args.prompt_tokens, "ttft": ttft, "router_overhead": overhead,
+                            "http_overhead": http, "tokenize_stall": stall})  # fmt: skip
     return 0
 
 

@@ -43,6 +43,10 @@ class EngineConfig:
     # vocab; expert-parallel degree over routed experts. world = max(tp, ep) ranks.
     tp: int = 1
     ep: int = 1
+    # cuda only: the cache budget is this fraction of the GPU's total memory minus what this
+    # process already holds (weights), so two processes on one GPU size independently of start
+    # order (engine/gpu_budget.py). None: `cache_bytes` is the budget.
+    gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -63,10 +67,11 @@ class EngineConfig:
                 f"num_speculative_tokens must be an integer in [0, 4], got {self.num_speculative_tokens!r}"
             )
         if not isinstance(self.cuda_graph_bytes, int) or self.cuda_graph_bytes < 0:
-            raise ValueError(
-                f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}"
-            )
+            raise ValueError(f"cuda_graph_bytes must be a non-negative integer, got {self.cuda_graph_bytes!r}")
         ParallelConfig(self.tp, self.ep)  # a clear error for a bad combination
+        utilization = self.gpu_memory_utilization
+        if utilization is not None and not (isinstance(utilization, int | float) and 0 < utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization!r}")
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 

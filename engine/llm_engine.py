@@ -30,6 +30,7 @@ from engine.cache.tensors import CacheTensors
 from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
+from engine.gpu_budget import resolve_cache_budget
 from engine.loader import load_checkpoint
 from engine.metrics import EngineMetrics
 from engine.model_config import ModelConfig, parse_dtype
@@ -77,6 +78,7 @@ class LLMEngine:
             self.model_dir, dtype=dtype, device=config.device, parallel=parallel, comm=self.comm
         )
         self.model_config, self.model = loaded.config, loaded.model
+        self.config = config = resolve_cache_budget(config, self.model_config)  # --gpu-memory-utilization
         # Namespaces the prefix-cache hashes: the weights' digest, never a path (engine/identity.py).
         self.model_id = model_id or loaded.identity
         self.tokenizer = (

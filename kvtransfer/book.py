@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kvtransfer.base import TransferError, TransferResult, TransferStatus, UnknownTransfer
-from kvtransfer.manifest import Manifest, layer_checksum
+from kvtransfer.manifest import Manifest, checksum_of
 from kvtransfer.regions import RegionSet
 
 TERMINAL = (TransferStatus.DONE, TransferStatus.FAILED)
@@ -176,10 +176,9 @@ class ReceiveBook:
                     return f"incomplete region={region} layer={layer}: not every unit arrived"
                 if entry.num_bytes != len(expected) * self.regions.unit_bytes(region):
                     return f"byte count mismatch region={region} layer={layer}"
-                dst = [units[p] for p in expected]
                 if entry.checksum is None:
                     return f"checksum missing region={region} layer={layer}: checksums are mandatory"
-                if entry.checksum != layer_checksum(self.regions, region, layer, dst):
+                if entry.checksum != checksum_of(entry.algo, self.regions, region, layer, [units[p] for p in expected]):
                     return f"checksum mismatch region={region} layer={layer}"
         if entries:
             return f"manifest names units this transfer did not expect: {sorted(entries)[:3]}"

@@ -1,6 +1,9 @@
 """The manifest: what the sender says it sent, checked by the receiver against what arrived.
 
-Checksums are xxh3-64 of the bytes of one (region, layer), its units taken in transfer order.
+Checksums cover the bytes of one (region, layer), its units taken in transfer order, computed
+where the bytes are: xxh3-64 for host regions, `dev64` (kvtransfer/device_checksum.py) on the GPU
+for device regions, so no path copies bytes only to hash them. The entry names its algorithm; the
+receiver computes the same one on what arrived.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from typing import Any
 
 import xxhash
 
-from kvtransfer.base import RegionLayout
+from kvtransfer.base import RegionLayout, TransferError
+from kvtransfer.device_checksum import dev64
 from kvtransfer.regions import RegionSet, runs
 
 
@@ -32,21 +36,27 @@ class LayerEntry:
     positions: tuple[int, ...]  # transfer positions sent (indices into the descriptor's unit list)
     num_bytes: int
     checksum: int | None  # None is refused by the receiver (checksums are mandatory)
+    algo: str = "xxh3"  # "xxh3" (host regions) | "dev64" (device regions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "region": self.region,
             "layer": self.layer,
             "positions": to_ranges(self.positions),
             "num_bytes": self.num_bytes,
             "checksum": None if self.checksum is None else f"{self.checksum:016x}",
         }
+        if self.algo != "xxh3":
+            out["algo"] = self.algo
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerEntry:
         checksum = None if d["checksum"] is None else int(d["checksum"], 16)
         positions = tuple(p for start, stop in d["positions"] for p in range(start, stop))
-        return cls(d["region"], int(d["layer"]), positions, int(d["num_bytes"]), checksum)
+        return cls(
+            d["region"], int(d["layer"]), positions, int(d["num_bytes"]), checksum, d.get("algo", "xxh3")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +85,31 @@ class Manifest:
 
 
 def layer_checksum(regions: RegionSet, region: str, layer: int, units: list[int]) -> int:
-    """xxh3-64 of the units' bytes, in the given order (runs hashed as one buffer each)."""
+    """xxh3-64 of the units' bytes, in the given order (runs hashed as one buffer each). Only a
+    device receiver of a host sender hashes device bytes this way (through a copy); same-kind
+    pairs never copy."""
     hasher = xxhash.xxh3_64()
     for run in runs(0, units, units):
-        hasher.update(regions.run_view(region, layer, run.src, run.count).numpy())
+        hasher.update(regions.run_view(region, layer, run.src, run.count).cpu().numpy())
     return hasher.intdigest()
+
+
+def algo_for(regions: RegionSet, region: str) -> str:
+    return "dev64" if regions.on_device(region) else "xxh3"
+
+
+def checksum_of(algo: str, regions: RegionSet, region: str, layer: int, units: list[int]) -> int:
+    if algo == "xxh3":
+        return layer_checksum(regions, region, layer, units)
+    if algo == "dev64":
+        return dev64(regions, region, layer, units)
+    raise TransferError(f"unknown checksum algorithm {algo!r}")
 
 
 def build_entry(regions: RegionSet, region: str, layer: int, placed: dict[int, int]) -> LayerEntry:
     """`placed` maps transfer position -> source unit for one (region, layer)."""
     positions = tuple(sorted(placed))
     units = [placed[p] for p in positions]
-    checksum = layer_checksum(regions, region, layer, units)
-    return LayerEntry(region, layer, positions, len(units) * regions.unit_bytes(region), checksum)
+    algo = algo_for(regions, region)
+    checksum = checksum_of(algo, regions, region, layer, units)
+    return LayerEntry(region, layer, positions, len(units) * regions.unit_bytes(region), checksum, algo)

@@ -1,4 +1,8 @@
-"""Registered memory seen as bytes: region -> [layer, unit, unit_bytes] uint8 views, plus unit runs."""
+"""Registered memory seen as bytes: region -> [layer, unit, unit_bytes] uint8 views, plus unit runs.
+
+Regions live in host or device (cuda) memory. Host bytes go on the wire as they are; device bytes
+move device-to-device (local), straight from the device (ucx with CUDA transports) or through a
+staging ring of host buffers (kvtransfer/staging.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +24,6 @@ def layout_of(tensor: torch.Tensor) -> RegionLayout:
 def _byte_view(name: str, tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dim() < 2:
         raise TransferError(f"region {name!r} needs dims [layer, unit, ...], got shape {tuple(tensor.shape)}")
-    if tensor.device.type != "cpu":
-        raise TransferError(f"region {name!r}: only host memory is supported so far, got {tensor.device}")
     if tensor.numel() and not tensor[0, 0].is_contiguous():
         raise TransferError(f"region {name!r}: one unit of one layer must be contiguous")
     flat = (tensor.flatten(2) if tensor.dim() > 2 else tensor.unsqueeze(-1)).view(torch.uint8)
@@ -59,6 +61,17 @@ class RegionSet:
             raise TransferError(f"region {region!r}: layer {layer} out of range [0, {layout.num_layers})")
         view = self.bytes[region][layer, first_unit : first_unit + count]
         return view.reshape(-1)
+
+    def on_device(self, region: str) -> bool:
+        return self.tensors[region].device.type != "cpu"
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the device regions (None: all in host memory)."""
+        devices = {t.device for t in self.tensors.values() if t.device.type != "cpu"}
+        if len(devices) > 1:
+            raise TransferError(f"regions span several devices: {sorted(map(str, devices))}")
+        return next(iter(devices), None)
 
     def unit_bytes(self, region: str) -> int:
         return self.bytes[region].shape[2]

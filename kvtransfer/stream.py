@@ -38,6 +38,7 @@ class Source(Protocol):
 
     def recv_control(self, deadline_mono: float) -> dict[str, Any]: ...
     def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float) -> None: ...
+    def drain(self) -> None: ...  # returns once every payload received is in its destination
 
 
 class StreamSendHandle(SendHandle):
@@ -185,9 +186,11 @@ def receive_into(book: ReceiveBook, transfer_id: str, source: Source) -> None:
             msg = source.recv_control(deadline)
             kind = msg.get("kind")
             if kind == "data":
-                views = book.dst_views(transfer_id, msg["region"], int(msg["layer"]), msg["runs"])
+                region, layer = msg["region"], int(msg["layer"])
+                views = book.dst_views(transfer_id, region, layer, msg["runs"])
                 source.recv_payloads(views, deadline)
             elif kind == "finish":
+                source.drain()  # staged copies to the device done before the check
                 book.complete(transfer_id, Manifest.from_dict(msg["manifest"]))
                 return
             elif kind == "abort":

@@ -1,6 +1,9 @@
 """`tcp`: one TCP connection per transfer. Frames: b"BKV1" + u32 length + JSON control message;
-a data message is followed by its raw payloads, received straight into the destination units
-(`recv_into` a memoryview of the tensor) and sent straight from the source units (`sendall`).
+a data message is followed by its raw payloads. Host units are received straight into the
+destination (`recv_into` a memoryview of the tensor) and sent straight from the source
+(`sendall`). Device units go through a staging ring of pinned host buffers
+(`kvtransfer/staging.py`): the device-to-host copy of the next layer overlaps the send of this
+one, and the receiver's host-to-device copy overlaps the next receive.
 Connections pass `tcp_gate.ConnectionGate` first: no thread and no buffer beyond the bytes that
 arrived until the first frame names a transfer this backend expects, with its secret. Payload
 sizes come from the reservation (the book's views), never from the peer."""
@@ -16,6 +19,7 @@ import torch
 
 from kvtransfer.base import SendHandle, TransferDescriptor, TransferError, TransferResult
 from kvtransfer.shared_backend import SharedBackend
+from kvtransfer.staging import Copy, RingPool, StagedReader, StagedWriter, StagingOptions, device_copy
 from kvtransfer.stream import StreamSendHandle, receive_into, serve_read
 from kvtransfer.tcp_gate import HEADER as _HEADER
 from kvtransfer.tcp_gate import MAGIC as _MAGIC
@@ -29,8 +33,17 @@ def _bytes_of(view: torch.Tensor) -> memoryview:
 
 
 class TcpLink:
-    def __init__(self, sock: socket.socket, deadline_unix_s: float) -> None:
+    def __init__(self, sock: socket.socket, deadline_unix_s: float, stage_copy: Copy | None = None,
+                 rings: RingPool | None = None) -> None:  # fmt: skip
         self._sock, self._deadline = sock, deadline_unix_s
+        self._writer = None
+        if stage_copy is not None:
+            rings = rings or RingPool(StagingOptions())
+            self._writer = StagedWriter(self._send_armed, stage_copy, rings.take(), rings.give)
+
+    def _send_armed(self, data: memoryview) -> None:
+        self._arm()
+        self._sock.sendall(data)
 
     def _arm(self) -> None:
         left = self._deadline - time.time()
@@ -40,18 +53,27 @@ class TcpLink:
 
     def send_control(self, msg: dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()
-        self._arm()
-        self._sock.sendall(_HEADER.pack(_MAGIC, len(body)) + body)
+        frame = _HEADER.pack(_MAGIC, len(body)) + body
+        if self._writer is not None:
+            self._writer.write(frame)
+        else:
+            self._send_armed(memoryview(frame))
 
     def send_payloads(self, views: list[torch.Tensor]) -> None:
+        if self._writer is not None:
+            self._writer.write_views(views)
+            return
         self._arm()
         for view in views:
             self._sock.sendall(_bytes_of(view))
 
     def flush(self) -> None:
-        pass  # sends are synchronous
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -60,8 +82,8 @@ class TcpLink:
 
 
 class TcpSource:
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+    def __init__(self, sock: socket.socket, reader: StagedReader | None = None, release=None) -> None:
+        self._sock, self._reader, self._release = sock, reader, release
 
     def _recv_exact(self, buf: memoryview, deadline_mono: float) -> None:
         got = 0
@@ -89,15 +111,41 @@ class TcpSource:
         return json.loads(body)
 
     def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float) -> None:
+        if self._reader is not None:
+            self._reader.read_views(views, lambda buf: self._recv_exact(buf, deadline_mono))
+            return
         for view in views:
             self._recv_exact(_bytes_of(view), deadline_mono)
 
+    def drain(self) -> None:
+        if self._reader is not None:
+            self._reader.drain()
+
+    def close(self) -> None:
+        """Wait for the last copies and hand the ring back (the socket is the caller's)."""
+        if self._reader is not None:
+            self._reader.drain()
+            if self._release is not None:
+                self._release()
+            self._reader = None
+
 
 class TcpBackend(SharedBackend):
+    """`staging`: the ring's shape. `stage_copy` (tests): stage every region with this copy
+    function, so host tensors can stand in for device memory."""
+
     name = "tcp"
 
-    def __init__(self, host: str = "127.0.0.1", gate: GateLimits | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        gate: GateLimits | None = None,
+        staging: StagingOptions | None = None,
+        stage_copy: Copy | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
+        self._rings, self._forced_copy = RingPool(staging or StagingOptions()), stage_copy
         self._listener = socket.create_server((host, 0), backlog=128)
         self._address = f"{host}:{self._listener.getsockname()[1]}".encode()
         self.gate = ConnectionGate(self._listener, self._authorize, self._serve, gate or GateLimits())
@@ -105,6 +153,23 @@ class TcpBackend(SharedBackend):
     @property
     def address(self) -> bytes:
         return self._address
+
+    def _stage_copy(self) -> Copy | None:
+        """The copy function when our regions need staging (device memory), else None."""
+        if self._forced_copy is not None:
+            return self._forced_copy
+        device = self._require_regions().device
+        return None if device is None else device_copy(device)
+
+    def _link(self, sock: socket.socket, deadline_unix_s: float) -> TcpLink:
+        return TcpLink(sock, deadline_unix_s, self._stage_copy(), self._rings)
+
+    def _source(self, sock: socket.socket) -> TcpSource:
+        copy = self._stage_copy()
+        if copy is None:
+            return TcpSource(sock)
+        ring = self._rings.take()
+        return TcpSource(sock, StagedReader(copy, ring), lambda: self._rings.give(ring))
 
     def _connect(self, descriptor: TransferDescriptor) -> socket.socket:
         host, _, port = descriptor.address.decode().rpartition(":")
@@ -120,7 +185,7 @@ class TcpBackend(SharedBackend):
 
     def open_send(self, descriptor: TransferDescriptor) -> SendHandle:
         regions = self._require_regions()
-        link = TcpLink(self._connect(descriptor), descriptor.deadline_unix_s)
+        link = self._link(self._connect(descriptor), descriptor.deadline_unix_s)
         return StreamSendHandle(link, regions, descriptor, corrupt=self.corrupt)
 
     def read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> TransferResult:
@@ -140,7 +205,11 @@ class TcpBackend(SharedBackend):
                     "deadline_unix_s": descriptor.deadline_unix_s,
                 }
             )
-            receive_into(self.book, local_id, TcpSource(sock))
+            source = self._source(sock)
+            try:
+                receive_into(self.book, local_id, source)
+            finally:
+                source.close()
         except OSError as exc:
             self.book.fail(local_id, f"read request failed: {exc}")
         finally:
@@ -152,7 +221,11 @@ class TcpBackend(SharedBackend):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if first["kind"] == "open":
             self.book.begin(first["transfer_id"], first["secret"])
-            receive_into(self.book, first["transfer_id"], TcpSource(conn))
+            source = self._source(conn)
+            try:
+                receive_into(self.book, first["transfer_id"], source)
+            finally:
+                source.close()
         else:
             self._serve_read(conn, first)
 
@@ -166,7 +239,7 @@ class TcpBackend(SharedBackend):
         regions = self._require_regions()
         serve_read(
             lambda d: StreamSendHandle(
-                TcpLink(conn, deadline),
+                self._link(conn, deadline),
                 regions,
                 d,
                 corrupt=self.corrupt,

@@ -6,10 +6,19 @@ here carries our deadline. Tags: 0xFFFF_FFFF_0000_0000 is the well-known "open" 
 messages use (channel << 32 | seq), channel random per direction, seq counting messages.
 An open message is served only when it names a transfer this backend expects (or a prefix it
 exposes) with its secret, by a bounded pool of threads; anything else is dropped unanswered.
+
+Device (cuda) regions: when this UCX has CUDA transports (its `cuda` module is installed, a GPU is
+visible and UCX_TLS keeps `cuda_copy`), payloads are sent and received straight from device memory
+(UCX picks cuda_ipc / cuda_copy / GPUDirect). Otherwise each payload is staged through a host copy
+(tag sends are asynchronous, so the copy of run k+1 overlaps the send of run k). Each side decides
+for itself; one message per run either way. Checksums of device regions are computed on the
+device (dev64) by both sides, whichever path the bytes took.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import json
 import os
 import secrets
@@ -59,12 +68,50 @@ def _wait(requests: list[Any], deadline_mono: float) -> None:
 def _array(ucx_api: Any, buf: np.ndarray | torch.Tensor) -> Any:
     from ucxx._lib.arr import Array  # optional: ucxx
 
-    return Array(buf.numpy() if isinstance(buf, torch.Tensor) else buf)
+    if isinstance(buf, torch.Tensor):  # a cuda tensor goes by its __cuda_array_interface__
+        return Array(buf.numpy() if buf.device.type == "cpu" else buf)
+    return Array(buf)
+
+
+def tls_allows_cuda(tls: str | None) -> bool:
+    """Whether a UCX_TLS value leaves UCX a transport that reads CUDA memory (cuda_copy)."""
+    if tls is None or tls.strip() in ("", "all"):
+        return True
+    names = [n.strip() for n in tls.split(",") if n.strip()]
+    if names and names[0].startswith("^"):  # "^a,b": everything except a, b
+        excluded = {names[0][1:], *names[1:]}
+        return not ({"cuda", "cuda_copy"} & excluded)
+    return bool({"cuda", "cuda_copy"} & set(names))
+
+
+def _has_cuda_module() -> bool:
+    """The UCX that ucxx bundles ships CUDA transports as a loadable module (libuct_cuda)."""
+    spec = importlib.util.find_spec("libucx")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return any(glob.glob(os.path.join(root, "lib", "ucx", "libuct_cuda.so*")) for root in roots)
+
+
+def cuda_direct() -> bool:
+    """Device memory goes to UCX as it is (no staging)."""
+    return torch.cuda.is_available() and tls_allows_cuda(os.environ.get("UCX_TLS")) and _has_cuda_module()
+
+
+def _on_device(view: torch.Tensor) -> bool:
+    return view.device.type != "cpu"
+
+
+def _staged(view: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(view.numel(), dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+    host.copy_(view.reshape(-1))
+    return host
 
 
 class UcxLink:
-    def __init__(self, ucx_api: Any, endpoint: Any, channel: int, deadline_unix_s: float) -> None:
+    def __init__(
+        self, ucx_api: Any, endpoint: Any, channel: int, deadline_unix_s: float, direct: bool = False
+    ) -> None:
         self._api, self._ep, self._channel = ucx_api, endpoint, channel
+        self.stages = not direct  # device payloads: staged through host copies unless direct
         self._deadline_mono = time.monotonic() + (deadline_unix_s - time.time())
         self._seq = 0
         self._inflight: list[tuple[Any, Any]] = []  # (request, buffer kept alive until it completes)
@@ -103,16 +150,23 @@ class UcxLink:
         self._send([np.frombuffer(_LEN.pack(len(body)), dtype=np.uint8).copy(), body])
 
     def send_payloads(self, views: list[torch.Tensor]) -> None:
-        self._send(list(views))
+        if not self.stages and any(_on_device(v) for v in views):
+            # UCX reads device memory outside CUDA's stream order: the layer must be computed.
+            torch.cuda.default_stream(next(v for v in views if _on_device(v)).device).synchronize()
+        buffers = []
+        for view in views:
+            buffers.append(_staged(view) if self.stages and _on_device(view) else view)
+        self._send(buffers)
 
     def close(self) -> None:
         pass  # endpoints are cached per peer and outlive one transfer
 
 
 class UcxSource:
-    def __init__(self, ucx_api: Any, worker: Any, channel: int) -> None:
+    def __init__(self, ucx_api: Any, worker: Any, channel: int, direct: bool = False) -> None:
         self._api, self._worker, self._channel = ucx_api, worker, channel
         self._seq = 0
+        self.stages = not direct
 
     def _recv(self, buffers: list[np.ndarray | torch.Tensor], deadline_mono: float) -> None:
         arrays = [_array(self._api, b) for b in buffers]
@@ -133,7 +187,18 @@ class UcxSource:
         return json.loads(body.tobytes())
 
     def recv_payloads(self, views: list[torch.Tensor], deadline_mono: float) -> None:
-        self._recv(list(views), deadline_mono)
+        staged = [self.stages and _on_device(v) for v in views]
+        buffers = [
+            torch.empty(v.numel(), dtype=torch.uint8, pin_memory=torch.cuda.is_available()) if s else v
+            for v, s in zip(views, staged, strict=True)
+        ]
+        self._recv(buffers, deadline_mono)
+        for view, buffer, was_staged in zip(views, buffers, staged, strict=True):
+            if was_staged:
+                view.reshape(-1).copy_(buffer)
+
+    def drain(self) -> None:
+        pass  # host-to-device copies above are synchronous
 
 
 class UcxBackend(SharedBackend):
@@ -150,6 +215,7 @@ class UcxBackend(SharedBackend):
         self._ep_lock = threading.Lock()
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=MAX_SERVING, thread_name_prefix="ucx-serve")
+        self.direct = cuda_direct()
         self._acceptor = threading.Thread(target=self._accept_loop, name="ucx-accept", daemon=True)
         self._acceptor.start()
 
@@ -170,7 +236,9 @@ class UcxBackend(SharedBackend):
             return ep
 
     def open_send(self, descriptor: TransferDescriptor) -> SendHandle:
-        link = UcxLink(self._api, self._endpoint(descriptor.address), _channel(), descriptor.deadline_unix_s)
+        link = UcxLink(
+            self._api, self._endpoint(descriptor.address), _channel(), descriptor.deadline_unix_s, self.direct
+        )
         return StreamSendHandle(link, self._require_regions(), descriptor, corrupt=self.corrupt)
 
     def read(self, descriptor: TransferDescriptor, dst_units_local: dict[str, list[int]]) -> TransferResult:
@@ -191,7 +259,7 @@ class UcxBackend(SharedBackend):
                     "reply_address": self._address.hex(),
                 }
             )
-            receive_into(self.book, local_id, UcxSource(self._api, self._worker, reply_channel))
+            receive_into(self.book, local_id, UcxSource(self._api, self._worker, reply_channel, self.direct))
         except Exception as exc:
             self.book.fail(local_id, f"read failed: {type(exc).__name__}: {exc}")
         return self._finish_read(local_id)
@@ -218,7 +286,9 @@ class UcxBackend(SharedBackend):
             if msg.get("kind") == "open":
                 self.book.begin(msg["transfer_id"], msg.get("secret"))
                 receive_into(
-                    self.book, msg["transfer_id"], UcxSource(self._api, self._worker, int(msg["channel"]))
+                    self.book,
+                    msg["transfer_id"],
+                    UcxSource(self._api, self._worker, int(msg["channel"]), self.direct),
                 )
             elif msg.get("kind") == "read":
                 self._serve_read(msg)
@@ -228,7 +298,7 @@ class UcxBackend(SharedBackend):
     def _serve_read(self, request: dict[str, Any]) -> None:
         deadline = float(request["deadline_unix_s"])
         ep = self._endpoint(bytes.fromhex(request["reply_address"]))
-        make_link = lambda: UcxLink(self._api, ep, int(request["reply_channel"]), deadline)  # noqa: E731
+        make_link = lambda: UcxLink(self._api, ep, int(request["reply_channel"]), deadline, self.direct)  # noqa: E731
         link = make_link()
         try:
             exposed = self.exposed_units(request["transfer_id"], request.get("secret"))

@@ -32,6 +32,9 @@ class ClusterSpec:
     router: RouterConfig | None = None
     router_model: str | None = None  # the router's copy of the checkpoint, if not `model`
     startup_timeout_s: float = 180.0  # per worker: model load + gRPC health SERVING
+    # Ray: GPUs each worker actor asks for (None: 1 when the cluster has GPUs). A fraction lets a
+    # prefill and a decode actor share one GPU (`baton serve` uses --gpu-memory-utilization).
+    gpus_per_worker: float | None = None
 
 
 class LocalCluster:
@@ -78,7 +81,10 @@ class LocalCluster:
         if spec.pool == "ray":
             from router.pools.ray_pool import RayPool  # optional: ray, only for --pool ray
 
-            return RayPool(worker_spec, address=spec.ray_address, startup_timeout_s=timeout)
+            return RayPool(
+                worker_spec, address=spec.ray_address, startup_timeout_s=timeout,
+                num_gpus_per_worker=spec.gpus_per_worker,
+            )  # fmt: skip
         return ProcessPool(worker_spec, startup_timeout_s=timeout)
 
     @property

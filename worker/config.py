@@ -8,12 +8,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.engine_args import add_engine_flags, engine_config_from_args
+from engine.engine_config import EngineConfig
 from rpc.cluster_auth import ClusterCredential
 from rpc.tls import TlsConfig
 
 Role = Literal["prefill", "decode"]
 DEFAULT_PORTS = {"prefill": (50061, 9101), "decode": (50071, 9102)}
 METRICS_ANY_PORT = -1
+WORKER_ENGINE_DEFAULTS = {"cache_bytes": 2 << 30}  # a worker's cache budget unless --memory-gb
 
 
 def metrics_port_flag(text: str) -> int:
@@ -37,15 +40,9 @@ class WorkerConfig:
     metrics_port: int = 0  # 0 = off, METRICS_ANY_PORT = any free port
     insecure: bool = False  # allow listening beyond loopback without mutual TLS
     index: str = "embedded"
-    block_size: int = 16
-    max_pages: int = 0  # 0 = from the memory budget
-    memory_gb: float = 2.0
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(**WORKER_ENGINE_DEFAULTS))
     max_queue: int = 64
     local_prefill_threshold: int = 512
-    prefix_cache: bool = True
-    spec_tokens: int = 0  # MTP speculative decoding: drafts per step (0 = off; needs an MTP head)
-    tp: int = 1  # tensor-parallel ranks: one process per device, rank 0 serves (engine/parallel)
-    ep: int = 1  # expert-parallel ranks over the same processes
     ready_file: str = ""
     redis_key_prefix: str = "baton"
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -53,6 +50,10 @@ class WorkerConfig:
     max_reservation_s: float = 60.0  # longer Reserve deadlines are clamped to this
     tenant_reservation_share: float = 0.5  # of the state slots, held by one tenant's reservations
     heartbeat_s: float = 1.0  # liveness beat on token/progress streams while nothing else is sent
+
+    @property
+    def block_size(self) -> int:
+        return self.engine.block_size
 
     @property
     def address(self) -> str:
@@ -83,27 +84,15 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         help="Prometheus /metrics on the --listen host; 0 = off, 'any' = a free port",
     )  # fmt: skip
     parser.add_argument("--index", default=os.environ.get("BATON_INDEX", "embedded"))
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-pages", type=int, default=0)
-    parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget")
     parser.add_argument(
         "--max-queue", type=int, default=64, help="admitted requests before RESOURCE_EXHAUSTED"
     )
     parser.add_argument("--ready-file", default="", help="write the bound address here once serving")
     parser.add_argument(
-        "--spec-tokens",
-        type=int,
-        default=0,
-        choices=range(5),
-        metavar="K",
-        help="speculative decoding with the checkpoint's MTP head: K drafts per step (0-4; 0 = off)",
-    )
-    parser.add_argument(
         "--redis-key-prefix",
         default=os.environ.get("BATON_REDIS_KEY_PREFIX", "baton"),
         help="prefix of every Redis key of the index (must match the router's)",
     )
-    parser.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt (benchmarks)")
     parser.add_argument(
         "--cluster-token-file",
         default="",
@@ -119,13 +108,17 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         help="fraction of the state slots one tenant's pending reservations may hold",
     )
     parser.add_argument("--heartbeat-s", type=float, default=1.0, help="liveness beat interval on streams")
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process per device)")
-    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (over the same processes)")
+    add_engine_flags(parser, WORKER_ENGINE_DEFAULTS)
     return parser
 
 
 def worker_config_from_args(role: Role, argv: list[str] | None = None) -> WorkerConfig:
-    args = worker_arg_parser(role).parse_args(argv)
+    parser = worker_arg_parser(role)
+    args = parser.parse_args(argv)
+    try:
+        engine = engine_config_from_args(args, WORKER_ENGINE_DEFAULTS)
+    except ValueError as error:
+        parser.error(str(error))
     return WorkerConfig(
         role=role,
         model=args.model,
@@ -136,16 +129,10 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         metrics_port=args.metrics_port,
         insecure=args.insecure,
         index=args.index,
-        block_size=args.block_size,
-        max_pages=args.max_pages,
-        memory_gb=args.memory_gb,
+        engine=engine,
         max_queue=args.max_queue,
         ready_file=args.ready_file,
         redis_key_prefix=args.redis_key_prefix,
-        prefix_cache=not args.no_prefix_cache,
-        spec_tokens=args.spec_tokens,
-        tp=args.tp,
-        ep=args.ep,
         tls=TlsConfig.from_env(),
         cluster=ClusterCredential.from_env(args.cluster_token_file),
         max_reservation_s=_positive("--max-reservation-s", args.max_reservation_s),

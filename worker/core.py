@@ -4,6 +4,7 @@ backend registered on the engine's cache tensors, a KV event hub, admission cont
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from baton_pb.v1 import admin_pb2
-from engine.engine_config import EngineConfig
+from engine.engine_args import effective_options
 from engine.llm_engine import LLMEngine
 from kvtransfer.factory import create_backend
 from rpc.errors import AdmissionRejected
@@ -26,21 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(config: WorkerConfig, on_kv_event):
-    options = {
-        "block_size": config.block_size,
-        "enable_prefix_cache": config.prefix_cache,
-        "num_speculative_tokens": config.spec_tokens,
-        "tp": config.tp,
-        "ep": config.ep,
-    }
-    if config.max_pages:
-        options["num_pages"] = config.max_pages
-    else:
-        options["cache_bytes"] = int(config.memory_gb * (1 << 30))
-    engine_config = EngineConfig(**options)
-    if engine_config.parallel.world_size == 1:
-        return LLMEngine(config.model, engine_config, on_kv_event=on_kv_event), None
-    return start_ranks(config.model, engine_config, on_kv_event)
+    if config.engine.parallel.world_size == 1:
+        return LLMEngine(config.model, config.engine, on_kv_event=on_kv_event), None
+    return start_ranks(config.model, config.engine, on_kv_event)
 
 
 def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
@@ -63,8 +52,8 @@ class WorkerCore:
         log.info("model %s loaded in %.1f s", self.model_id, time.perf_counter() - started)
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
-        if max(config.tp, config.ep) > 1:
-            self.backend = ShardedTransferRefused(config.tp, config.ep)
+        if config.engine.parallel.world_size > 1:
+            self.backend = ShardedTransferRefused(config.engine.tp, config.engine.ep)
         else:
             self.backend = create_backend(config.transfer)
         self.backend.register(self.engine.cache.regions())
@@ -143,6 +132,7 @@ class WorkerCore:
             load=load,
             model_identity=self.model_id,
             metrics_port=self.metrics_port,
+            engine_config_json=json.dumps(effective_options(self.engine.config), sort_keys=True),
         )
 
     def wait_idle(self, timeout_s: float) -> bool:

@@ -10,6 +10,8 @@ import logging
 import os
 import threading
 
+import torch.distributed as dist
+
 from engine.engine_config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.parallel.comm import init_comm
@@ -44,6 +46,8 @@ class RankGroup:
             proc.join(10)
             if proc.exitcode is None:
                 proc.kill()
+        if dist.is_initialized():  # the process's default group: free for a worker started after this one
+            dist.destroy_process_group()
 
 
 def start_ranks(model: str, config: EngineConfig, on_kv_event) -> tuple[LLMEngine, RankGroup]:

@@ -13,10 +13,18 @@ import sys
 import threading
 
 from baton.commands.scale import non_negative
+from engine.engine_args import (
+    GIB,
+    add_engine_flags,
+    engine_argv,
+    engine_config_from_args,
+    given_engine_options,
+)
 from router.flags import add_listen_flags
 from router.openai.listen import split_listen
 
 log = logging.getLogger("baton.serve")
+SERVE_ENGINE_DEFAULTS = {"cache_bytes": 2 << 30}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,14 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--startup-timeout", type=float, default=180.0,
         help="seconds each worker may take to load its model and serve (default 180)",
     )  # fmt: skip
-    parser.add_argument("--memory-gb", type=float, default=2.0, help="KV + state budget per worker")
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per worker")
-    parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks per worker (same processes)")
+    add_engine_flags(parser, SERVE_ENGINE_DEFAULTS)  # every worker's engine: the workers' own flags
     parser.set_defaults(func=run)
-
-
-def parallel_worker_args(tp: int, ep: int) -> tuple[str, ...]:
-    return (*(("--tp", str(tp)) if tp > 1 else ()), *(("--ep", str(ep)) if ep > 1 else ()))
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -60,15 +62,11 @@ def check_args(args: argparse.Namespace) -> str | None:
         resolve_model(args.model)  # a folder, or a hub id in the local Hugging Face cache
     except FileNotFoundError as error:
         return str(error)
-    if args.memory_gb <= 0:
-        return "--memory-gb must be > 0"
-    from engine.parallel.config import ParallelConfig  # lazy: CLI startup
-
     try:
-        ParallelConfig(args.tp, args.ep)
+        engine = engine_config_from_args(args, SERVE_ENGINE_DEFAULTS)
     except ValueError as error:
-        return f"--tp/--ep: {error}"
-    if max(args.tp, args.ep) > 1 and args.prefill:
+        return str(error)
+    if engine.parallel.world_size > 1 and args.prefill:
         return "--tp/--ep > 1: multi-rank workers do not ship KV yet; use --prefill 0"
     if args.http_listen:
         try:
@@ -88,23 +86,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     from router.config import RouterConfig  # lazy: CLI startup
-    from router.local_cluster import ClusterSpec, LocalCluster  # lazy: CLI startup
+    from router.local_cluster import LocalCluster  # lazy: CLI startup
     from router.pools import PoolError  # lazy: CLI startup
     from rpc.logs import configure_logging  # lazy: CLI startup
     from rpc.tls import TlsConfig  # lazy: CLI startup
 
     configure_logging()
     router_config = RouterConfig(
-        model=args.model, listen=args.listen, admin_listen=args.admin_listen, http_listen=args.http_listen,
+        model=args.model, block_size=engine_config_from_args(args, SERVE_ENGINE_DEFAULTS).block_size,
+        listen=args.listen, admin_listen=args.admin_listen, http_listen=args.http_listen,
         metrics_port=args.metrics_port, insecure=args.insecure, max_tokens_limit=args.max_tokens_limit, index=args.index,
         tls=TlsConfig.from_env(), auth_tokens_file=os.environ.get("BATON_AUTH_TOKENS", ""),
     )  # fmt: skip
-    spec = ClusterSpec(
-        model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
-        pool=args.pool, ray_address=args.address, memory_gb=args.memory_gb, router=router_config,
-        startup_timeout_s=args.startup_timeout,
-        worker_args=parallel_worker_args(args.tp, args.ep),
-    )  # fmt: skip
+    spec = cluster_spec(args, router_config)
     cluster = LocalCluster(spec)
     try:
         try:
@@ -123,6 +117,29 @@ def run(args: argparse.Namespace) -> int:
     finally:
         cluster.stop()
     return 0
+
+
+def cluster_spec(args: argparse.Namespace, router_config):
+    """The workers get serve's engine flags back as their own flags (same names, one definition)."""
+    from router.local_cluster import ClusterSpec  # lazy: CLI startup
+
+    engine = engine_config_from_args(args, SERVE_ENGINE_DEFAULTS)
+    given = given_engine_options(args)
+    given.pop("cache_bytes", None)  # travels as ClusterSpec.memory_gb
+    return ClusterSpec(
+        model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
+        pool=args.pool, ray_address=args.address, memory_gb=engine.cache_bytes / GIB,
+        worker_args=tuple(engine_argv(given)), router=router_config, gpus_per_worker=ray_gpus(engine),
+        startup_timeout_s=args.startup_timeout,
+    )  # fmt: skip
+
+
+def ray_gpus(engine) -> float | None:
+    """A Ray actor on cuda asks for its memory fraction of a GPU, so a prefill and a decode worker
+    can share one (Ray also sets the actor's CUDA_VISIBLE_DEVICES to that GPU)."""
+    if engine.device.startswith("cuda") and engine.gpu_memory_utilization is not None:
+        return engine.gpu_memory_utilization
+    return None
 
 
 def print_endpoints(cluster) -> None:

@@ -51,6 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16.0,
         help="per-GPU reserve for activations, CUDA graphs, comm buffers (GB)",
     )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of one GPU each worker may use (the workers' flag; default 0.9)",
+    )
+    parser.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        default=1,
+        help="worker processes sharing one GPU, e.g. 2 for a prefill and a decode worker (default 1)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -112,6 +124,7 @@ def format_report(raw: dict, args: argparse.Namespace, name: str) -> str:
         f"HBM for sessions: {args.gpus} x B200 ({args.hbm_gb:g} GB) - weights "
         f"{human_bytes(weight_bytes)} - reserve {args.gpus} x {args.reserve_gb:g} GB = "
         f"{human_bytes(max(free, 0.0))}" + ("  (weights do not fit)" if free <= 0 else ""),
+        worker_budget_line(args, weight_bytes),
         "",
         f"| context | KV | DeltaNet state | checkpoints ({args.checkpoints}) | per session "
         f"| sessions per {args.gpus} x B200 |",
@@ -173,11 +186,35 @@ def per_gpu_lines(raw: dict, args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def worker_budget_line(args: argparse.Namespace, weight_bytes: float) -> str:
+    """What one single-GPU worker gets with --gpu-memory-utilization (a pod is one single-GPU
+    worker until tensor parallelism lands, so the weights must fit one GPU)."""
+    utilization = args.gpu_memory_utilization
+    budget = utilization * args.hbm_gb * 1e9
+    cache = budget - weight_bytes - args.reserve_gb * 1e9
+    line = (
+        f"GPU memory budget per worker (--device cuda --gpu-memory-utilization {utilization:g}, "
+        f"{args.workers_per_gpu} worker(s) per GPU): {human_bytes(budget)} of one {args.hbm_gb:g} GB GPU; "
+        f"after weights {human_bytes(weight_bytes)} and reserve {args.reserve_gb:g} GB: "
+        f"{human_bytes(max(cache, 0.0))} for KV pages + state slots"
+    )
+    if cache <= 0:
+        line += "  (does not fit one GPU: workers are single-GPU until tensor parallelism lands)"
+    return line
+
+
 def validate_args(args: argparse.Namespace) -> None:
     if args.gpus is None:
         args.gpus = max(args.tp, args.ep)
     if args.tp < 1 or args.ep < 1:
         raise sizing.SizingConfigError("--tp and --ep must be >= 1")
+    if not 0 < args.gpu_memory_utilization <= 1 or args.workers_per_gpu < 1:
+        raise sizing.SizingConfigError("--gpu-memory-utilization must be in (0, 1], --workers-per-gpu >= 1")
+    if args.gpu_memory_utilization * args.workers_per_gpu > 1:
+        raise sizing.SizingConfigError(
+            f"{args.workers_per_gpu} workers x --gpu-memory-utilization {args.gpu_memory_utilization:g} "
+            "exceed one GPU: give each worker at most 1/N"
+        )
     if args.block_size < 1 or args.gpus < 1 or args.checkpoints < 0:
         raise sizing.SizingConfigError("--block-size and --gpus must be >= 1, --checkpoints >= 0")
     if args.hbm_gb <= 0 or args.reserve_gb < 0:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ton/v1/admin.proto\x12\x08\x62\x61ton.v1\"\x8e\x03\n\nWorkerLoad\x12\x18\n\x10running_requests\x18\x01 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x02 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x03\x12\x12\n\nfree_pages\x18\x04 \x01(\x05\x12\x13\n\x0btotal_pages\x18\x05 \x01(\x05\x12\x12\n\nfree_slots\x18\x06 \x01(\x05\x12\x13\n\x0btotal_slots\x18\x07 \x01(\x05\x12\x15\n\rcached_blocks\x18\x08 \x01(\x05\x12\x13\n\x0b\x63heckpoints\x18\t \x01(\x05\x12\x19\n\x11pending_transfers\x18\n \x01(\x05\x12\x10\n\x08hit_rate\x18\x0b \x01(\x01\x12\x15\n\rprompt_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x17\n\x0f\x63omputed_tokens\x18\x0e \x01(\x03\x12\x16\n\x0e\x66\x65tched_tokens\x18\x0f \x01(\x03\x12\x14\n\x0cspec_drafted\x18\x10 \x01(\x03\x12\x15\n\rspec_accepted\x18\x11 \x01(\x03\"\xd1\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\"\n\x04load\x18\x07 \x01(\x0b\x32\x14.baton.v1.WorkerLoad\x12\x16\n\x0emodel_identity\x18\x08 \x01(\t\x12\r\n\x05state\x18\x14 \x01(\t\x12\x14\n\x0cmetrics_port\x18\x15 \x01(\r\"\x14\n\x12ListWorkersRequest\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.baton.v1.WorkerInfo\"/\n\x0cScaleRequest\x12\x0f\n\x07prefill\x18\x01 \x01(\x05\x12\x0e\n\x06\x64\x65\x63ode\x18\x02 \x01(\x05\"6\n\rScaleResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.baton.v1.WorkerInfo\"!\n\x0c\x44rainRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"!\n\rDrainResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\x32\xcc\x01\n\nBatonAdmin\x12J\n\x0bListWorkers\x12\x1c.baton.v1.ListWorkersRequest\x1a\x1d.baton.v1.ListWorkersResponse\x12\x38\n\x05Scale\x12\x16.baton.v1.ScaleRequest\x1a\x17.baton.v1.ScaleResponse\x12\x38\n\x05\x44rain\x12\x16.baton.v1.DrainRequest\x1a\x17.baton.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ton/v1/admin.proto\x12\x08\x62\x61ton.v1\"\x8e\x03\n\nWorkerLoad\x12\x18\n\x10running_requests\x18\x01 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x02 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x03\x12\x12\n\nfree_pages\x18\x04 \x01(\x05\x12\x13\n\x0btotal_pages\x18\x05 \x01(\x05\x12\x12\n\nfree_slots\x18\x06 \x01(\x05\x12\x13\n\x0btotal_slots\x18\x07 \x01(\x05\x12\x15\n\rcached_blocks\x18\x08 \x01(\x05\x12\x13\n\x0b\x63heckpoints\x18\t \x01(\x05\x12\x19\n\x11pending_transfers\x18\n \x01(\x05\x12\x10\n\x08hit_rate\x18\x0b \x01(\x01\x12\x15\n\rprompt_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x17\n\x0f\x63omputed_tokens\x18\x0e \x01(\x03\x12\x16\n\x0e\x66\x65tched_tokens\x18\x0f \x01(\x03\x12\x14\n\x0cspec_drafted\x18\x10 \x01(\x03\x12\x15\n\rspec_accepted\x18\x11 \x01(\x03\"\xed\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\"\n\x04load\x18\x07 \x01(\x0b\x32\x14.baton.v1.WorkerLoad\x12\x16\n\x0emodel_identity\x18\x08 \x01(\t\x12\x1a\n\x12\x65ngine_config_json\x18\t \x01(\t\x12\r\n\x05state\x18\x14 \x01(\t\x12\x14\n\x0cmetrics_port\x18\x15 \x01(\r\"\x14\n\x12ListWorkersRequest\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.baton.v1.WorkerInfo\"/\n\x0cScaleRequest\x12\x0f\n\x07prefill\x18\x01 \x01(\x05\x12\x0e\n\x06\x64\x65\x63ode\x18\x02 \x01(\x05\"6\n\rScaleResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.baton.v1.WorkerInfo\"!\n\x0c\x44rainRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"!\n\rDrainResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\x32\xcc\x01\n\nBatonAdmin\x12J\n\x0bListWorkers\x12\x1c.baton.v1.ListWorkersRequest\x1a\x1d.baton.v1.ListWorkersResponse\x12\x38\n\x05Scale\x12\x16.baton.v1.ScaleRequest\x1a\x17.baton.v1.ScaleResponse\x12\x38\n\x05\x44rain\x12\x16.baton.v1.DrainRequest\x1a\x17.baton.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERLOAD']._serialized_start=35
   _globals['_WORKERLOAD']._serialized_end=433
   _globals['_WORKERINFO']._serialized_start=436
-  _globals['_WORKERINFO']._serialized_end=645
-  _globals['_LISTWORKERSREQUEST']._serialized_start=647
-  _globals['_LISTWORKERSREQUEST']._serialized_end=667
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=669
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=729
-  _globals['_SCALEREQUEST']._serialized_start=731
-  _globals['_SCALEREQUEST']._serialized_end=778
-  _globals['_SCALERESPONSE']._serialized_start=780
-  _globals['_SCALERESPONSE']._serialized_end=834
-  _globals['_DRAINREQUEST']._serialized_start=836
-  _globals['_DRAINREQUEST']._serialized_end=869
-  _globals['_DRAINRESPONSE']._serialized_start=871
-  _globals['_DRAINRESPONSE']._serialized_end=904
-  _globals['_BATONADMIN']._serialized_start=907
-  _globals['_BATONADMIN']._serialized_end=1111
+  _globals['_WORKERINFO']._serialized_end=673
+  _globals['_LISTWORKERSREQUEST']._serialized_start=675
+  _globals['_LISTWORKERSREQUEST']._serialized_end=695
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=697
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=757
+  _globals['_SCALEREQUEST']._serialized_start=759
+  _globals['_SCALEREQUEST']._serialized_end=806
+  _globals['_SCALERESPONSE']._serialized_start=808
+  _globals['_SCALERESPONSE']._serialized_end=862
+  _globals['_DRAINREQUEST']._serialized_start=864
+  _globals['_DRAINREQUEST']._serialized_end=897
+  _globals['_DRAINRESPONSE']._serialized_start=899
+  _globals['_DRAINRESPONSE']._serialized_end=932
+  _globals['_BATONADMIN']._serialized_start=935
+  _globals['_BATONADMIN']._serialized_end=1139
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ class WorkerLoad(_message.Message):
     def __init__(self, running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_pages: _Optional[int] = ..., total_pages: _Optional[int] = ..., free_slots: _Optional[int] = ..., total_slots: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., checkpoints: _Optional[int] = ..., pending_transfers: _Optional[int] = ..., hit_rate: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., computed_tokens: _Optional[int] = ..., fetched_tokens: _Optional[int] = ..., spec_drafted: _Optional[int] = ..., spec_accepted: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "role", "address", "epoch", "draining", "healthy", "load", "model_identity", "state", "metrics_port")
+    __slots__ = ("worker_id", "role", "address", "epoch", "draining", "healthy", "load", "model_identity", "engine_config_json", "state", "metrics_port")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class WorkerInfo(_message.Message):
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     MODEL_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
@@ -64,9 +65,10 @@ class WorkerInfo(_message.Message):
     healthy: bool
     load: WorkerLoad
     model_identity: str
+    engine_config_json: str
     state: str
     metrics_port: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., draining: _Optional[bool] = ..., healthy: _Optional[bool] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., model_identity: _Optional[str] = ..., state: _Optional[str] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., draining: _Optional[bool] = ..., healthy: _Optional[bool] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., model_identity: _Optional[str] = ..., engine_config_json: _Optional[str] = ..., state: _Optional[str] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.manifest_commands import OVERLAYS, process_specs, render, render_overlay, workload_component
+from kvtransfer.ucx import tls_allows_cuda
+from tests.deploy.manifest_commands import (
+    OVERLAYS,
+    expand,
+    process_specs,
+    render,
+    render_overlay,
+    workload_component,
+)
+from worker.config import worker_config_from_args
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,7 +137,7 @@ def test_gpu_overlay_requests_gpus_and_rdma_cpu_dev_does_not():
 
     gpu = worker_resources("gpu-b200")
     for role in ("prefill", "decode"):
-        assert gpu[role]["limits"]["nvidia.com/gpu"] == "8"
+        assert gpu[role]["limits"]["nvidia.com/gpu"] == "1"  # one single-GPU worker per pod
         assert "rdma/ib" in gpu[role]["limits"]
     assert "nvidia.com/gpu" not in gpu["router"].get("limits", {})
     assert all("nvidia.com/gpu" not in r.get("limits", {}) for r in worker_resources("cpu-dev").values())
@@ -136,6 +145,18 @@ def test_gpu_overlay_requests_gpus_and_rdma_cpu_dev_does_not():
     assert gpu_args["decode"].env["TRANSFER_BACKEND"] == "ucx" and "UCX_TLS" in str(
         render_overlay("gpu-b200")
     )
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_gpu_overlay_workers_run_their_engine_on_cuda_with_a_memory_fraction(role):
+    """The overlay's worker args, read by the worker's own parser: cuda, bf16, a GPU fraction;
+    UCX may use the CUDA transports; cpu-dev stays on the CPU."""
+    spec = process_specs("gpu-b200")[role]
+    engine = worker_config_from_args(role, [expand(arg, spec.env) for arg in spec.args]).engine
+    assert (engine.device, engine.dtype, engine.gpu_memory_utilization) == ("cuda", "bfloat16", 0.9)
+    assert tls_allows_cuda(spec.env["UCX_TLS"])
+    dev = process_specs("cpu-dev")[role]
+    assert worker_config_from_args(role, [expand(arg, dev.env) for arg in dev.args]).engine.device == "cpu"
 
 
 def test_replica_counts_differ_per_overlay():

@@ -125,6 +125,23 @@ def test_cli_prints_table_for_real_configs(name, capsys):
     assert "weights (bf16)" in out and "DeltaNet state per slot" in out
 
 
+def test_cli_tells_the_gpu_budget_per_worker(capsys):
+    config = str(CONFIGS / "qwen3-next-80b-a3b.json")
+    args = ["size", "--config", config, "--weight-dtype", "fp8", "--hbm-gb", "192", "--reserve-gb", "10"]
+    assert main([*args, "--gpu-memory-utilization", "0.5", "--workers-per-gpu", "2"]) == 0
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("GPU memory budget per worker")
+    )
+    assert "--gpu-memory-utilization 0.5, 2 worker(s) per GPU): 96.00 GB of one 192 GB GPU" in line
+    weights = sizing.param_counts(sizing.shape_from_config(json.loads(Path(config).read_text()))).total_with_mtp  # fp8
+    assert f"{(96e9 - weights - 10e9) / 1e9:.2f} GB for KV pages + state slots" in line
+    assert "does not fit" not in line
+    assert main(["size", "--config", config]) == 0  # bf16 80B weights: more than one GPU holds
+    assert "does not fit one GPU" in capsys.readouterr().out
+    assert main([*args, "--gpu-memory-utilization", "0.6", "--workers-per-gpu", "2"]) == 2
+    assert "exceed one GPU" in capsys.readouterr().err
+
+
 def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["size", "--config", str(tmp_path / "missing.json")]) == 2
     bad = tmp_path / "config.json"

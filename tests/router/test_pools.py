@@ -200,7 +200,7 @@ def test_worker_spec_argv_matches_the_worker_parser():
     assert not config.insecure
     exposed = worker_config_from_args("decode", spec.argv("d", listen="0.0.0.0:0", insecure=True))
     assert exposed.insecure and exposed.listen == "0.0.0.0:0"
-    assert config.memory_gb == 1.5
+    assert config.engine.cache_bytes == int(1.5 * (1 << 30))
 
 
 # ---- RayPool over the stand-in worker ------------------------------------------------------------

@@ -260,12 +260,14 @@ def test_serve_runs_answers_and_shuts_down_cleanly(capsys):
 
 
 def test_serve_tp_ep_flags_reach_the_workers_and_bad_ones_are_refused(tmp_path):
-    from baton.commands.serve import parallel_worker_args
+    from baton.commands.serve import cluster_spec
 
     args = parse("serve", "--model", str(tmp_path), "--prefill", "0", "--tp", "2", "--ep", "2")
     assert check_args(args) is None
-    assert parallel_worker_args(args.tp, args.ep) == ("--tp", "2", "--ep", "2")
-    assert parallel_worker_args(1, 1) == ()
+    worker_args = cluster_spec(args, None).worker_args
+    assert worker_args[worker_args.index("--tp") + 1] == "2" and worker_args[worker_args.index("--ep") + 1] == "2"
+    plain = cluster_spec(parse("serve", "--model", str(tmp_path), "--prefill", "0"), None).worker_args
+    assert "--tp" not in plain and "--ep" not in plain
     assert "use --prefill 0" in check_args(parse("serve", "--model", str(tmp_path), "--tp", "2"))
     bad = parse("serve", "--model", str(tmp_path), "--prefill", "0", "--tp", "2", "--ep", "4")
     assert "each must be 1 or the world size" in check_args(bad)

@@ -21,8 +21,9 @@ MAX_TOKENS = 24
 
 
 def test_spec_tokens_flag_parses_and_is_bounded() -> None:
-    assert worker_config_from_args("decode", ["--model", "m", "--spec-tokens", "2"]).spec_tokens == 2
-    assert worker_config_from_args("decode", ["--model", "m"]).spec_tokens == 0
+    spec_config = worker_config_from_args("decode", ["--model", "m", "--spec-tokens", "2"])
+    assert spec_config.engine.num_speculative_tokens == 2
+    assert worker_config_from_args("decode", ["--model", "m"]).engine.num_speculative_tokens == 0
     with pytest.raises(SystemExit):
         worker_config_from_args("decode", ["--model", "m", "--spec-tokens", "9"])
 
