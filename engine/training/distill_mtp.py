@@ -5,7 +5,7 @@ after the joint training (`train_model`) the head is trained further on what ser
 main model is frozen, and on training text the head's distribution for token p+2 (from h[p] and
 token p+1) is pulled towards the main model's own distribution at p+1 (soft cross-entropy), and
 likewise for the second step (its output fed back, towards the main model at p+2). Only `mtp.*`
-tensors change; the checkpoint is rewritten in place with the run recorded in `training.json`
+tensors change; the checkpoint is rewritten in place, each run appended to `training.json`
 (`mtp_distill`). `python -m engine.training.distill_mtp --model DIR --steps N`.
 """
 
@@ -121,7 +121,7 @@ def _rewrite(model_dir: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor]
     write_safetensors_shards(to_hf(cfg, tensors), model_dir, 64 * 1024 * 1024)
     path = model_dir / TRAINING_FILE
     training = json.loads(path.read_text()) if path.is_file() else {}
-    training["mtp_distill"] = record
+    training["mtp_distill"] = [*training.get("mtp_distill", []), record]  # one entry per run
     path.write_text(json.dumps(training, indent=1) + "\n")
 
 

@@ -50,7 +50,7 @@ def test_distill_changes_only_the_mtp_head(checkpoint: Path) -> None:
     assert {k for k in before if k.startswith(PREFIX)} == changed  # every head tensor trained
     _, model = load_model(checkpoint)
     assert MtpHead.from_model(model) is not None
-    record = json.loads((checkpoint / "training.json").read_text())["mtp_distill"]
+    (record,) = json.loads((checkpoint / "training.json").read_text())["mtp_distill"]
     assert record["steps"] == 2 and len(record["history"]) == 2
 
 
