@@ -109,8 +109,8 @@ class GatedDeltaNet:
         kernel = self.conv_weight.shape[-1]
         out = window.unfold(-1, kernel, 1)  # [V, C, T, K]
         out = F.silu(torch.einsum("vctk,ck->vtc", out, self.conv_weight))
-        for t in range(steps):
-            conv_pool[group.step_slots[:, t]] = window[:, :, t + 1 : t + 1 + width].to(conv_pool.dtype)
+        states = window.unfold(-1, width, 1)[:, :, 1 : steps + 1]  # [V, C, T, K-1]: after row t
+        conv_pool[group.step_slots.reshape(-1)] = states.transpose(1, 2).flatten(0, 1).to(conv_pool.dtype)
         return out.reshape(num * steps, -1)
 
     @staticmethod
