@@ -37,6 +37,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 def test_distill_changes_only_the_mtp_head(checkpoint: Path) -> None:
     before = tensors(checkpoint)
+    runs_before = len(json.loads((checkpoint / "training.json").read_text()).get("mtp_distill", []))
     distill(
         checkpoint,
         DistillConfig(steps=2, batch_size=1, seq_len=32, lr=1e-2),
@@ -50,8 +51,9 @@ def test_distill_changes_only_the_mtp_head(checkpoint: Path) -> None:
     assert {k for k in before if k.startswith(PREFIX)} == changed  # every head tensor trained
     _, model = load_model(checkpoint)
     assert MtpHead.from_model(model) is not None
-    (record,) = json.loads((checkpoint / "training.json").read_text())["mtp_distill"]
-    assert record["steps"] == 2 and len(record["history"]) == 2
+    runs = json.loads((checkpoint / "training.json").read_text())["mtp_distill"]
+    assert len(runs) == runs_before + 1  # this run appended, earlier ones kept
+    assert runs[-1]["steps"] == 2 and len(runs[-1]["history"]) == 2
 
 
 def test_distill_loss_goes_down_when_the_head_trains(checkpoint: Path) -> None:
