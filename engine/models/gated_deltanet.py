@@ -18,7 +18,7 @@ from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
 from engine.ops.dispatch import use_triton
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
 from engine.ops.gdn_fla import fla_available, fla_chunk_gated_delta_rule
-from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
+from engine.ops.gdn_recurrent import recurrent_gated_delta_rule, recurrent_gated_delta_rule_steps
 from engine.ops.norms import gated_rms_norm, l2_normalize
 from engine.ops.triton.causal_conv1d import causal_conv1d_update, causal_conv1d_varlen
 from engine.ops.triton.gdn_chunked import chunk_gated_delta_rule_triton
@@ -152,8 +152,8 @@ class GatedDeltaNet:
         kernel = self.conv_weight.shape[-1]
         out = window.unfold(-1, kernel, 1)  # [V, C, T, K]
         out = F.silu(torch.einsum("vctk,ck->vtc", out, self.conv_weight))
-        for t in range(steps):
-            conv_pool[group.step_slots[:, t]] = window[:, :, t + 1 : t + 1 + width].to(conv_pool.dtype)
+        states = window.unfold(-1, width, 1)[:, :, 1 : steps + 1]  # [V, C, T, K-1]: after row t
+        conv_pool[group.step_slots.reshape(-1)] = states.transpose(1, 2).flatten(0, 1).to(conv_pool.dtype)
         return out.reshape(num * steps, -1)
 
     @staticmethod
@@ -167,15 +167,9 @@ class GatedDeltaNet:
             return x[s:e].reshape(num, steps, *x.shape[1:])
 
         q, k, v, g, beta = (per_chunk(x) for x in (q, k, v, g, beta))
-        state = ssm_pool[group.step_slots[:, 0]]
-        outs = []
-        for t in range(steps):
-            out, state = recurrent_gated_delta_rule(
-                q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g[:, t : t + 1], beta[:, t : t + 1], state
-            )
-            ssm_pool[group.step_slots[:, t]] = state.to(ssm_pool.dtype)
-            outs.append(out)
-        return torch.cat(outs, dim=1).reshape(num * steps, *v.shape[2:])
+        out, states = recurrent_gated_delta_rule_steps(q, k, v, g, beta, ssm_pool[group.step_slots[:, 0]])
+        ssm_pool[group.step_slots.reshape(-1)] = states.flatten(0, 1).to(ssm_pool.dtype)
+        return out.reshape(num * steps, *v.shape[2:])
 
     @staticmethod
     def _decode_step(q, k, v, g, beta, slots: torch.Tensor, ssm_pool: torch.Tensor) -> torch.Tensor:

@@ -207,14 +207,23 @@ def _swiglu(x: torch.Tensor, w: dict[str, torch.Tensor], p: str) -> torch.Tensor
     return (F.silu(x @ w[p + "gate_proj.weight"]) * (x @ w[p + "up_proj.weight"])) @ w[p + "down_proj.weight"]
 
 
+# At most this many rows (drafting: a few per sequence; batch 8 at k=2 included) run every expert
+# densely, the unselected ones weighted 0: a few batched matmuls, no per-expert loop, no host sync.
+# Measured on CPU (hidden 128, 8 experts): dense wins up to ~48 rows.
+DENSE_MOE_MAX_ROWS = 32
+
+
 def _moe(x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig) -> torch.Tensor:
-    """Softmax top-k router (renormalised when `norm_topk_prob`); each hit expert runs once over
-    its rows (same math as `engine.models.moe.SparseMoe`, autograd-friendly)."""
+    """Softmax top-k router (renormalised when `norm_topk_prob`); same math as
+    `engine.models.moe.SparseMoe`, autograd-friendly. Few rows: every expert densely (loop-free);
+    many rows (training): each hit expert runs once over its rows."""
     probs = torch.softmax(x @ w[p + "gate.weight"], dim=-1, dtype=torch.float32)
     top_w, top_e = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
     if cfg.norm_topk_prob:
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
     gate_up, down = w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"]  # [E, H, 2I], [E, I, H]
+    if x.shape[0] <= DENSE_MOE_MAX_ROWS:
+        return _moe_dense(x, gate_up, down, top_w, top_e)
     inter = gate_up.shape[-1] // 2
     out = torch.zeros_like(x)
     for expert in torch.unique(top_e).tolist():
@@ -223,3 +232,14 @@ def _moe(x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig) 
         y = (F.silu(g) * u) @ down[expert]
         out = out.index_add(0, token, y * top_w[token, slot].unsqueeze(-1).to(y.dtype))
     return out
+
+
+def _moe_dense(x, gate_up, down, top_w, top_e) -> torch.Tensor:
+    """Every expert over every row ([E, N, .] batched matmuls), summed with the routing weights
+    scattered into [N, E] (zero for experts a row did not pick)."""
+    experts, inter = gate_up.shape[0], gate_up.shape[-1] // 2
+    g, u = torch.split(torch.matmul(x.unsqueeze(0), gate_up), inter, dim=-1)  # [E, N, I] each
+    weights = torch.zeros(experts, x.shape[0], 1, dtype=x.dtype, device=x.device)
+    weights.scatter_(0, top_e.t().unsqueeze(-1), top_w.t().unsqueeze(-1).to(x.dtype))
+    act = (F.silu(g) * u * weights).transpose(0, 1).reshape(x.shape[0], experts * inter)
+    return act @ down.reshape(experts * inter, -1)  # the weighted sum over experts, in one matmul

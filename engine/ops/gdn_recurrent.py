@@ -17,6 +17,25 @@ def recurrent_gated_delta_rule(
     beta: torch.Tensor,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    out, state, _ = _recurrence(q, k, v, g, beta, initial_state, keep_steps=False)
+    return out, state
+
+
+def recurrent_gated_delta_rule_steps(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `recurrent_gated_delta_rule`, but returns the state after every step, [B, T, H, Dk, Dv]
+    fp32 (the speculative verify keeps each one, so acceptance can pick a step), in one pass."""
+    out, _, steps = _recurrence(q, k, v, g, beta, initial_state, keep_steps=True)
+    return out, steps
+
+
+def _recurrence(q, k, v, g, beta, initial_state, keep_steps: bool):
     batch, steps, heads, k_dim = q.shape
     v_dim = v.shape[-1]
     if initial_state is None:
@@ -27,6 +46,7 @@ def recurrent_gated_delta_rule(
     q = q.float() * k_dim**-0.5
     k, v, decay, beta = k.float(), v.float(), g.float().exp(), beta.float()
     out = torch.empty(batch, steps, heads, v_dim, dtype=torch.float32, device=q.device)
+    kept = torch.empty(batch, steps, heads, k_dim, v_dim, device=q.device) if keep_steps else None
     for t in range(steps):
         k_t = k[:, t].unsqueeze(-2)  # [B, H, 1, Dk]
         state.mul_(decay[:, t, :, None, None])
@@ -34,4 +54,6 @@ def recurrent_gated_delta_rule(
         err.mul_(beta[:, t, :, None])
         state.add_(k_t.transpose(-1, -2) @ err.unsqueeze(-2))
         out[:, t] = (q[:, t].unsqueeze(-2) @ state).squeeze(-2)
-    return out.to(out_dtype), state
+        if kept is not None:
+            kept[:, t] = state
+    return out.to(out_dtype), state, kept

@@ -63,8 +63,9 @@ class Drafter:
         step = 0
         while active:
             logits = self.head.logits(out)
+            best = logits.argmax(dim=-1).tolist()  # one read-back for every greedy row
             for row, index in enumerate(active):
-                self._choose(requests[index], drafts[index], logits[row])
+                self._choose(requests[index], drafts[index], logits[row], best[row])
             step += 1
             keep = [row for row, index in enumerate(active) if requests[index].num_drafts > step]
             if not keep:
@@ -102,9 +103,9 @@ class Drafter:
         return out[index], pos[index]
 
     @staticmethod
-    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor) -> None:
+    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, best: int) -> None:
         if request.params.greedy:
-            draft.tokens.append(int(logits.argmax()))
+            draft.tokens.append(best)
             return
         probs = processed_probs(logits[None], request.params)[0]
         draft.tokens.append(draw(probs, request.generator))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
 from engine.ops.gdn_naive import gated_delta_rule
-from engine.ops.gdn_recurrent import recurrent_gated_delta_rule
+from engine.ops.gdn_recurrent import recurrent_gated_delta_rule, recurrent_gated_delta_rule_steps
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,3 +52,17 @@ def test_inputs_are_not_modified() -> None:
     recurrent_gated_delta_rule(q, k, v, g, beta, state)
     chunk_gated_delta_rule(q, k, v, g, beta, state)
     assert torch.equal(state, before)
+
+
+def test_per_step_states_match_naive_prefixes() -> None:
+    """The speculative verify keeps the state after every step: step t equals the naive state after
+    t + 1 tokens, and the outputs equal the plain recurrence's."""
+    q, k, v, g, beta, state = random_inputs(2, 4, 3, 16, 8, seed=11)
+    out, states = recurrent_gated_delta_rule_steps(q, k, v, g, beta, state)
+    assert states.shape == (2, 4, 3, 16, 8)
+    torch.testing.assert_close(out, gated_delta_rule(q, k, v, g, beta, state)[0], atol=1e-5, rtol=0)
+    for t in range(4):
+        _, ref = gated_delta_rule(
+            q[:, : t + 1], k[:, : t + 1], v[:, : t + 1], g[:, : t + 1], beta[:, : t + 1], state
+        )
+        torch.testing.assert_close(states[:, t], ref, atol=1e-5, rtol=0)
