@@ -53,6 +53,14 @@ def align_pairs(top_e: torch.Tensor, num_experts: int, block_m: int = BLOCK_M):
 
 
 @triton.jit
+def _block_pairs(pair_of_row_ptr, num_pairs, BLOCK_M: tl.constexpr):
+    """This program's rows of the expert-sorted pair list, their pair ids, and which hold a pair."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(pair_of_row_ptr + rows)
+    return rows, pairs, pairs < num_pairs
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, pair_of_row_ptr, block_expert_ptr, act_ptr,
     num_pairs, hidden, inter,
@@ -60,13 +68,10 @@ def _gate_up_kernel(
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    block = tl.program_id(0)
-    expert = tl.load(block_expert_ptr + block)
+    expert = tl.load(block_expert_ptr + tl.program_id(0))
     if expert < 0:
         return
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(pair_of_row_ptr + rows)
-    row_ok = pairs < num_pairs
+    rows, pairs, row_ok = _block_pairs(pair_of_row_ptr, num_pairs, BLOCK_M)
     tokens = tl.where(row_ok, pairs // TOP_K, 0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < inter
@@ -100,13 +105,10 @@ def _down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    block = tl.program_id(0)
-    expert = tl.load(block_expert_ptr + block)
+    expert = tl.load(block_expert_ptr + tl.program_id(0))
     if expert < 0:
         return
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.load(pair_of_row_ptr + rows)
-    row_ok = pairs < num_pairs
+    rows, pairs, row_ok = _block_pairs(pair_of_row_ptr, num_pairs, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < hidden
     dot_dtype = tl.float32 if UPCAST else w_ptr.dtype.element_ty
