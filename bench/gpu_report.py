@@ -56,6 +56,8 @@ def print_report(report: dict) -> None:
     graphs = sections.get("graphs", {})
     if graphs:
         print(f"\ngraph memory: {_fmt(graphs.get('graph_memory_bytes'))} ({graphs.get('note', '')})")
+        if graphs.get("graphs"):
+            print(f"graphs captured: {graphs['graphs']}, replays per step: {graphs['replays_per_step']:.2f}")
     workers = sections.get("workers", {})
     if workers.get("status") == "ok":
         print()
