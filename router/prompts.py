@@ -40,6 +40,11 @@ class PreparedRequest:
 
 ROLES = ("system", "user", "assistant", "tool")
 RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "documents", "add_generation_prompt")
+# The tokenizer's own special tokens: transformers refuses them as template kwargs (a duplicate keyword)
+SPECIAL_TOKEN_KWARGS = (
+    "bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token",
+    "additional_special_tokens",
+)  # fmt: skip
 
 
 def render_chat(
@@ -136,6 +141,9 @@ def _parse_template_kwargs(text: str) -> dict[str, Any]:
     reserved = sorted(set(kwargs) & set(RESERVED_TEMPLATE_KWARGS))
     if reserved:
         raise ValueError(f"template_kwargs_json may not set {reserved}: they have their own fields")
+    special = sorted(set(kwargs) & set(SPECIAL_TOKEN_KWARGS))
+    if special:
+        raise ValueError(f"template_kwargs_json may not set {special}: the tokenizer's special tokens are fixed")
     return kwargs
 
 

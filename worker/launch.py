@@ -76,18 +76,18 @@ def start_worker(config: WorkerConfig, add_role_servicer: AddRoleServicer) -> Ru
     what = f"{config.role} worker"
     guard = ClusterAuthInterceptor(config.cluster, mutual_tls=config.tls.mutual)
     check_exposure(config.listen, authenticated=guard.enforced, insecure=config.insecure, what=what)
-    if not guard.enforced:
-        log.warning(
-            "worker RPCs are open to anyone who can reach %s: set BATON_CLUSTER_TOKEN "
-            "(or --cluster-token-file) or mutual TLS with internal certificates",
-            config.listen,
-        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(32, 2 * config.max_queue + 16), thread_name_prefix="rpc"),
         options=grpc_server.SERVER_OPTIONS,
         interceptors=[guard],
     )
     port = grpc_server.bind(server, config.listen, config.tls, what)
+    if not guard.enforced:
+        log.warning(
+            "worker RPCs are open to anyone who can reach %s: set BATON_CLUSTER_TOKEN "
+            "(or --cluster-token-file) or mutual TLS with internal certificates",
+            config.listen,
+        )
     collector = WorkerCollector(None)
     metrics_server = None
     try:

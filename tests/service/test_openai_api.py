@@ -50,7 +50,7 @@ def reference_tokenizer(cluster):
 
 
 def _model(cluster) -> str:
-    return cluster.router.core.model_id
+    return cluster.router.core.model_name  # the served name; the weights digest is accepted too
 
 
 def test_health_and_models(cluster, client):
@@ -78,9 +78,10 @@ def test_agent_loop_with_two_tools(cluster, client, reference_tokenizer):
             assert answer.usage.prompt_tokens_details.cached_tokens >= 16
             assert answer.usage.prompt_tokens_details.cached_tokens < answer.usage.prompt_tokens
     sessions = cluster.router.core.sessions
-    assert sessions.get("agent-loop-1").turns >= 2, "x-session-id is the session"
+    # sessions are tenant-scoped ("<tenant>\x1f<session>"; this client's token is tenant-a's)
+    assert sessions.get("tenant-a\x1fagent-loop-1").turns >= 2, "x-session-id is the session"
     client.chat.completions.create(model=_model(cluster), messages=agent_messages(1), user="user-7", **GREEDY)
-    assert sessions.get("user-7") is not None, "without the header, `user` is the session"
+    assert sessions.get("tenant-a\x1fuser-7") is not None, "without the header, `user` is the session"
 
 
 def test_greedy_equals_grpc_and_streaming_equals_whole(cluster, client):

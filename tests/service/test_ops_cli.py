@@ -63,11 +63,11 @@ def test_size_takes_a_model_folder(tmp_path, capsys):
 # ---- --max-tokens-limit --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def long_context_model(tmp_path_factory):
-    """The tiny checkpoint's config and tokenizer with a 64K context (the router reads no weights)."""
+    """The tiny checkpoint with a 64K context (the router hashes the weights for the model identity)."""
     from tests.helpers.checkpoints import tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("long") / "tiny-64k"
-    shutil.copytree(tiny_checkpoint(), folder, ignore=shutil.ignore_patterns("*.safetensors*"))
+    shutil.copytree(tiny_checkpoint(), folder, ignore=shutil.ignore_patterns(".baton-identity.json"))
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 65536}))
     return str(folder)
