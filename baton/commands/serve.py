@@ -66,8 +66,6 @@ def check_args(args: argparse.Namespace) -> str | None:
         engine = engine_config_from_args(args, SERVE_ENGINE_DEFAULTS)
     except ValueError as error:
         return str(error)
-    if engine.parallel.world_size > 1 and args.prefill:
-        return "--tp/--ep > 1: multi-rank workers do not ship KV yet; use --prefill 0"
     if args.http_listen:
         try:
             split_listen(args.http_listen)
