@@ -31,7 +31,7 @@ class RegionUnits(_message.Message):
     def __init__(self, name: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TransferDescriptor(_message.Message):
-    __slots__ = ("transfer_id", "backend", "address", "units", "layouts", "deadline_unix_s", "skip_blocks", "secret", "shards", "layout")
+    __slots__ = ("transfer_id", "backend", "address", "units", "layouts", "deadline_unix_s", "skip_blocks", "secret", "shards", "layout", "skip_regions")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class TransferDescriptor(_message.Message):
     SECRET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REGIONS_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     backend: str
     address: bytes
@@ -52,7 +53,8 @@ class TransferDescriptor(_message.Message):
     secret: str
     shards: _containers.RepeatedCompositeFieldContainer[ShardDescriptor]
     layout: str
-    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[RegionUnits, _Mapping]]] = ..., layouts: _Optional[_Iterable[_Union[RegionLayout, _Mapping]]] = ..., deadline_unix_s: _Optional[float] = ..., skip_blocks: _Optional[int] = ..., secret: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardDescriptor, _Mapping]]] = ..., layout: _Optional[str] = ...) -> None: ...
+    skip_regions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[RegionUnits, _Mapping]]] = ..., layouts: _Optional[_Iterable[_Union[RegionLayout, _Mapping]]] = ..., deadline_unix_s: _Optional[float] = ..., skip_blocks: _Optional[int] = ..., secret: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardDescriptor, _Mapping]]] = ..., layout: _Optional[str] = ..., skip_regions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardDescriptor(_message.Message):
     __slots__ = ("src_rank", "dst_rank", "descriptor")

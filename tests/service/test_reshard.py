@@ -10,8 +10,10 @@ import torch
 
 from engine.model_config import ModelConfig
 from kvtransfer.local import LocalBackend
+from rpc.errors import TransferFailed
 from tests.helpers.checkpoints import tiny_checkpoint
 from worker.rank_transfers import RankTransfers, StagingFull, StagingSize
+from worker.shard_transfer import envelope, shard_pairs
 
 BLOCK = 16
 SRC_PAGES, SRC_SLOT = [0, 1, 2], 1
@@ -64,6 +66,7 @@ def test_every_decode_rank_receives_its_own_slice(config, src_tp, dst_tp):
     receivers = ranks(config, empty, dst_tp)
 
     pairs = [p for rx in receivers for p in rx.expect("t1", src_tp, DST_PAGES, DST_SLOT, SKIP, 10.0)]
+    pairs = shard_pairs(envelope(pairs, receiver_tp=dst_tp, sender_tp=src_tp), src_tp)  # over the wire
     staged = any(rx.pools for rx in receivers)
     assert staged == (src_tp != dst_tp)  # the same layout goes straight into the cache
     for s, sender in enumerate(senders):
@@ -102,3 +105,10 @@ def test_staging_too_small_is_refused_with_a_retry_not_a_partial_transfer(config
         receiver.expect("t3", 1, DST_PAGES, DST_SLOT, 0, 10.0)
     assert "t3" not in receiver.receives
     assert all(len(free) == receiver.pools[1].tensors[name].shape[1] for name, free in receiver.pools[1].free.items())
+
+
+def test_a_prefill_worker_of_another_tp_than_reserved_for_is_refused(config):
+    receiver = ranks(config, [{n: torch.zeros_like(t) for n, t in by_hand(config, full_cache(config), 2, 0).items()}], 2)[0]
+    message = envelope(receiver.expect("t4", 1, DST_PAGES, DST_SLOT, 0, 10.0), receiver_tp=2, sender_tp=1)
+    with pytest.raises(TransferFailed, match="sender of tp=1, this prefill worker has tp=2"):
+        shard_pairs(message, 2)
