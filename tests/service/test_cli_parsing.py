@@ -271,3 +271,10 @@ def test_serve_tp_ep_flags_reach_the_workers_and_bad_ones_are_refused(tmp_path):
     assert check_args(parse("serve", "--model", str(tmp_path), "--tp", "2")) is None  # sharded transfer
     bad = parse("serve", "--model", str(tmp_path), "--prefill", "0", "--tp", "2", "--ep", "4")
     assert "each must be 1 or the world size" in check_args(bad)
+    # per pool: prefill tp 1 into decode tp 2 (resharded on arrival)
+    mixed = parse("serve", "--model", str(tmp_path), "--prefill-tp", "1", "--decode-tp", "2")
+    assert check_args(mixed) is None
+    spec = cluster_spec(mixed, None)
+    assert spec.prefill_args == () and spec.decode_args == ("--tp", "2", "--ep", "1")
+    assert "--tp" not in spec.worker_args
+    assert "--decode-tp/--decode-ep" in check_args(parse("serve", "--model", str(tmp_path), "--decode-tp", "0"))
