@@ -38,7 +38,7 @@ from engine.model_runner import ModelRunner, SeqChunk
 from engine.model_source import resolve_model
 from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
 from engine.parallel.comm import SINGLE, Comm
-from engine.parallel.step_sync import LeaderRunner, mirrored, send_init, send_stop
+from engine.parallel.step_sync import LeaderRunner, call_followers, mirrored, send_init, send_stop
 from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
@@ -163,6 +163,13 @@ class LLMEngine:
         """Tell the follower ranks to leave their step loop (tp/ep > 1; a no-op otherwise)."""
         if self.comm.active:
             send_stop(self.comm)
+
+    def call_followers(self, payload: bytes) -> list[bytes]:
+        """Opaque bytes to the follower ranks' call handler, and their replies in rank order
+        (`engine/parallel/step_sync.py`). On the engine's thread, between steps; [] with one rank."""
+        if not self.comm.active or self.comm.world_size == 1:
+            return []
+        return call_followers(self.comm, payload)
 
     def _cache_dtype(self) -> torch.dtype:
         return parse_dtype(self.config.dtype, self.model_config.dtype)

@@ -159,7 +159,7 @@ class GenerateFlow:
         given back); a false one (a forged or stale index entry) turns the route disaggregated on
         `verify_with`, reusing the reservation, so the missing part is prefilled by a prefill worker."""
         decode, threshold = decision.decode, self.router.config.local_prefill_threshold
-        reserved = self._reserve(decode, request, worker_request_id)
+        reserved = self._reserve(decode, request, worker_request_id, decision.verify_with)
         held = reserved.cached_blocks * self.router.config.block_size
         if prompt_tokens - held < threshold:
             self._cancel_reservation(decode, worker_request_id)
@@ -178,13 +178,16 @@ class GenerateFlow:
         )
         return adapted, reserved
 
-    def _reserve(self, decode: WorkerHandle, request: worker_pb2.WorkerRequest, worker_request_id: str):
+    def _reserve(self, decode: WorkerHandle, request: worker_pb2.WorkerRequest, worker_request_id: str, sender):
+        """Pages and state on the decode worker for a transfer from `sender` (a prefill worker; its
+        tp tells the decode worker whether to reshard heads on arrival)."""
         transfer_id = f"{worker_request_id}-{uuid.uuid4().hex[:6]}"
         with self._blame(decode):
             return decode.decode.Reserve(
                 worker_pb2.ReserveRequest(
-                    request=request, transfer_id=transfer_id, deadline_s=self.router.config.transfer_deadline_s
-                ),
+                    request=request, transfer_id=transfer_id, deadline_s=self.router.config.transfer_deadline_s,
+                    source_tp=sender.tp if sender is not None else 1,
+                ),  # fmt: skip
                 timeout=self._control_timeout_s(),
             )
 
@@ -193,7 +196,7 @@ class GenerateFlow:
         config = self.router.config
         self.state.current = [(decode, worker_request_id), (prefill, worker_request_id)]
         if reserved is None:
-            reserved = self._reserve(decode, request, worker_request_id)
+            reserved = self._reserve(decode, request, worker_request_id, prefill)
         decoding = False
         try:
             with self._blame(prefill):

@@ -29,6 +29,8 @@ class ClusterSpec:
     ray_address: str | None = None
     memory_gb: float = 1.0
     worker_args: tuple[str, ...] = ()
+    prefill_args: tuple[str, ...] = ()  # one role's flags (after worker_args), e.g. its --tp
+    decode_args: tuple[str, ...] = ()
     router: RouterConfig | None = None
     router_model: str | None = None  # the router's copy of the checkpoint, if not `model`
     startup_timeout_s: float = 180.0  # per worker: model load + gRPC health SERVING
@@ -75,7 +77,8 @@ class LocalCluster:
         spec = self.spec
         worker_spec = WorkerSpec(
             model=spec.model, transfer=spec.transfer, index=spec.index, memory_gb=spec.memory_gb,
-            extra_args=spec.worker_args, cluster_token=cluster.token,
+            extra_args=spec.worker_args, prefill_args=spec.prefill_args, decode_args=spec.decode_args,
+            cluster_token=cluster.token,
         )  # fmt: skip
         timeout = spec.startup_timeout_s
         if spec.pool == "ray":

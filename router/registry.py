@@ -3,6 +3,7 @@ the embedded index — a KV event subscription per worker that feeds the prefix 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -47,6 +48,14 @@ class WorkerHandle:
     @property
     def worker_id(self) -> str:
         return self.info.worker_id or self.member_id or self.address
+
+    @property
+    def tp(self) -> int:
+        """The worker's tensor-parallel degree, from the engine config it reports (1 before it answers)."""
+        try:
+            return int(json.loads(self.info.engine_config_json or "{}").get("tp", 1))
+        except (ValueError, TypeError, AttributeError):
+            return 1
 
     @property
     def state(self) -> str:

@@ -50,6 +50,9 @@ class WorkerConfig:
     max_reservation_s: float = 60.0  # longer Reserve deadlines are clamped to this
     tenant_reservation_share: float = 0.5  # of the state slots, held by one tenant's reservations
     heartbeat_s: float = 1.0  # liveness beat on token/progress streams while nothing else is sent
+    # Staging per rank for transfers from a prefill worker of another TP degree (worker/reshard.py)
+    reshard_staging_tokens: int = 16384
+    reshard_staging_slots: int = 4
 
     @property
     def block_size(self) -> int:
@@ -108,6 +111,14 @@ def worker_arg_parser(role: Role) -> argparse.ArgumentParser:
         help="fraction of the state slots one tenant's pending reservations may hold",
     )
     parser.add_argument("--heartbeat-s", type=float, default=1.0, help="liveness beat interval on streams")
+    parser.add_argument(
+        "--reshard-staging-tokens", type=int, default=16384,
+        help="decode: KV positions per rank staged for senders of another --tp (allocated on first use)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reshard-staging-slots", type=int, default=4,
+        help="decode: DeltaNet states per rank staged for senders of another --tp (resharded transfers in flight)",
+    )  # fmt: skip
     add_engine_flags(parser, WORKER_ENGINE_DEFAULTS)
     return parser
 
@@ -138,6 +149,8 @@ def worker_config_from_args(role: Role, argv: list[str] | None = None) -> Worker
         max_reservation_s=_positive("--max-reservation-s", args.max_reservation_s),
         tenant_reservation_share=_share(args.tenant_reservation_share),
         heartbeat_s=_positive("--heartbeat-s", args.heartbeat_s),
+        reshard_staging_tokens=int(_positive("--reshard-staging-tokens", args.reshard_staging_tokens)),
+        reshard_staging_slots=int(_positive("--reshard-staging-slots", args.reshard_staging_slots)),
     )
 
 

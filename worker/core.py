@@ -20,8 +20,9 @@ from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
 from worker.exposed import ExposedPrefixes
 from worker.kv_events import KvEventHub
+from worker.rank_transfers import RankTransfers, StagingSize, follower_handler_factory
 from worker.ranks import start_ranks
-from worker.shard_transfer import ShardedTransferRefused
+from worker.shard_transfer import ShardedTransfers
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 def build_engine(config: WorkerConfig, on_kv_event):
     if config.engine.parallel.world_size == 1:
         return LLMEngine(config.model, config.engine, on_kv_event=on_kv_event), None
-    return start_ranks(config.model, config.engine, on_kv_event)
+    if config.transfer == "local":
+        raise ValueError("--transfer local cannot reach the other ranks' processes: use tcp or ucx with --tp/--ep > 1")
+    handlers = follower_handler_factory(config.transfer, staging_size(config))
+    return start_ranks(config.model, config.engine, on_kv_event, handlers)
+
+
+def staging_size(config: WorkerConfig) -> StagingSize:
+    return StagingSize(config.reshard_staging_tokens, config.reshard_staging_slots)
 
 
 def _checkpoint_files(model_dir: Path) -> tuple[int, int]:
@@ -52,11 +60,14 @@ class WorkerCore:
         log.info("model %s loaded in %.1f s", self.model_id, time.perf_counter() - started)
         self.hub = KvEventHub(config.worker_id, self.epoch, namespace=self.model_id)
         self.loop = EngineLoop(self.engine, name=f"engine-{config.worker_id}").start()
-        if config.engine.parallel.world_size > 1:
-            self.backend = ShardedTransferRefused(config.engine.tp, config.engine.ep)
-        else:
-            self.backend = create_backend(config.transfer)
-        self.backend.register(self.engine.cache.regions())
+        self.backend = create_backend(config.transfer)
+        # registers the cache with the backend; rank 0's part of transfers with several ranks or
+        # with a peer of another TP degree (`self.shards`)
+        rank0 = RankTransfers(
+            self.backend, self.engine.cache.regions(), self.engine.model_config, config.engine.tp, 0,
+            staging_size(config), config.block_size,
+        )  # fmt: skip
+        self.shards = ShardedTransfers(self.loop, rank0)
         self.draining = threading.Event()
         self.exposed = ExposedPrefixes()  # prefixes peers may read from us (worker/prefix_fetch.py)
         self._lock = threading.Lock()

@@ -45,6 +45,7 @@ class PendingReservation:
     expires_at: float
     tenant: str = ""
     decoding: bool = False
+    sharded: bool = False  # several ranks on either side, or another TP degree: worker/shard_transfer.py
 
 
 class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
@@ -67,23 +68,28 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             deadline_s = self._deadline(request.deadline_s)
             transfer_id = request.transfer_id or req.request_id
             self._check_share(req.cache_salt)
+            source_tp = request.source_tp or 1
+            if source_tp < 0:
+                raise ValueError(f"source_tp must be >= 0, got {request.source_tp}")
+            sharded = self.core.shards.tp > 1 or source_tp != 1
             reservation = self.core.loop.call(
                 lambda engine: engine.reserve(req.request_id, prompt, params, cache_salt=req.cache_salt)
             )
             try:
-                descriptor = self.core.backend.expect(
-                    transfer_id, self._dst_units(reservation), deadline_s, skip_blocks=reservation.cached_blocks
-                )
+                if sharded:
+                    descriptor = self.core.shards.expect(reservation, transfer_id, deadline_s, source_tp)
+                else:
+                    descriptor = descriptor_to_proto(self.core.backend.expect(
+                        transfer_id, self._dst_units(reservation), deadline_s, skip_blocks=reservation.cached_blocks
+                    ))  # fmt: skip
             except BaseException:
                 self._release(req.request_id)
                 raise
             with self._lock:
                 self._pending[req.request_id] = PendingReservation(
-                    req.request_id, transfer_id, time.monotonic() + deadline_s + 5.0, req.cache_salt
+                    req.request_id, transfer_id, time.monotonic() + deadline_s + 5.0, req.cache_salt, sharded=sharded
                 )
-            return worker_pb2.ReserveResponse(
-                descriptor=descriptor_to_proto(descriptor), cached_blocks=reservation.cached_blocks
-            )
+            return worker_pb2.ReserveResponse(descriptor=descriptor, cached_blocks=reservation.cached_blocks)
 
     def Decode(self, request, context):
         with request_context(request.request_id), grpc_errors(context), self.core.admit():
@@ -92,10 +98,10 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             if request.transfer_deadline_s > 0:
                 deadline = min(deadline, request.transfer_deadline_s)
             result = None
-            for result in self._wait_transfer(pending.transfer_id, deadline):
+            for result in self._wait_transfer(pending, deadline):
                 if result is None:
                     yield worker_pb2.TokenChunk(heartbeat=True)
-            self.core.backend.forget(pending.transfer_id)
+            self._transfers(pending).forget(pending.transfer_id)
             if result.status.name != "DONE":
                 self._release(request.request_id)
                 raise TransferFailed(f"transfer {pending.transfer_id} {result.status.name}: {result.reason}")
@@ -120,16 +126,20 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 pending = self._pending.pop(request.request_id, None)
             if pending is None:
                 return worker_pb2.CancelReservationResponse(cancelled=False)
-            self.core.backend.forget(pending.transfer_id)
+            self._transfers(pending).forget(pending.transfer_id)
             self._release(request.request_id)
             return worker_pb2.CancelReservationResponse(cancelled=True)
 
-    def _wait_transfer(self, transfer_id: str, timeout_s: float):
+    def _transfers(self, pending: PendingReservation):
+        """Who carries this reservation's transfer: the backend, or every rank (`worker/shard_transfer.py`)."""
+        return self.core.shards if pending.sharded else self.core.backend
+
+    def _wait_transfer(self, pending: PendingReservation, timeout_s: float):
         """Yields None every heartbeat interval while the transfer runs, then its result."""
         end = time.monotonic() + timeout_s
         while True:
             step = min(self.core.config.heartbeat_s, max(0.0, end - time.monotonic()))
-            result = self.core.backend.wait(transfer_id, timeout_s=step)
+            result = self._transfers(pending).wait(pending.transfer_id, timeout_s=step)
             if result.status.name in ("DONE", "FAILED") or time.monotonic() >= end:
                 yield result
                 return
@@ -183,7 +193,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                     del self._pending[pending.request_id]
             for pending in expired:
                 log.warning("reservation %s expired without a transfer; freeing it", pending.request_id)
-                self.core.backend.forget(pending.transfer_id)
+                self._transfers(pending).forget(pending.transfer_id)
                 self._release(pending.request_id)
 
 

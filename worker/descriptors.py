@@ -26,6 +26,7 @@ def descriptor_to_proto(descriptor: TransferDescriptor) -> worker_pb2.TransferDe
         deadline_unix_s=descriptor.deadline_unix_s,
         skip_blocks=descriptor.skip_blocks,
         secret=descriptor.secret,
+        skip_regions=list(descriptor.skip_regions),
     )
 
 
@@ -47,4 +48,5 @@ def descriptor_from_proto(message: worker_pb2.TransferDescriptor) -> TransferDes
         deadline_unix_s=message.deadline_unix_s,
         skip_blocks=message.skip_blocks,
         secret=message.secret,
+        skip_regions=tuple(message.skip_regions) or ("kv",),
     )

@@ -31,7 +31,6 @@ from rpc.convert import sampling_from_proto
 from rpc.errors import grpc_errors
 from rpc.logs import request_context
 from worker.core import WorkerCore
-from worker.descriptors import descriptor_from_proto
 from worker.engine_loop import EngineStopped
 from worker.prefill_sender import LayerwiseSender
 from worker.prefix_fetch import fetch_prefix
@@ -59,7 +58,6 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
             if not req.prompt_token_ids:
                 raise ValueError("prompt is empty")
             params = sampling_from_proto(req.sampling)
-            descriptor = descriptor_from_proto(request.destination)
             started = time.perf_counter()
             beat_s = self.core.config.heartbeat_s
             fetched_tokens, fetch_failed = 0, False
@@ -67,7 +65,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
                 fetched_tokens, fetch_failed = yield from _with_heartbeats(
                     lambda: fetch_prefix(self.core, req, request.fetch), beat_s
                 )
-            sender = LayerwiseSender(self.core, descriptor, req.request_id)
+            sender = LayerwiseSender(self.core, request.destination, req.request_id)
             prompt = list(req.prompt_token_ids)
             progress = _Progress(self.core.engine.model_config.num_hidden_layers - 1, sender.on_layer_done)
             outputs = self.core.loop.add_request(

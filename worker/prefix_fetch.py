@@ -38,7 +38,15 @@ def _state_regions(core, units: list[int]) -> dict[str, list[int]]:
     return {}
 
 
+def _refuse_several_ranks(core) -> None:
+    """Peer reads move one rank's units: a worker of several ranks would ship or fill only rank 0's
+    shard, so it neither exposes nor reads (the reader recomputes the prefix instead)."""
+    if core.config.engine.parallel.world_size > 1:
+        raise PrefixUnavailable("peer prefix reads are not built for workers of several ranks (--tp/--ep > 1)")
+
+
 def expose_prefix(core, request: worker_pb2.ExposePrefixRequest) -> worker_pb2.ExposePrefixResponse:
+    _refuse_several_ranks(core)
     tokens = list(request.token_ids)
     if not tokens or request.blocks <= 0:
         raise ValueError("ExposePrefix needs token ids and blocks > 0")
@@ -81,6 +89,9 @@ def fetch_prefix(core, req: worker_pb2.WorkerRequest, source: worker_pb2.FetchSo
     """Pull `source.blocks` blocks of the prompt from the holder. Returns (fetched tokens, failed)."""
     started = time.perf_counter()
     transfer_id = f"fetch-{req.request_id}-{uuid.uuid4().hex[:6]}"
+    if core.config.engine.parallel.world_size > 1:
+        log.info("request %s: not fetching from %s: this worker has several ranks; recomputing", req.request_id, source.worker_id)
+        return 0, True
     tls = core.config.tls if core.config.tls.ca else None
     channel = insecure_or_tls_channel(source.address, tls, core.config.cluster)
     holder = worker_pb2_grpc.WorkerControlStub(channel)

@@ -1,32 +1,144 @@
-"""KV transfer for a worker of several ranks: not built yet, refused with a reason.
+"""KV transfer between workers of any TP degrees, from rank 0's side.
 
-Each rank owns the pages and state of its heads, so a transfer must ship rank r's shard to rank r
-of the peer (resharding in `worker/` when the TP degrees differ). Until that exists, a multi-rank
-worker serves what it computes itself (decode-local prefill, prefix cache) and every transfer call
-fails with UNAVAILABLE and this reason, never with rank 0's shard alone.
+Every rank has its own backend on its own cache shard (`worker/rank_transfers.py`), so the bytes of
+rank r go from the prefill worker's rank s to the decode worker's rank r directly; rank 0 only
+coordinates. On the decode worker:
+- `expect` opens the sub-transfers of every rank (the followers' through the engine's
+  `call_followers`, on the engine thread, between steps) and answers one descriptor that carries
+  them all (`shards`) with the layout the receiver expects of its sender;
+- `wait` waits for rank 0's own sub-transfers, then polls every rank until all are DONE (each rank
+  copies its staging out on arrival when the TP degrees differ) or one FAILED;
+- `forget` closes them everywhere.
+On the prefill worker `send_followers` has the followers post their shard of a finished prefill;
+rank 0 posts its own layer by layer (`worker/prefill_sender.py`).
+
+A single-rank worker uses the same path when its peer's TP differs (it then merges or splits heads
+on arrival); two single-rank workers keep the plain one-descriptor transfer.
 """
 
 from __future__ import annotations
 
+import json
+import time
+
+from baton_pb.v1 import worker_pb2
+from kvtransfer.base import TransferDescriptor, TransferResult, TransferStatus
 from rpc.errors import TransferFailed
+from worker.descriptors import descriptor_from_proto, descriptor_to_proto
+from worker.rank_transfers import RankTransfers, StagingFull, run_command, sub_transfer_id
 
-REASON = "KV transfer between multi-rank (tp/ep > 1) workers is not implemented yet"
+POLL_INTERVAL_S = 0.002
 
 
-class ShardedTransferRefused:
-    def __init__(self, tp: int, ep: int) -> None:
-        self.reason = f"{REASON} (this worker: tp={tp}, ep={ep})"
+class ShardedTransfers:
+    def __init__(self, loop, ranks: RankTransfers) -> None:
+        self.loop = loop  # worker.engine_loop.EngineLoop
+        self.ranks = ranks  # rank 0's own
 
-    def register(self, regions) -> None:
-        pass
+    @property
+    def tp(self) -> int:
+        return self.ranks.tp
 
-    def _refuse(self, *args, **kwargs):
-        raise TransferFailed(self.reason)
+    # ---- decode side ----------------------------------------------------------------------
+    def expect(self, reservation, transfer_id: str, deadline_s: float, source_tp: int) -> worker_pb2.TransferDescriptor:
+        command = {
+            "op": "expect",
+            "transfer_id": transfer_id,
+            "src_tp": source_tp,
+            "page_ids": list(reservation.page_ids),
+            "slot": reservation.state_slot,
+            "skip_blocks": reservation.cached_blocks,
+            "deadline_s": deadline_s,
+        }
 
-    expect = open_send = expose = read = wait = _refuse
+        def on_every_rank(engine) -> list[dict]:
+            pairs = run_command(self.ranks, command)["pairs"]
+            try:
+                for reply in self._followers(engine, command):
+                    pairs += reply["pairs"]
+            except BaseException:
+                self._forget_on_engine(engine, transfer_id)
+                raise
+            return pairs
+
+        pairs = self.loop.call(on_every_rank)
+        return envelope(pairs, receiver_tp=self.tp, sender_tp=source_tp)
+
+    def wait(self, transfer_id: str, timeout_s: float) -> TransferResult:
+        """DONE once every rank has its shard in its cache; PENDING when `timeout_s` passed first."""
+        end = time.monotonic() + timeout_s
+        receive = self.ranks.receives.get(transfer_id)
+        if receive is None:
+            return TransferResult(TransferStatus.FAILED, f"no transfer {transfer_id!r} expected")
+        for piece in receive.pieces:  # rank 0's own, off the engine thread
+            sub = sub_transfer_id(transfer_id, piece.src_rank, 0)
+            result = self.ranks.backend.wait(sub, max(0.0, end - time.monotonic()))
+            if result.status is TransferStatus.FAILED:
+                return result
+            if result.status is not TransferStatus.DONE:
+                return TransferResult(TransferStatus.PENDING)
+        command = {"op": "poll", "transfer_id": transfer_id}
+        while True:
+            polls = self.loop.call(lambda engine: [run_command(self.ranks, command), *self._followers(engine, command)])
+            failed = [p["reason"] for p in polls if p["status"] == "failed"]
+            if failed:
+                return TransferResult(TransferStatus.FAILED, "; ".join(failed))
+            if all(p["status"] == "done" for p in polls):
+                return TransferResult(TransferStatus.DONE, first_token=polls[0]["first_token"])
+            if time.monotonic() >= end:
+                return TransferResult(TransferStatus.PENDING)
+            time.sleep(POLL_INTERVAL_S)
 
     def forget(self, transfer_id: str) -> None:
-        pass
+        self.loop.call(lambda engine: self._forget_on_engine(engine, transfer_id))
 
-    def close(self) -> None:
-        pass
+    def _forget_on_engine(self, engine, transfer_id: str) -> None:
+        command = {"op": "forget", "transfer_id": transfer_id}
+        run_command(self.ranks, command)
+        self._followers(engine, command)
+
+    # ---- prefill side ---------------------------------------------------------------------
+    def send_followers(self, pairs: list[dict], page_ids: list[int], slot: int, first_token: int) -> int:
+        """The followers post their shard of a finished prefill; the bytes they sent."""
+        command = {"op": "send", "pairs": pairs, "page_ids": list(page_ids), "slot": slot, "first_token": first_token}
+        replies = self.loop.call(lambda engine: self._followers(engine, command))
+        return sum(int(r["bytes"]) for r in replies)
+
+    def _followers(self, engine, command: dict) -> list[dict]:
+        """Engine thread: the command on every follower rank; their replies (errors raised)."""
+        replies = [json.loads(raw) for raw in engine.call_followers(json.dumps(command).encode())]
+        for rank, reply in enumerate(replies, start=1):
+            if "busy" in reply:
+                raise StagingFull(f"rank {rank}: {reply['busy']}")
+            if "error" in reply:
+                raise TransferFailed(f"rank {rank}: {reply['error']}")
+        return replies
+
+
+def envelope(pairs: list[dict], receiver_tp: int, sender_tp: int) -> worker_pb2.TransferDescriptor:
+    """One descriptor carrying every (source rank, destination rank) sub-transfer."""
+    return worker_pb2.TransferDescriptor(
+        shards=[
+            worker_pb2.ShardDescriptor(
+                src_rank=p["src_rank"],
+                dst_rank=p["dst_rank"],
+                descriptor=descriptor_to_proto(TransferDescriptor.from_dict(p["descriptor"])),
+            )
+            for p in pairs
+        ],
+        layout=json.dumps({"receiver_tp": receiver_tp, "sender_tp": sender_tp}),
+    )
+
+
+def shard_pairs(message: worker_pb2.TransferDescriptor, my_tp: int) -> list[dict]:
+    """The sub-transfers of an envelope, checked against this (sending) worker's TP degree."""
+    layout = json.loads(message.layout or "{}")
+    if int(layout.get("sender_tp", 1)) != my_tp:
+        raise TransferFailed(
+            f"the decode worker reserved this transfer for a sender of tp={layout.get('sender_tp', 1)}, "
+            f"this prefill worker has tp={my_tp}"
+        )
+    return [
+        {"src_rank": s.src_rank, "dst_rank": s.dst_rank, "descriptor": descriptor_from_proto(s.descriptor).to_dict()}
+        for s in message.shards
+    ]

@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds each worker may take to load its model and serve (default 180)",
     )  # fmt: skip
     add_engine_flags(parser, SERVE_ENGINE_DEFAULTS)  # every worker's engine: the workers' own flags
+    pools = parser.add_argument_group("per-pool parallelism (default: --tp / --ep for both pools)")
+    for role in ("prefill", "decode"):
+        for kind in ("tp", "ep"):
+            pools.add_argument(
+                f"--{role}-{kind}", type=int, default=None, metavar="N",
+                help=f"--{kind} of the {role} workers only",
+            )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -66,8 +73,11 @@ def check_args(args: argparse.Namespace) -> str | None:
         engine = engine_config_from_args(args, SERVE_ENGINE_DEFAULTS)
     except ValueError as error:
         return str(error)
-    if engine.parallel.world_size > 1 and args.prefill:
-        return "--tp/--ep > 1: multi-rank workers do not ship KV yet; use --prefill 0"
+    for role in ("prefill", "decode"):
+        try:
+            pool_parallel(args, engine, role)
+        except ValueError as error:
+            return f"--{role}-tp/--{role}-ep: {error}"
     if args.http_listen:
         try:
             split_listen(args.http_listen)
@@ -131,7 +141,24 @@ def cluster_spec(args: argparse.Namespace, router_config):
         pool=args.pool, ray_address=args.address, memory_gb=engine.cache_bytes / GIB,
         worker_args=tuple(engine_argv(given)), router=router_config, gpus_per_worker=ray_gpus(engine),
         startup_timeout_s=args.startup_timeout,
+        prefill_args=pool_args(args, engine, "prefill"), decode_args=pool_args(args, engine, "decode"),
     )  # fmt: skip
+
+
+def pool_parallel(args: argparse.Namespace, engine, role: str):
+    """One pool's ParallelConfig: its own --{role}-tp/--{role}-ep, else --tp/--ep."""
+    from engine.parallel.config import ParallelConfig  # lazy: CLI startup
+
+    tp, ep = getattr(args, f"{role}_tp"), getattr(args, f"{role}_ep")
+    return ParallelConfig(engine.tp if tp is None else tp, engine.ep if ep is None else ep)
+
+
+def pool_args(args: argparse.Namespace, engine, role: str) -> tuple[str, ...]:
+    """The pool's --tp/--ep when they differ from every worker's (after worker_args, so they win)."""
+    parallel = pool_parallel(args, engine, role)
+    if (parallel.tp, parallel.ep) == (engine.tp, engine.ep):
+        return ()
+    return ("--tp", str(parallel.tp), "--ep", str(parallel.ep))
 
 
 def ray_gpus(engine) -> float | None:

@@ -31,7 +31,7 @@ class RegionUnits(_message.Message):
     def __init__(self, name: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TransferDescriptor(_message.Message):
-    __slots__ = ("transfer_id", "backend", "address", "units", "layouts", "deadline_unix_s", "skip_blocks", "secret")
+    __slots__ = ("transfer_id", "backend", "address", "units", "layouts", "deadline_unix_s", "skip_blocks", "secret", "shards", "layout", "skip_regions")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,9 @@ class TransferDescriptor(_message.Message):
     DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     SKIP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REGIONS_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     backend: str
     address: bytes
@@ -48,7 +51,20 @@ class TransferDescriptor(_message.Message):
     deadline_unix_s: float
     skip_blocks: int
     secret: str
-    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[RegionUnits, _Mapping]]] = ..., layouts: _Optional[_Iterable[_Union[RegionLayout, _Mapping]]] = ..., deadline_unix_s: _Optional[float] = ..., skip_blocks: _Optional[int] = ..., secret: _Optional[str] = ...) -> None: ...
+    shards: _containers.RepeatedCompositeFieldContainer[ShardDescriptor]
+    layout: str
+    skip_regions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., address: _Optional[bytes] = ..., units: _Optional[_Iterable[_Union[RegionUnits, _Mapping]]] = ..., layouts: _Optional[_Iterable[_Union[RegionLayout, _Mapping]]] = ..., deadline_unix_s: _Optional[float] = ..., skip_blocks: _Optional[int] = ..., secret: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardDescriptor, _Mapping]]] = ..., layout: _Optional[str] = ..., skip_regions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ShardDescriptor(_message.Message):
+    __slots__ = ("src_rank", "dst_rank", "descriptor")
+    SRC_RANK_FIELD_NUMBER: _ClassVar[int]
+    DST_RANK_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+    src_rank: int
+    dst_rank: int
+    descriptor: TransferDescriptor
+    def __init__(self, src_rank: _Optional[int] = ..., dst_rank: _Optional[int] = ..., descriptor: _Optional[_Union[TransferDescriptor, _Mapping]] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
     __slots__ = ("request_id", "session_id", "prompt_token_ids", "sampling", "cache_salt")
@@ -117,14 +133,16 @@ class PrefillProgress(_message.Message):
     def __init__(self, computed_tokens: _Optional[int] = ..., heartbeat: _Optional[bool] = ..., result: _Optional[_Union[PrefillResponse, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("request", "transfer_id", "deadline_s")
+    __slots__ = ("request", "transfer_id", "deadline_s", "source_tp")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TP_FIELD_NUMBER: _ClassVar[int]
     request: WorkerRequest
     transfer_id: str
     deadline_s: float
-    def __init__(self, request: _Optional[_Union[WorkerRequest, _Mapping]] = ..., transfer_id: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    source_tp: int
+    def __init__(self, request: _Optional[_Union[WorkerRequest, _Mapping]] = ..., transfer_id: _Optional[str] = ..., deadline_s: _Optional[float] = ..., source_tp: _Optional[int] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("descriptor", "cached_blocks")

@@ -6,21 +6,31 @@ flags) and then, for a forward, one int64 payload holding every chunk
 Tensors, not pickles. State copies and resets the prefix cache and block manager make on rank 0
 (`MirroredCache`) are broadcast the same way, so every rank's slots hold the same positions and the
 page and slot ids rank 0 chose: one radix tree. Followers (`follow`) loop on the header until STOP.
+
+`call_followers` carries what the engine does not interpret: rank 0 broadcasts opaque bytes
+(OP_CALL), each follower hands them to the `on_call` its process was started with (the worker's KV
+transfer control) and every rank's reply bytes are gathered back to rank 0. It runs between steps,
+on the thread that broadcasts steps, so its collectives never interleave with a step's.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from engine.cache.tensors import CacheTensors
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.parallel.comm import Comm
 
+log = logging.getLogger(__name__)
 HEADER = 8
-OP_INIT, OP_FORWARD, OP_COPY_STATE, OP_ZERO_STATE, OP_STOP = 1, 2, 3, 4, 5
+OP_INIT, OP_FORWARD, OP_COPY_STATE, OP_ZERO_STATE, OP_STOP, OP_CALL = 1, 2, 3, 4, 5, 6
+OnCall = Callable[[ModelRunner, bytes], bytes]  # a follower's handler of OP_CALL payloads
 
 
 def encode_chunks(chunks: list[SeqChunk]) -> torch.Tensor:
@@ -65,6 +75,32 @@ def send_stop(comm: Comm) -> None:
     _send_header(comm, OP_STOP)
 
 
+def call_followers(comm: Comm, payload: bytes) -> list[bytes]:
+    """Rank 0: every follower's reply to `payload`, in rank order (ranks 1..N-1)."""
+    _send_header(comm, OP_CALL, len(payload))
+    comm.broadcast(_to_tensor(payload, comm.device))
+    return _gather_bytes(comm, b"")[1:]
+
+
+def _to_tensor(data: bytes, device: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if data else torch.zeros(
+        0, dtype=torch.uint8, device=device
+    )
+
+
+def _gather_bytes(comm: Comm, mine: bytes) -> list[bytes]:
+    """Every rank's `mine`, in rank order (variable lengths: sizes first, then padded bytes)."""
+    size = torch.tensor([len(mine)], dtype=torch.int64, device=comm.device)
+    sizes = [torch.zeros_like(size) for _ in range(comm.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=comm.device)
+    padded[: len(mine)] = _to_tensor(mine, comm.device)
+    parts = [torch.zeros_like(padded) for _ in range(comm.world_size)]
+    dist.all_gather(parts, padded)
+    return [p[: int(n.item())].cpu().numpy().tobytes() for p, n in zip(parts, sizes, strict=True)]
+
+
 class LeaderRunner(ModelRunner):
     """Rank 0's runner: broadcasts each step before running its own shard of it."""
 
@@ -107,7 +143,7 @@ def mirrored(cache: CacheTensors, comm: Comm) -> MirroredCache:
     return MirroredCache(kv=cache.kv, conv=cache.conv, ssm=cache.ssm, block_size=cache.block_size, comm=comm)
 
 
-def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner]) -> int:
+def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], on_call: OnCall | None = None) -> int:
     """A follower rank's loop: INIT (allocate via `make_runner(num_pages, num_slots)`), then
     steps until STOP. Returns the number of forwards run."""
     runner: ModelRunner | None = None
@@ -125,7 +161,21 @@ def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner]) -> int:
             runner.cache.copy_state(header[1], header[2])
         elif op == OP_ZERO_STATE:
             runner.cache.zero_state(header[1])
+        elif op == OP_CALL:
+            payload = comm.broadcast(torch.zeros(header[1], dtype=torch.uint8, device=comm.device))
+            _gather_bytes(comm, _answer(on_call, runner, payload.cpu().numpy().tobytes()))
         elif op == OP_STOP:
             return forwards
         else:
             raise RuntimeError(f"follower rank {comm.rank}: unknown step op {op}")
+
+
+def _answer(on_call: OnCall | None, runner: ModelRunner | None, payload: bytes) -> bytes:
+    """The follower's reply; a failure is a reply too (rank 0 decides), never a broken group."""
+    try:
+        if on_call is None or runner is None:
+            raise RuntimeError("this rank was started without a handler for calls")
+        return on_call(runner, payload)
+    except Exception as error:  # noqa: BLE001 - reported to rank 0 as the reply
+        log.exception("follower call failed")
+        return json.dumps({"error": f"{type(error).__name__}: {error}"}).encode()

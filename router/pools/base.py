@@ -46,6 +46,9 @@ class WorkerSpec:
     memory_gb: float = 2.0
     metrics: bool = True  # each worker serves /metrics on a free port (reported in ListWorkers)
     extra_args: tuple[str, ...] = ()
+    # Flags for one role only, after extra_args (so they win): e.g. ("--tp", "2") on decode alone.
+    prefill_args: tuple[str, ...] = ()
+    decode_args: tuple[str, ...] = ()
     cluster_token: str = ""  # handed to each worker as BATON_CLUSTER_TOKEN (never on a command line)
 
     def env(self) -> dict[str, str]:
@@ -53,7 +56,13 @@ class WorkerSpec:
         return {"BATON_CLUSTER_TOKEN": self.cluster_token} if self.cluster_token else {}
 
     def argv(
-        self, worker_id: str, *, listen: str = "127.0.0.1:0", ready_file: str = "", insecure: bool = False
+        self,
+        worker_id: str,
+        *,
+        role: str = "",
+        listen: str = "127.0.0.1:0",
+        ready_file: str = "",
+        insecure: bool = False,
     ) -> list[str]:
         """Worker flags (without the program): free ports, our worker id. `insecure`: the worker
         listens beyond loopback without mutual TLS on purpose (a Ray cluster of several nodes)."""
@@ -71,7 +80,8 @@ class WorkerSpec:
             args += ["--ready-file", ready_file]
         if insecure:
             args.append("--insecure")
-        return args + list(self.extra_args)
+        own = {"prefill": self.prefill_args, "decode": self.decode_args}.get(role, ())
+        return args + list(self.extra_args) + list(own)
 
 
 def check_role(role: str) -> Role:

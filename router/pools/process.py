@@ -107,7 +107,7 @@ class ProcessPool(LaunchingPool[_Worker]):
         worker_id = self._new_worker_id(role)
         ready_file = self._dir / f"{worker_id}.ready"
         log_file = self._dir / f"{worker_id}.log"
-        argv = self._command(role) + self.spec.argv(worker_id, ready_file=str(ready_file))
+        argv = self._command(role) + self.spec.argv(worker_id, role=role, ready_file=str(ready_file))
         with open(log_file, "wb") as log_handle:
             # Own session: Ctrl-C at the terminal reaches `baton serve`, which stops the router
             # before the workers, instead of every process at once.

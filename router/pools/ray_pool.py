@@ -114,15 +114,15 @@ class RayPool(LaunchingPool[_Actor]):
         if self.spec.env():
             options["runtime_env"] = {"env_vars": self.spec.env()}
         handle = self._actor_class.options(**options).remote(
-            role, self._worker_argv(worker_id, listen), self._starter, self._remote_cluster
+            role, self._worker_argv(worker_id, role, listen), self._starter, self._remote_cluster
         )
         return _Actor(worker_id, role, handle)
 
-    def _worker_argv(self, worker_id: str, listen: str) -> list[str]:
+    def _worker_argv(self, worker_id: str, role: str, listen: str) -> list[str]:
         # Across nodes workers listen on every interface: without mutual TLS that is a choice the
         # operator made by using a remote cluster, so the worker is told (and warns).
         exposed = self._remote_cluster and not TlsConfig.from_env().mutual
-        return self.spec.argv(worker_id, listen=listen, insecure=exposed)
+        return self.spec.argv(worker_id, role=role, listen=listen, insecure=exposed)
 
     def _wait_ready(self, actor: _Actor) -> None:
         deadline = time.monotonic() + self._startup_timeout_s

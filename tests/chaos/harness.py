@@ -126,7 +126,7 @@ def restart_worker(pool, worker_id: str) -> PoolMember:
     old.process.kill()
     old.process.wait(timeout=10)
     old.ready_file.unlink(missing_ok=True)
-    argv = pool._command(old.role) + pool.spec.argv(worker_id, ready_file=str(old.ready_file))
+    argv = pool._command(old.role) + pool.spec.argv(worker_id, role=old.role, ready_file=str(old.ready_file))
     with open(old.log_file, "ab") as log_handle:
         process = subprocess.Popen(
             argv, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

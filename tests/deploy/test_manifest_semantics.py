@@ -137,7 +137,11 @@ def test_gpu_overlay_requests_gpus_and_rdma_cpu_dev_does_not():
 
     gpu = worker_resources("gpu-b200")
     for role in ("prefill", "decode"):
-        assert gpu[role]["limits"]["nvidia.com/gpu"] == "1"  # one single-GPU worker per pod
+        spec = process_specs("gpu-b200")[role]
+        engine = worker_config_from_args(role, [expand(arg, spec.env) for arg in spec.args]).engine
+        ranks = engine.parallel.world_size
+        assert ranks > 1  # the 397B fits no single GPU
+        assert gpu[role]["limits"]["nvidia.com/gpu"] == gpu[role]["requests"]["nvidia.com/gpu"] == str(ranks)
         assert "rdma/ib" in gpu[role]["limits"]
     assert "nvidia.com/gpu" not in gpu["router"].get("limits", {})
     assert all("nvidia.com/gpu" not in r.get("limits", {}) for r in worker_resources("cpu-dev").values())

@@ -268,6 +268,13 @@ def test_serve_tp_ep_flags_reach_the_workers_and_bad_ones_are_refused(tmp_path):
     assert worker_args[worker_args.index("--tp") + 1] == "2" and worker_args[worker_args.index("--ep") + 1] == "2"
     plain = cluster_spec(parse("serve", "--model", str(tmp_path), "--prefill", "0"), None).worker_args
     assert "--tp" not in plain and "--ep" not in plain
-    assert "use --prefill 0" in check_args(parse("serve", "--model", str(tmp_path), "--tp", "2"))
+    assert check_args(parse("serve", "--model", str(tmp_path), "--tp", "2")) is None  # sharded transfer
     bad = parse("serve", "--model", str(tmp_path), "--prefill", "0", "--tp", "2", "--ep", "4")
     assert "each must be 1 or the world size" in check_args(bad)
+    # per pool: prefill tp 1 into decode tp 2 (resharded on arrival)
+    mixed = parse("serve", "--model", str(tmp_path), "--prefill-tp", "1", "--decode-tp", "2")
+    assert check_args(mixed) is None
+    spec = cluster_spec(mixed, None)
+    assert spec.prefill_args == () and spec.decode_args == ("--tp", "2", "--ep", "1")
+    assert "--tp" not in spec.worker_args
+    assert "--decode-tp/--decode-ep" in check_args(parse("serve", "--model", str(tmp_path), "--decode-tp", "0"))

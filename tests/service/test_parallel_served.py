@@ -77,3 +77,26 @@ def test_tp2_decode_workers_equal_one_engine_and_a_dead_rank_fails_the_worker(ti
         wait_for(lambda: worker.poll() is not None, 10, "the worker with a dead rank to exit")
         assert worker.returncode == RANK_DIED_EXIT_CODE
         print(f"rank killed: stream {outcome} after {elapsed:.1f} s")
+
+
+@pytest.mark.parametrize("prefill_tp", [2, 1], ids=["tp2-to-tp2", "tp1-to-tp2-resharded"])
+def test_disaggregated_into_a_tp2_decode_worker_equals_one_engine(tiny_model, reference_llm, prefill_tp):
+    """Every prompt is prefilled by the prefill worker and shipped rank to rank (split on arrival
+    when the prefill worker has one rank); the second turn ships only what the decode worker lacks."""
+    router = RouterConfig(model="", listen="127.0.0.1:0", local_prefill_threshold=0)
+    spec = ClusterSpec(
+        tiny_model, prefill=1, decode=1, prefill_args=("--tp", str(prefill_tp)), decode_args=("--tp", "2"), router=router
+    )
+    with LocalCluster(spec) as cluster:
+        client = BatonClient(cluster.address)
+        prompt: list[int] = []
+        for turn in range(2):
+            prompt = prompt + [(41 * turn + 7 * j) % 1000 + 3 for j in range(45)]
+            result = client.generate(
+                session_id="shards", token_ids=prompt, temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True
+            )
+            assert result.token_ids == greedy_reference(reference_llm, prompt, MAX_TOKENS), turn
+            assert result.prefill_worker, "the prompt was not prefilled by the prefill worker"
+            prompt = prompt + result.token_ids
+        client.close()
+        print(f"prefill tp={prefill_tp} -> decode tp=2: equal over 2 turns ({len(prompt)} tokens)")
