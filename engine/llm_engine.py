@@ -38,7 +38,7 @@ from engine.model_runner import ModelRunner, SeqChunk
 from engine.model_source import resolve_model
 from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
 from engine.parallel.comm import SINGLE, Comm
-from engine.parallel.step_sync import LeaderRunner, call_followers, mirrored, send_init, send_stop
+from engine.parallel.step_sync import LeaderRunner, call_followers, mirrored, send_init, send_stop, watch_key
 from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
@@ -340,7 +340,10 @@ class LLMEngine:
 
     def _forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         seq_chunks = [
-            SeqChunk(c.seq.token_slice(c.start, c.end), c.start, list(c.seq.block_table), c.seq.state_slot)
+            SeqChunk(
+                c.seq.token_slice(c.start, c.end), c.start, list(c.seq.block_table), c.seq.state_slot,
+                watch_key=self._watch_key(c.seq),
+            )  # fmt: skip
             for c in chunks
         ]
         watchers = [c for c in chunks if c.seq.layer_callback is not None]
@@ -351,6 +354,12 @@ class LLMEngine:
 
         with torch.inference_mode():
             return self.runner.forward(seq_chunks, layer_callback=on_layer if watchers else None)
+
+    def _watch_key(self, seq: Sequence) -> int:
+        """Follower ranks call their layer hook for a sequence watched here (-1: not watched)."""
+        if seq.layer_callback is None or self.comm.world_size == 1:
+            return -1
+        return watch_key(seq.request_id)
 
     def sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[RequestOutput]:
         """Choose, read back and append the next token of every chunk that samples (one row of

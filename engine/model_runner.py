@@ -31,6 +31,9 @@ class SeqChunk:
     # Speculative verify: one slot per token, [state_slot, spare...]; the DeltaNet state after
     # token t is written to step_slots[t] (None: the state advances in state_slot only).
     step_slots: list[int] | None = None
+    # Set on rank 0 for a sequence someone watches layer by layer (its KV ships as it is written):
+    # follower ranks hand it to their layer hook (engine/parallel/step_sync.py). -1: unwatched.
+    watch_key: int = -1
 
 
 class ModelRunner:

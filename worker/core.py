@@ -20,7 +20,7 @@ from worker.config import WorkerConfig
 from worker.engine_loop import EngineLoop
 from worker.exposed import ExposedPrefixes
 from worker.kv_events import KvEventHub
-from worker.rank_transfers import RankTransfers, StagingSize, follower_handler_factory
+from worker.rank_transfers import RankTransfers, StagingSize, follower_hooks_factory
 from worker.ranks import start_ranks
 from worker.shard_transfer import ShardedTransfers
 
@@ -32,7 +32,7 @@ def build_engine(config: WorkerConfig, on_kv_event):
         return LLMEngine(config.model, config.engine, on_kv_event=on_kv_event), None
     if config.transfer == "local":
         raise ValueError("--transfer local cannot reach the other ranks' processes: use tcp or ucx with --tp/--ep > 1")
-    handlers = follower_handler_factory(config.transfer, staging_size(config))
+    handlers = follower_hooks_factory(config.transfer, staging_size(config))
     return start_ranks(config.model, config.engine, on_kv_event, handlers)
 
 

@@ -6,12 +6,13 @@ Receiving (decode worker): `expect` opens one sub-transfer per source rank this 
 (`worker/reshard.py::plan`): into the cache when the sender's slice is this rank's, else into
 staging in the sender's layout; `poll` reports progress and, once every sub-transfer is DONE and
 its sender's layout (manifest extras) is the one expected, copies staging out into the cache.
-Sending (prefill worker): `send_all` posts a finished request's pages and state to the
-sub-transfers this rank is the source of. Rank 0 posts layer by layer instead
-(`worker/prefill_sender.py`).
+Sending (prefill worker): a follower opens its sub-transfers of a request before the prefill
+(`open_sends`), posts each attention layer's full blocks from its layer hook as its shard of the
+layer is written (`layer_done`), and the rest and the manifest when rank 0 says the prefill is
+done (`finish_sends`). Rank 0 does the same from the sequence's callback (`worker/prefill_sender.py`).
 
-Followers get their commands as JSON through the engine's `call_followers`
-(`follower_handler`); rank 0 runs the same methods itself (`worker/shard_transfer.py`).
+Followers get rank 0's commands as JSON through the engine's `call_followers`
+(`FollowerTransfers`); rank 0 runs the same commands itself (`worker/shard_transfer.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +29,11 @@ import torch
 
 from engine.engine_config import EngineConfig
 from engine.model_config import ModelConfig
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, SeqChunk
 from kvtransfer.base import TransferBackend, TransferDescriptor, TransferStatus, UnknownTransfer
 from kvtransfer.factory import create_backend
 from rpc.errors import AdmissionRejected
+from worker.page_sender import PageSender
 from worker.reshard import Piece, cache_indices, copy_out, plan, staging_shape
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ class RankTransfers:
         self.backend, self.config, self.tp, self.rank = backend, config, tp, rank
         self.cache = {name: t for name, t in cache.items() if t.numel()}
         self.staging_units = {"kv": staging.pages(block_size), "conv": staging.slots, "ssm": staging.slots}
+        self.block_size = block_size
         self.pools: dict[int, StagingPool] = {}
         self.receives: dict[str, Receive] = {}
+        self.sends: dict[int, PageSender] = {}  # watch key -> a follower's sends of that request
         self._lock = threading.Lock()
         # A receiver of another layout stages under "<region>~tp<sender tp>": the sender posts from
         # its own cache under that name too, so both ends of the sub-transfer name the same region.
@@ -232,56 +235,76 @@ class RankTransfers:
         for (_, region), units in receive.staged.items():
             pool.give(staging_name(region, receive.src_tp), units)
 
-    # ---- sending --------------------------------------------------------------------------
-    def send_all(self, pairs: list[dict], page_ids: list[int], slot: int, first_token: int) -> int:
-        """Post every page and the state of a finished prefill to this rank's sub-transfers."""
-        sent = 0
-        for pair in pairs:
-            descriptor = TransferDescriptor.from_dict(pair["descriptor"])
-            handle = self.backend.open_send(descriptor)
-            try:
-                for name in descriptor.dst_units:
-                    region = name.split("~")[0]
-                    units = list(page_ids) if region == "kv" else [slot]
-                    for layer in range(self.cache[region].shape[0]):
-                        handle.post(name, layer, units)
-                    sent += len(units) * self.cache[region].shape[0] * self.cache[region][0, 0].nbytes
-                handle.finish(first_token, {"layout": layout_tag(self.tp, self.rank)})
-            except BaseException as error:
-                handle.abort(f"rank {self.rank} failed to send: {error}")
-                raise
-        return sent
+    # ---- sending (followers; rank 0 posts from its own layer callback) -------------------
+    def open_sends(self, key: int, pairs: list[dict]) -> None:
+        """Before the prefill: this rank's sub-transfers of the request watched as `key`."""
+        mine = [TransferDescriptor.from_dict(p["descriptor"]) for p in pairs if p["src_rank"] == self.rank]
+        if key in self.sends:
+            raise ValueError(f"rank {self.rank} already sends a request with key {key}")
+        cfg = self.config
+        self.sends[key] = PageSender(
+            self.backend, mine, list(cfg.attention_layer_ids), len(cfg.linear_layer_ids), self.cache,
+            {"layout": layout_tag(self.tp, self.rank)},
+        )  # fmt: skip
+
+    def layer_done(self, chunk: SeqChunk, layer: int) -> None:
+        """A layer of a watched chunk is in this rank's cache: post its full blocks."""
+        sender = self.sends.get(chunk.watch_key)
+        if sender is not None:
+            sender.layer_written(layer, chunk.block_table, chunk.start_pos + len(chunk.token_ids), self.block_size)
+
+    def finish_sends(self, key: int, page_ids: list[int], slot: int, first_token: int) -> int:
+        sender = self.sends.pop(key, None)
+        if sender is None:
+            raise ValueError(f"rank {self.rank} sends no request with key {key}")
+        try:
+            return sender.finish(page_ids, slot, first_token)
+        except BaseException as error:
+            sender.abort(f"rank {self.rank} failed to send: {error}")
+            raise
+
+    def abort_sends(self, key: int, reason: str) -> None:
+        sender = self.sends.pop(key, None)
+        if sender is not None:
+            sender.abort(reason)
 
 
 def staging_name(region: str, src_tp: int) -> str:
     return f"{region}~tp{src_tp}"
 
 
-def follower_handler(
-    transfer: str, staging: StagingSize, model_dir: Path, config: EngineConfig, rank: int
-) -> Callable[[ModelRunner, bytes], bytes]:
-    """A follower's handler of rank 0's transfer commands (`call_followers` payloads). Its backend
-    registers the cache at the first command (the cache exists once rank 0 sized it)."""
-    model_config = ModelConfig.from_json(model_dir)
-    state: dict[str, RankTransfers] = {}
+class FollowerTransfers:
+    """A follower rank's `FollowerHooks`: rank 0's transfer commands and the layer-by-layer posts.
+    Its backend registers the cache at the first command (the cache exists once rank 0 sized it)."""
 
-    def handle(runner: ModelRunner, payload: bytes) -> bytes:
-        if "ranks" not in state:
-            backend = create_backend(transfer)
-            cache = runner.cache.regions()
-            state["ranks"] = RankTransfers(backend, cache, model_config, config.tp, rank, staging, config.block_size)
+    def __init__(self, transfer: str, staging: StagingSize, model_dir: Path, config: EngineConfig, rank: int) -> None:
+        self.transfer, self.staging, self.config, self.rank = transfer, staging, config, rank
+        self.model_config = ModelConfig.from_json(model_dir)
+        self.ranks: RankTransfers | None = None
+
+    def _ranks(self, runner: ModelRunner) -> RankTransfers:
+        if self.ranks is None:
+            self.ranks = RankTransfers(
+                create_backend(self.transfer), runner.cache.regions(), self.model_config, self.config.tp,
+                self.rank, self.staging, self.config.block_size,
+            )  # fmt: skip
+        return self.ranks
+
+    def call(self, runner: ModelRunner, payload: bytes) -> bytes:
         try:
-            reply = run_command(state["ranks"], json.loads(payload))
+            reply = run_command(self._ranks(runner), json.loads(payload))
         except StagingFull as busy:
             reply = {"busy": str(busy)}
         return json.dumps(reply).encode()
 
-    return handle
+    def layer_done(self, runner: ModelRunner, chunk: SeqChunk, layer: int) -> None:
+        if self.ranks is not None:
+            self.ranks.layer_done(chunk, layer)
 
 
-def follower_handler_factory(transfer: str, staging: StagingSize):
+def follower_hooks_factory(transfer: str, staging: StagingSize):
     """Picklable: travels to the spawned follower processes (engine/parallel/ranks.py)."""
-    return functools.partial(follower_handler, transfer, staging)
+    return functools.partial(FollowerTransfers, transfer, staging)
 
 
 def run_command(ranks: RankTransfers, command: dict) -> dict:
@@ -297,7 +320,12 @@ def run_command(ranks: RankTransfers, command: dict) -> dict:
     if op == "forget":
         ranks.forget(command["transfer_id"])
         return {}
-    if op == "send":
-        pairs = [p for p in command["pairs"] if p["src_rank"] == ranks.rank]
-        return {"bytes": ranks.send_all(pairs, command["page_ids"], command["slot"], command["first_token"])}
+    if op == "open":
+        ranks.open_sends(command["key"], command["pairs"])
+        return {}
+    if op == "finish":
+        return {"bytes": ranks.finish_sends(command["key"], command["page_ids"], command["slot"], command["first_token"])}
+    if op == "abort":
+        ranks.abort_sends(command["key"], command["reason"])
+        return {}
     raise ValueError(f"unknown transfer command {op!r}")

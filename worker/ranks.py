@@ -50,10 +50,10 @@ class RankGroup:
             dist.destroy_process_group()
 
 
-def start_ranks(model: str, config: EngineConfig, on_kv_event, on_call_factory=None) -> tuple[LLMEngine, RankGroup]:
+def start_ranks(model: str, config: EngineConfig, on_kv_event, hooks_factory=None) -> tuple[LLMEngine, RankGroup]:
     """Start the follower ranks, join the group as rank 0 and build the (leader) engine.
-    `on_call_factory` builds each follower's handler of rank 0's transfer commands."""
+    `hooks_factory` builds each follower's hooks (the worker's transfers on that rank)."""
     port = free_port()
-    group = RankGroup(spawn_followers(model, config, port, on_call_factory))
+    group = RankGroup(spawn_followers(model, config, port, hooks_factory))
     comm = init_comm(0, config.parallel.world_size, config.device, init_method_for(port))
     return LLMEngine(model, config, on_kv_event=on_kv_event, comm=comm), group

@@ -9,8 +9,8 @@ coordinates. On the decode worker:
 - `wait` waits for rank 0's own sub-transfers, then polls every rank until all are DONE (each rank
   copies its staging out on arrival when the TP degrees differ) or one FAILED;
 - `forget` closes them everywhere.
-On the prefill worker `send_followers` has the followers post their shard of a finished prefill;
-rank 0 posts its own layer by layer (`worker/prefill_sender.py`).
+On the prefill worker the followers open their sub-transfers before the prefill, post layer by
+layer from their layer hook, and finish when rank 0 does (`worker/prefill_sender.py`).
 
 A single-rank worker uses the same path when its peer's TP differs (it then merges or splits heads
 on arrival); two single-rank workers keep the plain one-descriptor transfer.
@@ -98,11 +98,20 @@ class ShardedTransfers:
         self._followers(engine, command)
 
     # ---- prefill side ---------------------------------------------------------------------
-    def send_followers(self, pairs: list[dict], page_ids: list[int], slot: int, first_token: int) -> int:
-        """The followers post their shard of a finished prefill; the bytes they sent."""
-        command = {"op": "send", "pairs": pairs, "page_ids": list(page_ids), "slot": slot, "first_token": first_token}
+    def open_followers(self, key: int, pairs: list[dict]) -> None:
+        """Before the prefill: the followers open their sub-transfers of the request watched as `key`."""
+        command = {"op": "open", "key": key, "pairs": pairs}
+        self.loop.call(lambda engine: self._followers(engine, command))
+
+    def finish_followers(self, key: int, page_ids: list[int], slot: int, first_token: int) -> int:
+        """After the prefill: the followers post the rest and their manifests; the bytes they sent."""
+        command = {"op": "finish", "key": key, "page_ids": list(page_ids), "slot": slot, "first_token": first_token}
         replies = self.loop.call(lambda engine: self._followers(engine, command))
         return sum(int(r["bytes"]) for r in replies)
+
+    def abort_followers(self, key: int, reason: str) -> None:
+        command = {"op": "abort", "key": key, "reason": reason}
+        self.loop.call(lambda engine: self._followers(engine, command))
 
     def _followers(self, engine, command: dict) -> list[dict]:
         """Engine thread: the command on every follower rank; their replies (errors raised)."""

@@ -22,11 +22,11 @@ from engine.model_config import parse_dtype
 from engine.model_runner import ModelRunner
 from engine.model_source import resolve_model
 from engine.parallel.comm import Comm, init_comm
-from engine.parallel.step_sync import OnCall, follow
+from engine.parallel.step_sync import FollowerHooks, follow
 
-# Builds a follower's OP_CALL handler in its process: (model_dir, config, rank) -> handler.
+# Builds a follower's hooks in its process: (model_dir, config, rank) -> FollowerHooks.
 # Picklable (a module-level function or a partial of one): it travels to the spawned process.
-CallHandlerFactory = Callable[[Path, EngineConfig, int], OnCall]
+HooksFactory = Callable[[Path, EngineConfig, int], FollowerHooks]
 
 
 def free_port() -> int:
@@ -40,7 +40,7 @@ def init_method_for(port: int) -> str:
 
 
 def run_follower(
-    model_dir: str | Path, config: EngineConfig, comm: Comm, on_call_factory: CallHandlerFactory | None = None
+    model_dir: str | Path, config: EngineConfig, comm: Comm, hooks_factory: HooksFactory | None = None
 ) -> int:
     """A follower rank's whole life; returns the number of steps it ran."""
     model_dir = resolve_model(model_dir)
@@ -57,32 +57,32 @@ def run_follower(
         )
         return ModelRunner(model, cache)
 
-    on_call = on_call_factory(model_dir, config, comm.rank) if on_call_factory else None
+    hooks = hooks_factory(model_dir, config, comm.rank) if hooks_factory else None
     with torch.inference_mode():
-        return follow(comm, make_runner, on_call)
+        return follow(comm, make_runner, hooks)
 
 
 def _follower_main(
-    rank: int, world: int, port: int, model_dir: str, config: EngineConfig, on_call_factory: CallHandlerFactory | None
+    rank: int, world: int, port: int, model_dir: str, config: EngineConfig, hooks_factory: HooksFactory | None
 ) -> None:
     torch.set_num_threads(1)
     if torch.device(config.device).type == "cuda":  # one device per rank
         config = dataclasses.replace(config, device=f"cuda:{rank}")
     comm = init_comm(rank, world, config.device, init_method_for(port))
-    run_follower(model_dir, config, comm, on_call_factory)
+    run_follower(model_dir, config, comm, hooks_factory)
 
 
 def spawn_followers(
-    model_dir: str | Path, config: EngineConfig, port: int, on_call_factory: CallHandlerFactory | None = None
+    model_dir: str | Path, config: EngineConfig, port: int, hooks_factory: HooksFactory | None = None
 ) -> list[mp.Process]:
     """Start ranks 1..world-1 (spawned processes) joining the group at 127.0.0.1:`port`;
-    `on_call_factory` builds each one's handler of `call_followers` payloads."""
+    `hooks_factory` builds each one's `FollowerHooks` (calls and layer hooks: the worker's transfers)."""
     ctx = mp.get_context("spawn")
     world = config.parallel.world_size
     procs = []
     for rank in range(1, world):
         proc = ctx.Process(
-            target=_follower_main, args=(rank, world, port, str(model_dir), config, on_call_factory), daemon=True
+            target=_follower_main, args=(rank, world, port, str(model_dir), config, hooks_factory), daemon=True
         )
         proc.start()
         procs.append(proc)

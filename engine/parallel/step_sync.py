@@ -2,23 +2,28 @@
 
 Rank 0's `LeaderRunner.forward` first broadcasts the step: a fixed 8-int64 header (op, counts,
 flags) and then, for a forward, one int64 payload holding every chunk
-([n_tokens, start_pos, n_pages, state_slot, n_step_slots (-1: none), tokens, pages, step slots]).
+([n_tokens, start_pos, n_pages, state_slot, n_step_slots (-1: none), watch_key, tokens, pages,
+step slots]).
 Tensors, not pickles. State copies and resets the prefix cache and block manager make on rank 0
 (`MirroredCache`) are broadcast the same way, so every rank's slots hold the same positions and the
 page and slot ids rank 0 chose: one radix tree. Followers (`follow`) loop on the header until STOP.
 
-`call_followers` carries what the engine does not interpret: rank 0 broadcasts opaque bytes
-(OP_CALL), each follower hands them to the `on_call` its process was started with (the worker's KV
-transfer control) and every rank's reply bytes are gathered back to rank 0. It runs between steps,
-on the thread that broadcasts steps, so its collectives never interleave with a step's.
+What the engine does not interpret goes to the `FollowerHooks` a follower process was started
+with (the worker's KV transfer): `call_followers` broadcasts opaque bytes (OP_CALL), each follower's
+`hooks.call` answers, and the replies are gathered back to rank 0; it runs between steps, on the
+thread that broadcasts them, so its collectives never interleave with a step's. A chunk whose
+sequence rank 0 watches layer by layer carries a `watch_key` (`watch_key(request_id)`), and
+followers call `hooks.layer_done` for it after each layer, as rank 0 calls the sequence's callback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -30,7 +35,21 @@ from engine.parallel.comm import Comm
 log = logging.getLogger(__name__)
 HEADER = 8
 OP_INIT, OP_FORWARD, OP_COPY_STATE, OP_ZERO_STATE, OP_STOP, OP_CALL = 1, 2, 3, 4, 5, 6
-OnCall = Callable[[ModelRunner, bytes], bytes]  # a follower's handler of OP_CALL payloads
+
+
+class FollowerHooks(Protocol):
+    """What a follower rank runs beside its steps (the worker supplies them)."""
+
+    def call(self, runner: ModelRunner, payload: bytes) -> bytes:
+        """Answer one `call_followers` payload."""
+
+    def layer_done(self, runner: ModelRunner, chunk: SeqChunk, layer: int) -> None:
+        """`layer` has written `chunk` (a watched sequence's) into this rank's cache."""
+
+
+def watch_key(request_id: str) -> int:
+    """The 62-bit key a watched sequence is known by on every rank."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little") >> 2
 
 
 def encode_chunks(chunks: list[SeqChunk]) -> torch.Tensor:
@@ -39,6 +58,7 @@ def encode_chunks(chunks: list[SeqChunk]) -> torch.Tensor:
         steps = c.step_slots if c.step_slots is not None else []
         ints += [len(c.token_ids), c.start_pos, len(c.block_table), c.state_slot]
         ints.append(len(steps) if c.step_slots is not None else -1)
+        ints.append(c.watch_key)
         ints += list(c.token_ids) + list(c.block_table) + list(steps)
     return torch.tensor(ints, dtype=torch.int64)
 
@@ -47,8 +67,8 @@ def decode_chunks(payload: torch.Tensor, count: int) -> list[SeqChunk]:
     ints = payload.tolist()
     chunks, at = [], 0
     for _ in range(count):
-        n, start, pages, slot, steps = ints[at : at + 5]
-        at += 5
+        n, start, pages, slot, steps, key = ints[at : at + 6]
+        at += 6
         tokens = ints[at : at + n]
         table = ints[at + n : at + n + pages]
         at += n + pages
@@ -56,7 +76,7 @@ def decode_chunks(payload: torch.Tensor, count: int) -> list[SeqChunk]:
         if steps >= 0:
             step_slots = ints[at : at + steps]
             at += steps
-        chunks.append(SeqChunk(tokens, start, table, slot, step_slots))
+        chunks.append(SeqChunk(tokens, start, table, slot, step_slots, key))
     return chunks
 
 
@@ -143,7 +163,7 @@ def mirrored(cache: CacheTensors, comm: Comm) -> MirroredCache:
     return MirroredCache(kv=cache.kv, conv=cache.conv, ssm=cache.ssm, block_size=cache.block_size, comm=comm)
 
 
-def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], on_call: OnCall | None = None) -> int:
+def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], hooks: FollowerHooks | None = None) -> int:
     """A follower rank's loop: INIT (allocate via `make_runner(num_pages, num_slots)`), then
     steps until STOP. Returns the number of forwards run."""
     runner: ModelRunner | None = None
@@ -155,7 +175,8 @@ def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], on_call: 
             runner = make_runner(header[1], header[2])
         elif op == OP_FORWARD:
             payload = comm.broadcast(torch.zeros(header[2], dtype=torch.int64, device=comm.device))
-            runner.forward(decode_chunks(payload.cpu(), header[1]), all_logits=bool(header[3]))
+            chunks = decode_chunks(payload.cpu(), header[1])
+            runner.forward(chunks, all_logits=bool(header[3]), layer_callback=_watchers(hooks, runner, chunks))
             forwards += 1
         elif op == OP_COPY_STATE:
             runner.cache.copy_state(header[1], header[2])
@@ -163,19 +184,35 @@ def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], on_call: 
             runner.cache.zero_state(header[1])
         elif op == OP_CALL:
             payload = comm.broadcast(torch.zeros(header[1], dtype=torch.uint8, device=comm.device))
-            _gather_bytes(comm, _answer(on_call, runner, payload.cpu().numpy().tobytes()))
+            _gather_bytes(comm, _answer(hooks, runner, payload.cpu().numpy().tobytes()))
         elif op == OP_STOP:
             return forwards
         else:
             raise RuntimeError(f"follower rank {comm.rank}: unknown step op {op}")
 
 
-def _answer(on_call: OnCall | None, runner: ModelRunner | None, payload: bytes) -> bytes:
+def _answer(hooks: FollowerHooks | None, runner: ModelRunner | None, payload: bytes) -> bytes:
     """The follower's reply; a failure is a reply too (rank 0 decides), never a broken group."""
     try:
-        if on_call is None or runner is None:
+        if hooks is None or runner is None:
             raise RuntimeError("this rank was started without a handler for calls")
-        return on_call(runner, payload)
+        return hooks.call(runner, payload)
     except Exception as error:  # noqa: BLE001 - reported to rank 0 as the reply
         log.exception("follower call failed")
         return json.dumps({"error": f"{type(error).__name__}: {error}"}).encode()
+
+
+def _watchers(hooks: FollowerHooks | None, runner: ModelRunner, chunks: list[SeqChunk]):
+    """The forward's layer callback: `hooks.layer_done` for each watched chunk (None: no watcher)."""
+    watched = [c for c in chunks if c.watch_key >= 0]
+    if hooks is None or not watched:
+        return None
+
+    def on_layer(layer: int) -> None:
+        for chunk in watched:
+            try:
+                hooks.layer_done(runner, chunk, layer)
+            except Exception:  # noqa: BLE001 - the transfer notices; the step must go on
+                log.exception("layer hook failed")
+
+    return on_layer

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.model_config import ModelConfig
+from engine.model_runner import SeqChunk
 from kvtransfer.local import LocalBackend
 from rpc.errors import TransferFailed
 from tests.helpers.checkpoints import tiny_checkpoint
@@ -16,6 +17,7 @@ from worker.rank_transfers import RankTransfers, StagingFull, StagingSize
 from worker.shard_transfer import envelope, shard_pairs
 
 BLOCK = 16
+KEY = 12345  # the watch key of the request being sent
 SRC_PAGES, SRC_SLOT = [0, 1, 2], 1
 DST_PAGES, DST_SLOT, SKIP = [5, 2, 7], 3, 1  # the receiver already holds the first block
 
@@ -69,8 +71,14 @@ def test_every_decode_rank_receives_its_own_slice(config, src_tp, dst_tp):
     pairs = shard_pairs(envelope(pairs, receiver_tp=dst_tp, sender_tp=src_tp), src_tp)  # over the wire
     staged = any(rx.pools for rx in receivers)
     assert staged == (src_tp != dst_tp)  # the same layout goes straight into the cache
-    for s, sender in enumerate(senders):
-        sender.send_all([p for p in pairs if p["src_rank"] == s], SRC_PAGES, SRC_SLOT, first_token=42)
+    for sender in senders:
+        sender.open_sends(KEY, pairs)
+        # the first two blocks are written by every layer before the prefill ends: posted early
+        early = SeqChunk([3] * 2 * BLOCK, 0, SRC_PAGES[:2], SRC_SLOT, watch_key=KEY)
+        for layer in range(config.num_hidden_layers):
+            sender.layer_done(early, layer)
+        assert all(t.posted_blocks == [2] * config.num_attention_layers for t in sender.sends[KEY].targets)
+        sender.finish_sends(KEY, SRC_PAGES, SRC_SLOT, first_token=42)
 
     for r, rx in enumerate(receivers):
         assert rx.poll("t1") == {"status": "done", "first_token": 42}
@@ -92,7 +100,8 @@ def test_a_sender_of_another_layout_fails_the_transfer_with_the_reason(config):
     pairs = receiver.expect("t2", 2, DST_PAGES, DST_SLOT, SKIP, 10.0)
     # rank 1 of a tp=2 prefill worker sends what rank 0 was to send: same shapes, wrong heads
     impostor = RankTransfers(LocalBackend(), by_hand(config, full, 2, 1), config, 2, 1, StagingSize(), BLOCK)
-    impostor.send_all(pairs, SRC_PAGES, SRC_SLOT, first_token=7)
+    impostor.open_sends(KEY, [dict(p, src_rank=1) for p in pairs])
+    impostor.finish_sends(KEY, SRC_PAGES, SRC_SLOT, first_token=7)
     polled = receiver.poll("t2")
     assert polled["status"] == "failed" and "tp=2,rank=0" in polled["reason"] and "tp=2,rank=1" in polled["reason"]
 
