@@ -21,6 +21,7 @@ from engine.model_config import parse_dtype
 from engine.model_runner import ModelRunner
 from engine.model_source import resolve_model
 from engine.parallel.comm import Comm, init_comm
+from engine.parallel.spec_sync import SpecFollower
 from engine.parallel.step_sync import follow
 
 
@@ -51,7 +52,7 @@ def run_follower(model_dir: str | Path, config: EngineConfig, comm: Comm) -> int
         return ModelRunner(model, cache)
 
     with torch.inference_mode():
-        return follow(comm, make_runner)
+        return follow(comm, make_runner, SpecFollower(comm, model).handlers())
 
 
 def _follower_main(rank: int, world: int, port: int, model_dir: str, config: EngineConfig) -> None:

@@ -6,11 +6,14 @@ flags) and then, for a forward, one int64 payload holding every chunk
 Tensors, not pickles. State copies and resets the prefix cache and block manager make on rank 0
 (`MirroredCache`) are broadcast the same way, so every rank's slots hold the same positions and the
 page and slot ids rank 0 chose: one radix tree. Followers (`follow`) loop on the header until STOP.
+Ops from 10 on are the speculative path's (`engine/parallel/spec_sync.py`): the verify forward
+(`forward_hidden`), the lm head over rows of it, and the MTP head's calls; `follow` hands them to
+the handlers it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +24,11 @@ from engine.parallel.comm import Comm
 
 HEADER = 8
 OP_INIT, OP_FORWARD, OP_COPY_STATE, OP_ZERO_STATE, OP_STOP = 1, 2, 3, 4, 5
+# Speculative decoding (spec_sync.py): [op, n_chunks, payload] / [op, n_rows] / MTP head calls.
+OP_FORWARD_HIDDEN, OP_HIDDEN_LOGITS, OP_MTP_FORWARD, OP_MTP_LOGITS = 10, 11, 12, 13
+
+# A follower's handler of an op from 10 on: (its runner, the op's header).
+OpHandler = Callable[[ModelRunner, list[int]], None]
 
 
 def encode_chunks(chunks: list[SeqChunk]) -> torch.Tensor:
@@ -84,8 +92,27 @@ class LeaderRunner(ModelRunner):
         self.comm.broadcast(payload.to(self.comm.device))
         return super().forward(chunks, all_logits=all_logits, layer_callback=layer_callback)
 
-    def forward_hidden(self, chunks, layer_callback=None):
-        raise NotImplementedError("speculative decoding is not supported with tp/ep > 1")
+    def forward_hidden(self, chunks: list[SeqChunk], layer_callback=None):
+        """The speculative step's forward: followers run it too and keep its hidden rows."""
+        self._send_chunks(OP_FORWARD_HIDDEN, chunks)
+        return super().forward_hidden(chunks, layer_callback)
+
+    def hidden_logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Followers project the same rows of their last `forward_hidden` (the lm head gathers)."""
+        _send_header(self.comm, OP_HIDDEN_LOGITS, len(rows))
+        if rows:
+            self.comm.broadcast(torch.tensor(rows, dtype=torch.int64, device=self.comm.device))
+        return super().hidden_logits(hidden, rows)
+
+    def _send_chunks(self, op: int, chunks: list[SeqChunk]) -> None:
+        """`forward`'s broadcast, for the ops from 10 on (`receive_chunks` is the other side)."""
+        vocab = self.model.config.vocab_size
+        for chunk in chunks:  # refuse before the followers start a step
+            if any(not 0 <= t < vocab for t in chunk.token_ids):
+                raise ValueError(f"token ids must lie in [0, {vocab})")
+        payload = encode_chunks(chunks)
+        _send_header(self.comm, op, len(chunks), payload.numel())
+        self.comm.broadcast(payload.to(self.comm.device))
 
 
 @dataclass(eq=False)
@@ -107,9 +134,21 @@ def mirrored(cache: CacheTensors, comm: Comm) -> MirroredCache:
     return MirroredCache(kv=cache.kv, conv=cache.conv, ssm=cache.ssm, block_size=cache.block_size, comm=comm)
 
 
-def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner]) -> int:
+def receive_chunks(comm: Comm, header: list[int]) -> list[SeqChunk]:
+    """The chunks a `_send_chunks` header announces ([op, n_chunks, payload length, ...])."""
+    payload = comm.broadcast(torch.zeros(header[2], dtype=torch.int64, device=comm.device))
+    return decode_chunks(payload.cpu(), header[1])
+
+
+def follow(
+    comm: Comm,
+    make_runner: Callable[[int, int], ModelRunner],
+    handlers: Mapping[int, OpHandler] | None = None,
+) -> int:
     """A follower rank's loop: INIT (allocate via `make_runner(num_pages, num_slots)`), then
-    steps until STOP. Returns the number of forwards run."""
+    steps until STOP; ops from 10 on go to `handlers` (spec_sync.SpecFollower.handlers). Returns
+    the number of forwards run."""
+    handlers = handlers or {}
     runner: ModelRunner | None = None
     forwards = 0
     while True:
@@ -127,5 +166,8 @@ def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner]) -> int:
             runner.cache.zero_state(header[1])
         elif op == OP_STOP:
             return forwards
+        elif op in handlers:
+            handlers[op](runner, header)
+            forwards += op == OP_FORWARD_HIDDEN
         else:
             raise RuntimeError(f"follower rank {comm.rank}: unknown step op {op}")
