@@ -222,18 +222,18 @@ def test_shards_reassemble_into_the_whole_tensors_with_replicated_kv_heads() -> 
 
 @pytest.mark.parametrize(("tp", "ep"), [(2, 1), (1, 2), (2, 2)])
 def test_baton_size_per_gpu_equals_a_real_shard(tp: int, ep: int) -> None:
-    """`baton size --tp --ep` per-GPU weights = the elements rank 0's shard holds (MTP apart)."""
+    """`baton size --tp --ep` per-GPU weights = the elements rank 0's shard holds, MTP head included."""
     model_dir = tiny_checkpoint("qwen3_5_moe_text")
     cfg = ModelConfig.from_json(model_dir)
     placer = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
     placer.run(None, False)
     weights, extra = placer.finish()
-    shard = shard_weights(cfg, weights, ParallelConfig(tp, ep), rank=0)
+    assert extra, "the checkpoint has an MTP head"
+    shard = shard_weights(cfg, {**weights, **extra}, ParallelConfig(tp, ep), rank=0)
     raw = json.loads((model_dir / "config.json").read_text())
     shape = sizing.shape_from_config(raw)
     gpu = sizing.per_gpu(shape, tp=tp, ep=ep, weight_dtype_bytes=1, dtype_bytes_=4, ssm_dtype_bytes=4)
-    mtp = sizing.param_counts(shape).mtp
-    assert gpu.weight_bytes - mtp == sum(t.numel() for t in shard.values())
+    assert gpu.weight_bytes == sum(t.numel() for t in shard.values())
     local = ParallelConfig(tp, ep).local_config(cfg)
     page, slot = CacheTensors.bytes_for(local, block_size=1)
     assert (gpu.kv_bytes_per_token, gpu.state_slot_bytes) == (page, slot)
