@@ -50,12 +50,17 @@ class LeaderMtpHead(MtpHead):
             raise ValueError("a group's MTP forward needs each sequence's MtpKv")
         hidden = hidden.to(self.model.dtype)
         released, self._released = self._released, []
-        ints = [*next_tokens.tolist(), *positions.tolist()]
-        for kv, start, end in groups:
-            ints += [kv.uid, kv.valid_from, start, end]
-        ints += released
+        tail = [value for kv, start, end in groups for value in (kv.uid, kv.valid_from, start, end)]
+        device = self.comm.device
+        ints = torch.cat(  # tokens and positions stay on the device: no read-back here
+            [
+                next_tokens.to(device, torch.int64),
+                positions.to(device, torch.int64),
+                torch.tensor(tail + released, dtype=torch.int64, device=device),
+            ]
+        )
         _send_header(self.comm, OP_MTP_FORWARD, hidden.shape[0], len(groups), len(released))
-        self.comm.broadcast(torch.tensor(ints, dtype=torch.int64, device=self.comm.device))
+        self.comm.broadcast(ints)
         self.comm.broadcast(hidden.to(self.comm.device).contiguous())
         return super().forward(hidden, next_tokens, positions, groups)
 
@@ -103,7 +108,7 @@ class SpecFollower:
         ints = self._ints(2 * rows + 4 * n_groups + n_released).cpu()
         hidden = self._rows(rows)
         device = self.model.device
-        tokens, positions = ints[:rows].to(device), ints[rows : 2 * rows].to(device)
+        positions = ints[rows : 2 * rows]
         groups = []
         for uid, valid_from, start, end in ints[2 * rows : 2 * rows + 4 * n_groups].view(-1, 4).tolist():
             kv = self.kv.get(uid)
@@ -111,6 +116,7 @@ class SpecFollower:
                 kv = self.kv[uid] = MtpKv(self.head.cfg, valid_from, self.model.dtype, device)
             kv.ensure(int(positions[end - 1]) + 1)
             groups.append((kv, start, end))
+        tokens, positions = ints[:rows].to(device), positions.to(device)
         for uid in ints[2 * rows + 4 * n_groups :].tolist():
             self.kv.pop(uid, None)
         with torch.inference_mode():

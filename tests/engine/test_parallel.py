@@ -15,6 +15,7 @@ import torch
 
 from baton import sizing
 from engine.cache.tensors import CacheTensors
+from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.identity import checkpoint_files
 from engine.llm_engine import LLMEngine
@@ -243,11 +244,11 @@ def _headers(model_dir):
     return [read_header(model_dir / name) for name in checkpoint_files(model_dir)]
 
 
-def _one_rank_group_run(device: str, model_type: str = "qwen3_next"):
+def _one_rank_group_run(device: str, model_type: str = "qwen3_next", options: dict = TIGHT):
     """The whole TP path over a group of one rank (every collective runs, over one rank)."""
     comm = init_comm(0, 1, device, init_method_for(free_port()), timeout_s=120)
     try:
-        engine = LLMEngine(tiny_checkpoint(model_type), EngineConfig(**TIGHT, device=device), comm=comm)
+        engine = LLMEngine(tiny_checkpoint(model_type), EngineConfig(**options, device=device), comm=comm)
         result = scenario(engine)
         counted = (comm.all_reduces, comm.all_gathers, comm.broadcasts)
         graphs = engine.runner.graphs
@@ -257,14 +258,42 @@ def _one_rank_group_run(device: str, model_type: str = "qwen3_next"):
 
 
 def test_a_one_rank_group_runs_every_collective_and_equals_the_plain_engine() -> None:
-    tokens, logits, preemptions, cached = scenario(
-        LLMEngine(tiny_checkpoint("qwen3_next"), EngineConfig(**TIGHT))
-    )
+    tokens, logits, *_ = plain_scenario("qwen3_next")
     (p_tokens, p_logits, *_), (all_reduces, all_gathers, broadcasts), _ = _one_rank_group_run("cpu")
     assert p_tokens == tokens
     assert all_reduces > 0 and all_gathers > 0 and broadcasts > 0
     for rid, expected in logits.items():
         torch.testing.assert_close(p_logits[rid], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [TIGHT, SPEC_TIGHT], ids=["decode", "verify"])
+def test_a_one_rank_group_runs_decode_and_verify_steps_through_the_graph_runner(options: dict) -> None:
+    """The GPU item's path on the CPU: a one-rank group whose pure decode (and k=2 verify) steps go
+    through a capture-free DecodeGraphs (the static-buffer forward a graph captures, all-reduces
+    included), with the plain engine's tokens."""
+    comm = init_comm(0, 1, "cpu", init_method_for(free_port()), timeout_s=120)
+    try:
+        engine = LLMEngine(tiny_checkpoint("qwen3_next"), EngineConfig(**options), comm=comm)
+        k = engine.config.num_speculative_tokens
+        engine.runner.graphs = graphs = DecodeGraphs(
+            engine.model,
+            engine.cache,
+            max_batch=4,
+            max_model_len=256,
+            scratch_page=engine.memory.pages.allocate(1)[0],
+            scratch_slot=engine.memory.live_slots.allocate(),
+            verify_steps=k + 1 if k else 0,
+            capture=False,
+        )
+        kinds: list[int | None] = []
+        run = graphs.run
+        graphs.run = lambda chunks: (kinds.append(graphs.steps_of(chunks)), run(chunks))[1]
+        tokens = scenario(engine)[0]
+        all_reduces = comm.all_reduces
+    finally:
+        close_comm()
+    assert tokens == plain_scenario("qwen3_next")[0]
+    assert all_reduces > 0 and kinds.count(k + 1) > 0  # decode (k = 0) / verify steps went through it
 
 
 @pytest.mark.cuda
@@ -276,6 +305,18 @@ def test_tp_path_under_nccl_on_one_gpu_replays_cuda_graphs_with_the_plain_engine
     assert graphs is not None and graphs.capture_error is None and graphs.graphs, "graphs were captured"
     assert graphs.replays > 0, "decode steps replay CUDA graphs"
     assert all_reduces > 0
+    assert tokens == plain[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a cuda device")
+def test_tp_path_under_nccl_on_one_gpu_speculates_with_verify_graphs() -> None:
+    """k=2 over a one-rank NCCL group: the verify step's graph holds the all-reduces, the lm head
+    and the MTP head gather eagerly, and no token changes."""
+    plain = scenario(LLMEngine(tiny_checkpoint("qwen3_next"), EngineConfig(**TIGHT, device="cuda")))
+    (tokens, *_), _, graphs = _one_rank_group_run("cuda", options=SPEC_TIGHT)
+    assert graphs is not None and graphs.capture_error is None
+    assert any(steps == 3 for _, steps in graphs.graphs), "verify graphs were captured"
     assert tokens == plain[0]
 
 
