@@ -65,6 +65,7 @@ class LeaderMtpHead(MtpHead):
         return super().forward(hidden, next_tokens, positions, groups)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
+        out = out.to(self.model.dtype)  # what the followers receive (a no-op for the head's output)
         _send_header(self.comm, OP_MTP_LOGITS, out.shape[0])
         self.comm.broadcast(out.to(self.comm.device).contiguous())
         return super().logits(out)
