@@ -243,7 +243,8 @@ def per_gpu(
 ) -> PerGpu:
     """tp splits attention q heads (kv heads, replicated when fewer than tp), DeltaNet heads, dense
     and shared MLPs and the vocab; ep splits the routed experts (under tp alone they split by
-    channel). Norms and routers are replicated, and so is the MTP head (counted whole)."""
+    channel). Norms, routers and the MTP head's fc are replicated; the rest of the MTP head splits
+    like a main attention + MoE layer (it shares the vocab-parallel embedding and lm head)."""
     if tp < 1 or ep < 1 or tp not in (1, max(tp, ep)) or ep not in (1, max(tp, ep)):
         raise SizingConfigError(f"--tp {tp} --ep {ep}: each must be 1 or the world size")
     p = param_counts(shape)
@@ -253,6 +254,17 @@ def per_gpu(
     attention_kv = s.num_attention_layers * 2 * s.hidden_size * s.head_dim * kv_heads
     head_norms = s.num_attention_layers * 2 * s.head_dim + s.num_linear_layers * s.linear_value_head_dim
     experts = p.routed_experts / (ep if ep > 1 else tp)
+    routed, shared, gates = _moe_parts(s)
+    attention_layer = (3 * s.hidden_size * s.num_attention_heads * s.head_dim) / tp
+    attention_layer += 2 * s.hidden_size * s.head_dim * kv_heads + 2 * s.head_dim
+    mtp_layer = (
+        2 * s.hidden_size * s.hidden_size  # fc
+        + 5 * s.hidden_size  # two pre-fc norms, two layer norms, the final norm
+        + attention_layer
+        + routed / (ep if ep > 1 else tp)
+        + shared / tp
+        + gates
+    )
     params = (
         math.ceil(s.vocab_size / tp) * s.hidden_size * (1 if s.tie_word_embeddings else 2)
         + attention_q_o / tp
@@ -262,7 +274,7 @@ def per_gpu(
         + (p.dense_mlp + p.shared_experts) / tp
         + experts
         + p.norms_and_routers
-        + p.mtp
+        + (s.mtp_num_hidden_layers * mtp_layer if p.mtp else 0)
     )
     kv = s.num_attention_layers * 2 * kv_heads * s.head_dim * dtype_bytes_
     slot = state_slot_bytes(s, dtype_bytes_, ssm_dtype_bytes) / tp

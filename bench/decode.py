@@ -133,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
 
         out = TP_RESULTS if args.out == RESULTS else args.out
         batches = [int(b) for b in (args.batches or "1,16").split(",")]
-        tp_bench(args.model or small_checkpoint("qwen3_next"), args.tp, args.ep, batches, args.tokens, out)
+        model = args.model or small_checkpoint("qwen3_next")
+        if args.spec and args.model is None:  # a random MTP head drafts nothing worth verifying
+            from bench.decode_spec import default_model
+
+            model = default_model()
+        tp_bench(model, args.tp, args.ep, batches, args.tokens, out, spec_tokens=args.spec)
         return 0
     if args.spec:
         from bench.decode_spec import RESULTS as SPEC_RESULTS

@@ -131,11 +131,10 @@ class _Placer:
         self.expert_parts: dict[str, set[str]] = {}  # stacked target → per-expert names placed
 
     def shard_for(self, parallel: ParallelConfig, rank: int) -> None:
-        """Place rank `rank`'s shard only. The MTP head is not sharded: no speculation under a group."""
+        """Place rank `rank`'s shard only (the MTP head's tensors split like the main layers')."""
         parallel.check_model(self.cfg)
         self.sharding = (parallel, rank)
-        model = {k: v for k, v in self.expected.items() if not k.startswith(MTP_PREFIX)}
-        self.expected = local_shapes(self.cfg, model, parallel, rank)
+        self.expected = local_shapes(self.cfg, self.expected, parallel, rank)
 
     # --- reading ------------------------------------------------------------------------------
     def run(self, hasher, progress: bool | None) -> None:

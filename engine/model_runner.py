@@ -99,8 +99,8 @@ class ModelRunner:
     def forward_hidden(
         self, chunks: list[SeqChunk], layer_callback: Callable[[int], None] | None = None
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Speculative decoding: the final-normed hidden state of every row (logits are
-        `hidden @ model.lm_head_t`; the MTP head reads them) and each chunk's rows [start, end)."""
+        """Speculative decoding: the final-normed hidden state of every row (logits come from
+        `hidden_logits`; the MTP head reads them) and each chunk's rows [start, end)."""
         vocab = self.model.config.vocab_size
         for chunk in chunks:
             if any(not 0 <= t < vocab for t in chunk.token_ids):
@@ -112,3 +112,10 @@ class ModelRunner:
         hidden = self.model.hidden_states(batch, self.cache, layer_callback)
         normed = rms_norm_zero_centered(hidden, self.model.norm, self.model.config.rms_norm_eps)
         return normed, batch.chunk_rows
+
+    @torch.inference_mode()
+    def hidden_logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """fp32 logits [len(rows), vocab] of rows `rows` of the last `forward_hidden`'s `hidden`
+        (the rows are named by index so that follower ranks, which hold the same hidden states,
+        can join the vocab-parallel lm head)."""
+        return self.model.project(hidden[torch.tensor(rows, device=hidden.device)])

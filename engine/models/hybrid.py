@@ -131,7 +131,7 @@ class HybridModel:
     ) -> torch.Tensor:
         """Run every decoder layer over the batch rows; returns the pre-final-norm hidden states."""
         cfg = self.config
-        x = self._embed(batch.token_ids)
+        x = self.embed(batch.token_ids)
         rope = rope_cos_sin(batch.positions, cfg.rotary_dim, cfg.rope_theta, x.dtype)
         for layer in self.layers:
             x = layer.forward(x, batch, cache, rope)
@@ -139,7 +139,9 @@ class HybridModel:
                 layer_callback(layer.layer_id)
         return x
 
-    def _embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (vocab-parallel: each rank looks up its rows, one all-reduce); the MTP
+        head embeds through here too."""
         if not self.vocab_parallel:
             return F.embedding(token_ids, self.embed_tokens)
         per = self.embed_tokens.shape[0]
@@ -150,8 +152,12 @@ class HybridModel:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + lm_head, fp32 logits (vocab-parallel: gathered from every rank)."""
-        h = rms_norm_zero_centered(hidden, self.norm, self.config.rms_norm_eps)
-        logits = h @ self.lm_head_t
+        return self.project(rms_norm_zero_centered(hidden, self.norm, self.config.rms_norm_eps))
+
+    def project(self, normed: torch.Tensor) -> torch.Tensor:
+        """lm_head over already-normed rows (the speculative path's and the MTP head's), fp32
+        logits (vocab-parallel: gathered from every rank)."""
+        logits = normed @ self.lm_head_t
         if self.vocab_parallel:
             logits = self.comm.all_gather_last(logits)[:, : self.config.vocab_size]
         return logits.float()

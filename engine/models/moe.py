@@ -68,11 +68,13 @@ class SparseMoe:
 
     def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
         """The routed experts this rank holds (all of them without expert parallelism). Under EP a
-        pair routed to another rank's expert gets weight 0 here, so the layer's all-reduce sums
-        each pair exactly once; shapes stay fixed (no host read-back, graph-safe)."""
+        pair routed to another rank's expert is foreign here (id `held`): not computed, and the
+        layer's all-reduce adds it from its own rank, so each pair counts exactly once. Shapes
+        stay fixed (no host read-back, graph-safe)."""
         held = self.gate_up_t.shape[0]
         if self.first_expert == 0 and held == self.num_experts:
             return routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t)
         local = top_e - self.first_expert
         mine = (local >= 0) & (local < held)
-        return routed_experts(x, local.clamp(0, held - 1), top_w * mine, self.gate_up_t, self.down_t)
+        local = torch.where(mine, local, held)
+        return routed_experts(x, local, top_w, self.gate_up_t, self.down_t, foreign=True)

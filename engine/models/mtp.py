@@ -13,9 +13,16 @@ Drafting further steps feeds `out` back as the hidden state (one layer reused fo
 
 All math runs on weights in compute layout ([in, out], experts [E, in, out]) through plain torch
 ops, so the same functions serve inference and training (autograd) of the head.
+
+Under tensor / expert parallelism (a head built `from_model` of a rank's shard) the head is split
+like the main layers (`engine/parallel/shard.py`): attention heads, dense and shared MLPs and
+routed experts are the rank's, the norms and `fc` are replicated, the embedding and lm head are
+the model's vocab-parallel ones, and one all-reduce follows the attention and the ffn.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +32,8 @@ from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonica
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import apply_rope, rope_cos_sin
+from engine.parallel.comm import SINGLE
+from engine.parallel.config import ParallelConfig
 
 PREFIX = "mtp."
 
@@ -51,9 +60,12 @@ def mtp_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def mtp_canonical(cfg: ModelConfig, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def mtp_canonical(
+    cfg: ModelConfig, extra: dict[str, torch.Tensor], check_shapes: bool = True
+) -> dict[str, torch.Tensor] | None:
     """`mtp.*` checkpoint tensors → canonical MTP tensors, or None when the checkpoint has none
-    (or the config declares no MTP layers). Raises MtpCheckpointError on missing/misshapen ones."""
+    (or the config declares no MTP layers). Raises MtpCheckpointError on missing/misshapen ones
+    (`check_shapes=False`: a rank's shard, whose shapes the loader checked against the shard's)."""
     raw = {k[len(PREFIX) :]: v for k, v in extra.items() if k.startswith(PREFIX)}
     if cfg.mtp_num_hidden_layers < 1 or not raw:
         return None
@@ -64,7 +76,7 @@ def mtp_canonical(cfg: ModelConfig, extra: dict[str, torch.Tensor]) -> dict[str,
     for name, shape in mtp_expected_shapes(cfg).items():
         if name not in canonical:
             raise MtpCheckpointError(f"checkpoint lacks MTP tensor {PREFIX}{name}")
-        if tuple(canonical[name].shape) != shape:
+        if check_shapes and tuple(canonical[name].shape) != shape:
             raise MtpCheckpointError(
                 f"MTP tensor {PREFIX}{name} has shape {tuple(canonical[name].shape)}, config implies {shape}"
             )
@@ -86,7 +98,10 @@ class MtpKv:
     before `valid_from` (prompt positions whose target hidden states this engine never saw) are
     never attended to; entries past the last accepted position are simply overwritten later."""
 
+    _uids = itertools.count()
+
     def __init__(self, cfg: ModelConfig, valid_from: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.uid = next(MtpKv._uids)  # names this KV to the follower ranks (engine/parallel/spec_sync)
         self.valid_from = valid_from
         self._shape = (cfg.mtp_num_hidden_layers, 2, cfg.num_key_value_heads, cfg.head_dim)
         self.data = torch.zeros((self._shape[0], 64, *self._shape[1:]), dtype=dtype, device=device)
@@ -106,23 +121,44 @@ class MtpKv:
 
 class MtpHead:
     def __init__(
-        self, cfg: ModelConfig, weights: dict[str, torch.Tensor], embed: torch.Tensor, lm_head_t: torch.Tensor
+        self,
+        cfg: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        embed: torch.Tensor,
+        lm_head_t: torch.Tensor,
+        model=None,
     ) -> None:
-        """`weights`: MTP tensors in compute layout (see `to_compute_layout`), canonical names."""
+        """`weights`: MTP tensors in compute layout (see `to_compute_layout`), canonical names.
+        `model`: the loaded `HybridModel` the head drafts for; its (vocab-parallel) embedding and
+        lm head and its rank's place in the group are then the head's (`cfg` is its local one)."""
         self.cfg = cfg
         self.w = weights
         self.embed = embed
         self.lm_head_t = lm_head_t  # [H, vocab]
         self.num_layers = cfg.mtp_num_hidden_layers
+        self.model = model
+        comm, parallel = (model.comm, model.parallel) if model is not None else (SINGLE, ParallelConfig())
+        self.comm = comm
+        self.reduce_attention = comm.splits(parallel.tp)
+        self.reduce_ffn = [
+            comm.splits(parallel.tp) or (cfg.is_moe_layer(i) and parallel.ep > 1)
+            for i in range(self.num_layers)
+        ]
+        self.first_expert = cfg.num_experts // parallel.ep * comm.rank if parallel.ep > 1 else 0
+        # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
+        self.with_shared = parallel.tp > 1 or comm.rank == 0
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
         """The head of a loaded `HybridModel` (its `extra_weights`), or None without MTP weights."""
-        canonical = mtp_canonical(model.config, model.extra_weights)
+        canonical = mtp_canonical(model.config, model.extra_weights, check_shapes=not model.comm.active)
         if canonical is None:
             return None
         weights = {k: to_compute_layout(v.to(model.dtype)) for k, v in canonical.items()}
-        return cls(model.config, weights, model.embed_tokens, model.lm_head_t)
+        return cls(model.config, weights, model.embed_tokens, model.lm_head_t, model)
+
+    def release(self, kv: MtpKv) -> None:
+        """A sequence's MTP KV is no longer used (the leader of a group tells its followers)."""
 
     # ---- one forward ---------------------------------------------------------------------------
     def forward(
@@ -137,9 +173,10 @@ class MtpHead:
         None: dense causal attention over the rows alone, for training). Returns the normed output."""
         cfg, w = self.cfg, self.w
         eps = cfg.rms_norm_eps
-        e = rms_norm_zero_centered(
-            F.embedding(next_tokens, self.embed), w["pre_fc_norm_embedding.weight"], eps
+        embedded = (
+            self.model.embed(next_tokens) if self.model is not None else F.embedding(next_tokens, self.embed)
         )
+        e = rms_norm_zero_centered(embedded, w["pre_fc_norm_embedding.weight"], eps)
         h = rms_norm_zero_centered(hidden.to(e.dtype), w["pre_fc_norm_hidden.weight"], eps)
         x = torch.cat([e, h], dim=-1) @ w["fc.weight"]
         rope = rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, x.dtype)
@@ -148,14 +185,18 @@ class MtpHead:
         return rms_norm_zero_centered(x, w["norm.weight"], eps)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
+        if self.model is not None:  # vocab-parallel under tp: every rank's part, gathered
+            return self.model.project(out)
         return (out @ self.lm_head_t).float()
 
     def _layer(self, i: int, x, rope, positions, groups) -> torch.Tensor:
         p, eps = f"layers.{i}.", self.cfg.rms_norm_eps
         h = rms_norm_zero_centered(x, self.w[p + "input_layernorm.weight"], eps)
-        x = x + self._attention(i, h, rope, positions, groups)
+        mixed = self._attention(i, h, rope, positions, groups)
+        x = x + (self.comm.all_reduce(mixed) if self.reduce_attention else mixed)
         h = rms_norm_zero_centered(x, self.w[p + "post_attention_layernorm.weight"], eps)
-        return x + self._ffn(i, h)
+        ffn = self._ffn(i, h)
+        return x + (self.comm.all_reduce(ffn) if self.reduce_ffn[i] else ffn)
 
     def _attention(self, i: int, x, rope, positions, groups) -> torch.Tensor:
         cfg, w, p = self.cfg, self.w, f"layers.{i}.self_attn."
@@ -198,7 +239,10 @@ class MtpHead:
         p = f"layers.{i}.mlp."
         if not self.cfg.is_moe_layer(i):
             return _swiglu(x, self.w, p)
-        return _moe(x, self.w, p, self.cfg) + _swiglu(x, self.w, p + "shared_expert.") * torch.sigmoid(
+        routed = _moe(x, self.w, p, self.cfg, self.first_expert)
+        if not self.with_shared:
+            return routed
+        return routed + _swiglu(x, self.w, p + "shared_expert.") * torch.sigmoid(
             x @ self.w[p + "shared_expert_gate.weight"]
         )
 
@@ -213,20 +257,28 @@ def _swiglu(x: torch.Tensor, w: dict[str, torch.Tensor], p: str) -> torch.Tensor
 DENSE_MOE_MAX_ROWS = 32
 
 
-def _moe(x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig) -> torch.Tensor:
+def _moe(
+    x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig, first_expert: int = 0
+) -> torch.Tensor:
     """Softmax top-k router (renormalised when `norm_topk_prob`); same math as
     `engine.models.moe.SparseMoe`, autograd-friendly. Few rows: every expert densely (loop-free);
-    many rows (training): each hit expert runs once over its rows."""
+    many rows (training): each hit expert runs once over its rows. Under expert parallelism the
+    weights hold experts [first_expert, first_expert + E_local): pairs routed elsewhere get the
+    id E_local (foreign) and add nothing here."""
     probs = torch.softmax(x @ w[p + "gate.weight"], dim=-1, dtype=torch.float32)
     top_w, top_e = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
     if cfg.norm_topk_prob:
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
     gate_up, down = w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"]  # [E, H, 2I], [E, I, H]
+    held = gate_up.shape[0]
+    if held != cfg.num_experts:
+        local = top_e - first_expert
+        top_e = torch.where((local >= 0) & (local < held), local, held)
     if x.shape[0] <= DENSE_MOE_MAX_ROWS:
         return _moe_dense(x, gate_up, down, top_w, top_e)
     inter = gate_up.shape[-1] // 2
     out = torch.zeros_like(x)
-    for expert in torch.unique(top_e).tolist():
+    for expert in torch.unique(top_e[top_e < held]).tolist():
         token, slot = torch.nonzero(top_e == expert, as_tuple=True)
         g, u = torch.split(x[token] @ gate_up[expert], inter, dim=-1)
         y = (F.silu(g) * u) @ down[expert]
@@ -236,10 +288,11 @@ def _moe(x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig) 
 
 def _moe_dense(x, gate_up, down, top_w, top_e) -> torch.Tensor:
     """Every expert over every row ([E, N, .] batched matmuls), summed with the routing weights
-    scattered into [N, E] (zero for experts a row did not pick)."""
+    scattered into [N, E] (zero for experts a row did not pick; foreign ids E land in a row that is
+    dropped)."""
     experts, inter = gate_up.shape[0], gate_up.shape[-1] // 2
     g, u = torch.split(torch.matmul(x.unsqueeze(0), gate_up), inter, dim=-1)  # [E, N, I] each
-    weights = torch.zeros(experts, x.shape[0], 1, dtype=x.dtype, device=x.device)
-    weights.scatter_(0, top_e.t().unsqueeze(-1), top_w.t().unsqueeze(-1).to(x.dtype))
+    weights = torch.zeros(experts + 1, x.shape[0], 1, dtype=x.dtype, device=x.device)
+    weights = weights.scatter(0, top_e.t().unsqueeze(-1), top_w.t().unsqueeze(-1).to(x.dtype))[:experts]
     act = (F.silu(g) * u * weights).transpose(0, 1).reshape(x.shape[0], experts * inter)
     return act @ down.reshape(experts * inter, -1)  # the weighted sum over experts, in one matmul

@@ -14,6 +14,11 @@ Three forms with this signature:
   weight fused into the GEMMs).
 `routed_experts` dispatches. Expert counts are computed with `scatter_add_` rather than
 `bincount` (which reads the max id back to the host on CUDA).
+
+Expert parallelism: a rank holds E of the experts, and a pair routed to another rank's expert
+carries an id >= E here ("foreign"). Every form skips foreign pairs: they add nothing and, in the
+grouped and Triton forms, cost no FLOPs (they sort last, past the last expert's rows). Shapes stay
+fixed, so this needs no host read either.
 """
 
 from __future__ import annotations
@@ -29,31 +34,44 @@ from engine.ops.dispatch import use_triton
 def moe_dense_reference(
     x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
 ) -> torch.Tensor:
-    inter = down_t.shape[1]
+    num_experts, inter = down_t.shape[0], down_t.shape[1]
     gate, up = torch.split(torch.einsum("nh,ehi->eni", x.float(), gate_up_t.float()), inter, dim=-1)
     every = torch.einsum("eni,eih->enh", F.silu(gate) * up, down_t.float())  # [E, N, H]
     tokens = torch.arange(x.shape[0], device=x.device)[:, None]
-    picked = every[top_e, tokens]  # [N, K, H]
+    local = top_e < num_experts  # foreign pairs (expert parallelism) add nothing
+    picked = every[top_e.clamp(max=num_experts - 1), tokens] * local.unsqueeze(-1)  # [N, K, H]
     return (picked * top_w.float().unsqueeze(-1)).sum(dim=1).to(x.dtype)
 
 
 def expert_counts(top_e: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """[E] int64 number of (token, k) pairs routed to each expert, computed on the device."""
+    """[E] int64 number of (token, k) pairs routed to each expert, computed on the device. With
+    ids >= E (foreign pairs: clamp them to E first) pass E + 1: the last count is theirs."""
     flat = top_e.reshape(-1)
     counts = torch.zeros(num_experts, dtype=torch.long, device=top_e.device)
     return counts.scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def moe_grouped_torch(
-    x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
+    x: torch.Tensor,
+    top_e: torch.Tensor,
+    top_w: torch.Tensor,
+    gate_up_t: torch.Tensor,
+    down_t: torch.Tensor,
+    foreign: bool = False,
 ) -> torch.Tensor:
+    """`foreign`: top_e may hold ids >= E; those pairs sort past the last group, where
+    `_grouped_mm` computes nothing, and are zeroed."""
     rows, top_k = top_e.shape
-    inter = down_t.shape[1]
-    order = torch.argsort(top_e.reshape(-1), stable=True)
-    ends = expert_counts(top_e, gate_up_t.shape[0]).cumsum(0).to(torch.int32)
+    num_experts, inter = down_t.shape[0], down_t.shape[1]
+    flat = top_e.reshape(-1).clamp(max=num_experts) if foreign else top_e.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = expert_counts(flat, num_experts + 1 if foreign else num_experts)[:num_experts]
+    ends = counts.cumsum(0).to(torch.int32)
     sorted_x = x[order // top_k]
     gate, up = torch.split(torch._grouped_mm(sorted_x, gate_up_t, offs=ends), inter, dim=-1)
     sorted_out = torch._grouped_mm(F.silu(gate) * up, down_t, offs=ends)
+    if foreign:  # rows past the last group are not computed: never read them
+        sorted_out = torch.where((flat[order] < num_experts).unsqueeze(-1), sorted_out, 0)
     pairs = torch.empty_like(sorted_out)
     pairs[order] = sorted_out
     return (pairs.view(rows, top_k, -1) * top_w.unsqueeze(-1)).sum(dim=1)
@@ -74,14 +92,20 @@ def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
 
 
 def routed_experts(
-    x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
+    x: torch.Tensor,
+    top_e: torch.Tensor,
+    top_w: torch.Tensor,
+    gate_up_t: torch.Tensor,
+    down_t: torch.Tensor,
+    foreign: bool = False,
 ) -> torch.Tensor:
     """The op the model calls: the Triton kernels on CUDA, `torch._grouped_mm` on CPU (the dense
-    reference where this torch lacks it: correct, E/K times the work)."""
+    reference where this torch lacks it: correct, E/K times the work). `foreign`: top_e may hold
+    ids >= E, pairs of experts another rank holds, which are skipped (expert parallelism)."""
     if use_triton(x):
         from engine.ops.triton.fused_moe import fused_moe_triton  # cycle: it imports this module
 
-        return fused_moe_triton(x, top_e, top_w, gate_up_t, down_t)
+        return fused_moe_triton(x, top_e, top_w, gate_up_t, down_t, foreign)
     if grouped_mm_supported(x.device.type, x.dtype):
-        return moe_grouped_torch(x, top_e, top_w, gate_up_t, down_t)
+        return moe_grouped_torch(x, top_e, top_w, gate_up_t, down_t, foreign)
     return moe_dense_reference(x, top_e, top_w, gate_up_t, down_t)

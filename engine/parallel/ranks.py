@@ -22,6 +22,7 @@ from engine.model_config import parse_dtype
 from engine.model_runner import ModelRunner
 from engine.model_source import resolve_model
 from engine.parallel.comm import Comm, init_comm
+from engine.parallel.spec_sync import SpecFollower
 from engine.parallel.step_sync import FollowerHooks, follow
 
 # Builds a follower's hooks in its process: (model_dir, config, rank) -> FollowerHooks.
@@ -59,7 +60,7 @@ def run_follower(
 
     hooks = hooks_factory(model_dir, config, comm.rank) if hooks_factory else None
     with torch.inference_mode():
-        return follow(comm, make_runner, hooks)
+        return follow(comm, make_runner, SpecFollower(comm, model).handlers(), hooks)
 
 
 def _follower_main(

@@ -14,6 +14,10 @@ with (the worker's KV transfer): `call_followers` broadcasts opaque bytes (OP_CA
 thread that broadcasts them, so its collectives never interleave with a step's. A chunk whose
 sequence rank 0 watches layer by layer carries a `watch_key` (`watch_key(request_id)`), and
 followers call `hooks.layer_done` for it after each layer, as rank 0 calls the sequence's callback.
+
+Ops from 10 on are the speculative path's (`engine/parallel/spec_sync.py`): the verify forward
+(`forward_hidden`), the lm head over rows of it, and the MTP head's calls; `follow` hands them to
+the handlers it is given.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +54,11 @@ class FollowerHooks(Protocol):
 def watch_key(request_id: str) -> int:
     """The 62-bit key a watched sequence is known by on every rank."""
     return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little") >> 2
+# Speculative decoding (spec_sync.py): [op, n_chunks, payload] / [op, n_rows] / MTP head calls.
+OP_FORWARD_HIDDEN, OP_HIDDEN_LOGITS, OP_MTP_FORWARD, OP_MTP_LOGITS = 10, 11, 12, 13
+
+# A follower's handler of an op from 10 on: (its runner, the op's header).
+OpHandler = Callable[[ModelRunner, list[int]], None]
 
 
 def encode_chunks(chunks: list[SeqChunk]) -> torch.Tensor:
@@ -140,8 +149,27 @@ class LeaderRunner(ModelRunner):
         self.comm.broadcast(payload.to(self.comm.device))
         return super().forward(chunks, all_logits=all_logits, layer_callback=layer_callback)
 
-    def forward_hidden(self, chunks, layer_callback=None):
-        raise NotImplementedError("speculative decoding is not supported with tp/ep > 1")
+    def forward_hidden(self, chunks: list[SeqChunk], layer_callback=None):
+        """The speculative step's forward: followers run it too and keep its hidden rows."""
+        self._send_chunks(OP_FORWARD_HIDDEN, chunks)
+        return super().forward_hidden(chunks, layer_callback)
+
+    def hidden_logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Followers project the same rows of their last `forward_hidden` (the lm head gathers)."""
+        _send_header(self.comm, OP_HIDDEN_LOGITS, len(rows))
+        if rows:
+            self.comm.broadcast(torch.tensor(rows, dtype=torch.int64, device=self.comm.device))
+        return super().hidden_logits(hidden, rows)
+
+    def _send_chunks(self, op: int, chunks: list[SeqChunk]) -> None:
+        """`forward`'s broadcast, for the ops from 10 on (`receive_chunks` is the other side)."""
+        vocab = self.model.config.vocab_size
+        for chunk in chunks:  # refuse before the followers start a step
+            if any(not 0 <= t < vocab for t in chunk.token_ids):
+                raise ValueError(f"token ids must lie in [0, {vocab})")
+        payload = encode_chunks(chunks)
+        _send_header(self.comm, op, len(chunks), payload.numel())
+        self.comm.broadcast(payload.to(self.comm.device))
 
 
 @dataclass(eq=False)
@@ -163,9 +191,22 @@ def mirrored(cache: CacheTensors, comm: Comm) -> MirroredCache:
     return MirroredCache(kv=cache.kv, conv=cache.conv, ssm=cache.ssm, block_size=cache.block_size, comm=comm)
 
 
-def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], hooks: FollowerHooks | None = None) -> int:
+def receive_chunks(comm: Comm, header: list[int]) -> list[SeqChunk]:
+    """The chunks a `_send_chunks` header announces ([op, n_chunks, payload length, ...])."""
+    payload = comm.broadcast(torch.zeros(header[2], dtype=torch.int64, device=comm.device))
+    return decode_chunks(payload.cpu(), header[1])
+
+
+def follow(
+    comm: Comm,
+    make_runner: Callable[[int, int], ModelRunner],
+    handlers: Mapping[int, OpHandler] | None = None,
+    hooks: FollowerHooks | None = None,
+) -> int:
     """A follower rank's loop: INIT (allocate via `make_runner(num_pages, num_slots)`), then
-    steps until STOP. Returns the number of forwards run."""
+    steps until STOP; ops from 10 on go to `handlers` (spec_sync.SpecFollower.handlers). Returns
+    the number of forwards run."""
+    handlers = handlers or {}
     runner: ModelRunner | None = None
     forwards = 0
     while True:
@@ -187,6 +228,9 @@ def follow(comm: Comm, make_runner: Callable[[int, int], ModelRunner], hooks: Fo
             _gather_bytes(comm, _answer(hooks, runner, payload.cpu().numpy().tobytes()))
         elif op == OP_STOP:
             return forwards
+        elif op in handlers:
+            handlers[op](runner, header)
+            forwards += op == OP_FORWARD_HIDDEN
         else:
             raise RuntimeError(f"follower rank {comm.rank}: unknown step op {op}")
 

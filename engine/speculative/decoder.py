@@ -104,13 +104,20 @@ class SpecDecoder:
         if engine.prefix_cache is not None:
             engine.prefix_cache.after_step([chunks[i] for i in plain])
         sampling = [i for i in plain if chunks[i].samples]
+        # Every logit row this step needs, in one lm head call (one gather under tp): the
+        # sampling chunks' last rows, then each verify's rows.
+        wanted = [rows[i][1] - 1 for i in sampling]
+        for index in verifies:
+            wanted.extend(range(*rows[index]))
+        logits = engine.runner.hidden_logits(hidden, wanted) if wanted else None
         outputs = []
         if sampling:
-            last = torch.tensor([rows[i][1] - 1 for i in sampling])
-            outputs.extend(engine.sample([chunks[i] for i in sampling], self._logits(hidden[last])))
+            outputs.extend(engine.sample([chunks[i] for i in sampling], logits[: len(sampling)]))
+        at = len(sampling)
         for index, verify in verifies.items():
             start, end = rows[index]
-            outputs.append(self._accept(chunks[index], verify, hidden[start:end]))
+            verify_logits, at = logits[at : at + end - start], at + end - start
+            outputs.append(self._accept(chunks[index], verify, hidden[start:end], verify_logits))
         return outputs
 
     def _plan(self, chunks: list[ScheduledChunk]) -> dict[int, _Verify]:
@@ -172,14 +179,13 @@ class SpecDecoder:
 
         return self.engine.runner.forward_hidden(seq_chunks, on_layer if watchers else None)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return (hidden @ self.engine.model.lm_head_t).float()
-
     # ---- acceptance ----------------------------------------------------------------------------
-    def _accept(self, chunk: ScheduledChunk, verify: _Verify, hidden: torch.Tensor) -> RequestOutput:
+    def _accept(
+        self, chunk: ScheduledChunk, verify: _Verify, hidden: torch.Tensor, logits: torch.Tensor
+    ) -> RequestOutput:
+        """`hidden` / `logits`: the verify's k + 1 rows."""
         engine, seq = self.engine, chunk.seq
         drafts = verify.draft.tokens
-        logits = self._logits(hidden)
         if seq.params.greedy:
             emitted = accept_greedy(logits, drafts)
         else:
@@ -242,6 +248,8 @@ class SpecDecoder:
             return
         state = self.states.get(seq.request_id)
         if state is None or state.seq is not seq or state.hidden_end != start:
+            if state is not None:
+                self.drafter.forget(state)
             self.states[seq.request_id] = self.drafter.new_state(seq, start, rows.clone())
         else:
             state.hidden = torch.cat([state.hidden, rows])
@@ -249,4 +257,4 @@ class SpecDecoder:
     def _forget_gone(self) -> None:
         sequences = self.engine.sequences
         for request_id in [r for r, s in self.states.items() if sequences.get(r) is not s.seq]:
-            del self.states[request_id]
+            self.drafter.forget(self.states.pop(request_id))

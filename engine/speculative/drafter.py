@@ -53,6 +53,10 @@ class Drafter:
         kv = MtpKv(self.head.cfg, start, hidden.dtype, hidden.device)
         return SeqSpecState(seq, kv, start, hidden)
 
+    def forget(self, state: SeqSpecState) -> None:
+        """The sequence's MTP state is dropped (the head of a group frees the followers' KV)."""
+        self.head.release(state.kv)
+
     @torch.inference_mode()
     def draft(self, requests: list[DraftRequest]) -> list[Draft]:
         if not requests:

@@ -7,6 +7,7 @@ import logging
 
 from engine.engine_config import EngineConfig
 from engine.models.mtp import MtpHead
+from engine.parallel.spec_sync import LeaderMtpHead
 from engine.speculative.decoder import SpecDecoder
 from engine.speculative.drafter import Drafter
 from engine.speculative.slots import SpecSlotPool
@@ -15,10 +16,11 @@ log = logging.getLogger(__name__)
 
 
 def load_head(model, config: EngineConfig) -> MtpHead | None:
-    """The MTP head when speculation is asked for and the checkpoint has one, else None."""
+    """The MTP head when speculation is asked for and the checkpoint has one, else None. Rank 0
+    of a group gets the head that broadcasts its calls to the follower ranks."""
     if config.num_speculative_tokens == 0:
         return None
-    head = MtpHead.from_model(model)
+    head = (LeaderMtpHead if model.comm.active else MtpHead).from_model(model)
     if head is None:
         log.info("checkpoint has no MTP head: decoding without speculation")
     return head

@@ -75,3 +75,46 @@ def test_misshapen_input_is_refused_with_a_message() -> None:
         fused_moe_triton(x, top_e, top_w, gate_up_t[:, :, :8], down_t)
     with pytest.raises(ValueError, match="top_e"):
         fused_moe_triton(x, top_e[:2], top_w, gate_up_t, down_t)
+
+
+def _with_foreign_pairs(args, held: int):
+    """Expert parallelism seen from a rank that holds experts [0, held): every pair routed
+    elsewhere carries the id `held` (foreign)."""
+    x, top_e, top_w, gate_up_t, down_t = args
+    foreign = top_e >= held
+    return (x, torch.where(foreign, held, top_e), top_w, gate_up_t[:held], down_t[:held]), foreign
+
+
+def _only_local_pairs(args, foreign: torch.Tensor):
+    """The same sum with the foreign pairs' weights zeroed, on every expert: what a rank adds."""
+    x, top_e, top_w, gate_up_t, down_t = args
+    return x, top_e, top_w * ~foreign, gate_up_t, down_t
+
+
+def test_align_pairs_gives_foreign_pairs_no_row() -> None:
+    top_e = torch.tensor([[3, 0], [5, 1], [0, 5]])  # 5 = foreign for a rank of 5 experts
+    pair_of_row, block_expert = align_pairs(top_e, num_experts=5, block_m=4)
+    assert block_expert.tolist()[:3] == [0, 1, 3] and set(block_expert.tolist()[3:]) == {-1}
+    assert sorted(p for p in pair_of_row.tolist() if p < 6) == [0, 1, 3, 4]  # pairs 2 and 5: none
+
+
+@pytest.mark.parametrize(("tokens", "top_k"), [(5, 2), (23, 3)])
+def test_foreign_pairs_are_skipped_by_every_form(tokens: int, top_k: int) -> None:
+    """A rank's share under expert parallelism = the whole layer with the other ranks' pairs
+    weighted 0 (which is how it was computed before: every pair, at the full cost)."""
+    whole = random_moe(tokens, 32, 24, experts=8, top_k=top_k, seed=tokens + 1)
+    for held in (1, 2, 3):  # routing uses experts 0..3: some pairs on each side
+        local, foreign = _with_foreign_pairs(whole, held)
+        assert foreign.any() and not foreign.all(), "both kinds of pair occur"
+        expected = moe_dense_reference(*_only_local_pairs(whole, foreign))
+        torch.testing.assert_close(moe_dense_reference(*local), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(moe_grouped_torch(*local, foreign=True), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(routed_experts(*local, foreign=True), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.triton
+def test_triton_kernels_skip_foreign_pairs() -> None:
+    whole = random_moe(7, 80, 72, experts=8, top_k=3, seed=5)
+    local, foreign = _with_foreign_pairs(whole, 2)
+    expected = moe_dense_reference(*_only_local_pairs(whole, foreign))
+    torch.testing.assert_close(fused_moe_triton(*local, foreign=True), expected, atol=1e-5, rtol=1e-5)

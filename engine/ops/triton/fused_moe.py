@@ -9,6 +9,8 @@
 3. `_down_kernel`, grid (row block, H tile): that activation times the expert's down projection,
    times the pair's routing weight, stored at the pair's index; a sum over k gives `[N, H]`.
 Padding rows point at pair index N*K (out of range) and are masked on load and store.
+Foreign pairs (ids >= E: experts another rank holds, under expert parallelism) get no row at all,
+so they cost nothing; their outputs are zeros.
 """
 
 from __future__ import annotations
@@ -32,20 +34,25 @@ def max_padded_rows(num_pairs: int, num_experts: int, block_m: int = BLOCK_M) ->
 
 def align_pairs(top_e: torch.Tensor, num_experts: int, block_m: int = BLOCK_M):
     """-> (pair index per padded row [R] int32 (N*K = padding), expert per row block [R / block_m]
-    int32 (-1 = unused block)). R = `max_padded_rows` rounded up to block_m; all on the device."""
+    int32 (-1 = unused block)). R = `max_padded_rows` rounded up to block_m; all on the device.
+    Pairs with ids >= num_experts (foreign) get no row."""
     num_pairs = top_e.numel()
     device = top_e.device
-    flat = top_e.reshape(-1)
-    counts = expert_counts(top_e, num_experts)
+    flat = top_e.reshape(-1).clamp(max=num_experts)  # foreign pairs: one group, sorted last
+    counts = expert_counts(flat, num_experts + 1)
+    local = flat < num_experts
+    counts, starts = counts[:num_experts], counts.cumsum(0) - counts
     padded_ends = ((counts + block_m - 1) // block_m * block_m).cumsum(0)
     padded_starts = padded_ends - (counts + block_m - 1) // block_m * block_m
-    starts = counts.cumsum(0) - counts
     order = torch.argsort(flat, stable=True)
     sorted_e = flat[order]
     rank = torch.arange(num_pairs, device=device) - starts[sorted_e]
     rows = -(-max_padded_rows(num_pairs, num_experts, block_m) // block_m) * block_m
-    pair_of_row = torch.full((rows,), num_pairs, dtype=torch.int32, device=device)
-    pair_of_row[padded_starts[sorted_e] + rank] = order.to(torch.int32)
+    # One spare entry past the end takes every foreign pair's write, and is cut off.
+    pair_of_row = torch.full((rows + 1,), num_pairs, dtype=torch.int32, device=device)
+    at = padded_starts[sorted_e.clamp(max=num_experts - 1)] + rank
+    pair_of_row[torch.where(local[order], at, rows)] = order.to(torch.int32)
+    pair_of_row = pair_of_row[:rows]
     block_first_rows = torch.arange(0, rows, block_m, device=device)
     block_expert = torch.searchsorted(padded_ends, block_first_rows, right=True)
     block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
@@ -129,9 +136,15 @@ def _down_kernel(
 
 
 def fused_moe_triton(
-    x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, gate_up_t: torch.Tensor, down_t: torch.Tensor
+    x: torch.Tensor,
+    top_e: torch.Tensor,
+    top_w: torch.Tensor,
+    gate_up_t: torch.Tensor,
+    down_t: torch.Tensor,
+    foreign: bool = False,
 ) -> torch.Tensor:
     """Same signature and result as `engine.ops.moe.moe_dense_reference` (see engine/ops/moe.py).
+    `foreign`: top_e may hold ids >= E (skipped pairs, whose zero outputs are then allocated).
 
     Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1. The launch count and grid do
     not depend on routing values, so a step needs no sync and a CUDA graph can capture it."""
@@ -154,7 +167,9 @@ def fused_moe_triton(
         x.stride(0), gate_up_t.stride(0), gate_up_t.stride(1), act.stride(0),
         TOP_K=top_k, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision, UPCAST=upcast,
     )  # fmt: skip
-    pairs_out = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
+    # Foreign pairs have no row, so nothing writes theirs: zeros (only when there may be some).
+    alloc = torch.zeros if foreign else torch.empty
+    pairs_out = alloc(num_pairs, hidden, dtype=x.dtype, device=x.device)
     _down_kernel[(num_blocks, triton.cdiv(hidden, BLOCK_N))](
         act, down_t, top_w, pair_of_row, block_expert, pairs_out,
         num_pairs, inter, hidden,
