@@ -21,7 +21,7 @@ from engine.loader import load_checkpoint
 from engine.model_config import parse_dtype
 from engine.model_runner import ModelRunner
 from engine.model_source import resolve_model
-from engine.parallel.comm import Comm, init_comm
+from engine.parallel.comm import Comm, close_comm, init_comm
 from engine.parallel.spec_sync import SpecFollower
 from engine.parallel.step_sync import FollowerHooks, follow
 
@@ -70,7 +70,10 @@ def _follower_main(
     if torch.device(config.device).type == "cuda":  # one device per rank
         config = dataclasses.replace(config, device=f"cuda:{rank}")
     comm = init_comm(rank, world, config.device, init_method_for(port))
-    run_follower(model_dir, config, comm, hooks_factory)
+    try:
+        run_follower(model_dir, config, comm, hooks_factory)
+    finally:
+        close_comm()  # leave the group before exit: its threads must not outlive the interpreter
 
 
 def spawn_followers(
