@@ -64,3 +64,21 @@ def apply_linear(x: torch.Tensor, linear: Linear, bias: torch.Tensor | None = No
     if isinstance(linear, torch.Tensor):
         return x @ linear if bias is None else torch.addmm(bias, x, linear)
     return linear(x)
+
+
+def fp8_linears(model) -> dict[str, Fp8BlockLinear]:
+    """Every `Fp8BlockLinear` of a `HybridModel`'s decoder layers, by `layers.{i}.{part}.{attr}.{j}`
+    (j: the part of a `ConcatLinear`). For logs, benchmarks and tests (which switch them to their
+    torch reference)."""
+    out = {}
+    for layer in model.layers:
+        for path in ("mixer", "ffn", "ffn.shared"):
+            owner = layer
+            for attr in path.split("."):
+                owner = getattr(owner, attr, None)
+            for name, value in vars(owner).items() if owner is not None else ():
+                parts = value.parts if isinstance(value, ConcatLinear) else [value]
+                for i, part in enumerate(parts):
+                    if isinstance(part, Fp8BlockLinear):
+                        out[f"layers.{layer.layer_id}.{path}.{name}.{i}"] = part
+    return out

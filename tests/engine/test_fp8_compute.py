@@ -33,7 +33,7 @@ from engine.loader import LoadedCheckpoint, _Placer, load_checkpoint
 from engine.make_model import make_model
 from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner, SeqChunk
-from engine.models.linear import ConcatLinear
+from engine.models.linear import fp8_linears
 from engine.ops.fp8 import expand_scale_rows
 from engine.ops.fp8_compute import resolve_fp8_compute
 from engine.ops.fp8_linear import Fp8BlockLinear
@@ -57,21 +57,6 @@ def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
         t: (make_model(root / f"{t}-fp8", model_type=t, quant="fp8"), make_model(root / t, model_type=t))
         for t in MODEL_TYPES
     }
-
-
-def fp8_linears(model) -> dict[str, Fp8BlockLinear]:
-    out = {}
-    for layer in model.layers:
-        for part in ("mixer", "ffn", "ffn.shared"):
-            obj = layer
-            for attr in part.split("."):
-                obj = getattr(obj, attr, None)
-            for name, value in vars(obj).items() if obj is not None else ():
-                parts = value.parts if isinstance(value, ConcatLinear) else [value]
-                for i, p in enumerate(parts):
-                    if isinstance(p, Fp8BlockLinear):
-                        out[f"layers.{layer.layer_id}.{part}.{name}.{i}"] = p
-    return out
 
 
 def on_reference(model) -> None:

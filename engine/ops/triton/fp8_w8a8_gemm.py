@@ -57,12 +57,14 @@ def _fp8_w8a8_kernel(
         a = tl.load(
             a_ptr + rows[:, None] * stride_am + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
         )
+        # The weight tile is read as [BLOCK_K, BLOCK_N] straight from [N, K] (as vLLM's block-FP8
+        # kernel does): a K-major B operand, no transpose of an fp8 tile in the kernel.
         w = tl.load(
-            w_ptr + cols[:, None] * stride_wn + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
+            w_ptr + cols[None, :] * stride_wn + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0
         )
         a_s = tl.load(as_ptr + rows * stride_asm + k0 // GROUP_K, mask=row_ok, other=0.0)
         w_s = tl.load(ws_ptr + scale_rows * stride_wsn + k0 // GROUP_K, mask=col_ok, other=0.0)
-        acc += tl.dot(a, tl.trans(w)) * a_s[:, None] * w_s[None, :]
+        acc += tl.dot(a, w) * a_s[:, None] * w_s[None, :]
     y = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y, mask=row_ok[:, None] & col_ok[None, :])
 
