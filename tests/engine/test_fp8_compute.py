@@ -16,6 +16,7 @@ scales alike, and dequantize a weight whose shard would cut a scale block; bad v
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -37,11 +38,14 @@ from engine.models.linear import fp8_linears
 from engine.ops.fp8 import expand_scale_rows
 from engine.ops.fp8_compute import resolve_fp8_compute
 from engine.ops.fp8_linear import Fp8BlockLinear
+from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
+from engine.parallel.ranks import free_port, init_method_for, spawn_followers
 from engine.parallel.shard import shard_tensor
 from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
 from tests.engine.test_fp8_checkpoint import all_tensors
+from tests.engine.test_parallel import _prompt
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
@@ -69,6 +73,19 @@ def forward_logits(loaded: LoadedCheckpoint) -> torch.Tensor:
     cache = CacheTensors.allocate(cfg, num_pages=4, num_slots=1, block_size=16, device=loaded.model.device)
     runner = ModelRunner(loaded.model, cache)
     return runner.forward([SeqChunk(list(range(1, 30)), 0, [0, 1], 0)], all_logits=True)
+
+
+def greedy(engine: LLMEngine, prompts: dict[str, list[int]]):
+    """(tokens, stacked logits rows) per request id, all requests run together."""
+    logits: dict[str, list[torch.Tensor]] = {}
+    engine.logits_observer = lambda rid, row: logits.setdefault(rid, []).append(row.clone())
+    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
+    for rid, ids in prompts.items():
+        engine.add_request(rid, ids, GREEDY)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens[out.request_id].extend(out.new_token_ids)
+    return tokens, {rid: torch.stack(rows) for rid, rows in logits.items()}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -125,15 +142,7 @@ def test_engine_greedy_tokens_equal_the_reference_linears(checkpoints, model_typ
         assert fp8_linears(engine.model)
         if reference:
             on_reference(engine.model)
-        logits: dict[str, list[torch.Tensor]] = {}
-        engine.logits_observer = lambda rid, row: logits.setdefault(rid, []).append(row.clone())
-        tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
-        for rid, ids in prompts.items():
-            engine.add_request(rid, ids, GREEDY)
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                tokens[out.request_id].extend(out.new_token_ids)
-        return tokens, {rid: torch.stack(rows) for rid, rows in logits.items()}
+        return greedy(engine, prompts)
 
     tokens, logits = run(reference=False)
     expected_tokens, expected_logits = run(reference=True)
@@ -155,18 +164,22 @@ def _placed(model_dir: Path, cfg: ModelConfig, parallel: ParallelConfig | None =
     return placer.finish()[0], placer
 
 
+def fp8_copy(original: Path, dst: Path, block: tuple[int, int]) -> Path:
+    """`original`'s weights quantized in `block` blocks (make-model writes 128 x 128 ones)."""
+    tensors, quant = quantize_checkpoint(all_tensors(original), block)
+    dst.mkdir()
+    save_file(tensors, str(dst / "model.safetensors"))
+    config = json.loads((original / "config.json").read_text()) | {"quantization_config": quant}
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
 @pytest.mark.parametrize(("block", "row_parallel_kept"), [((32, 32), True), ((128, 128), False)])
 def test_tensor_parallel_shards_cut_weights_and_scales_alike(tmp_path, checkpoints, block, row_parallel_kept):
     """tp=2 on the tiny qwen3_5_text: o_proj, out_proj and down_proj have 128 columns, 64 per rank.
     In 32-column scale blocks the cut falls on a block edge and every weight stays FP8; in 128-column
     blocks it would cut a block, so those three are dequantized (column-parallel ones stay FP8)."""
-    _, original = checkpoints["qwen3_5_text"]
-    tensors, quant = quantize_checkpoint(all_tensors(original), block)
-    model_dir = tmp_path / "m"
-    model_dir.mkdir()
-    save_file(tensors, str(model_dir / "model.safetensors"))
-    config = json.loads((original / "config.json").read_text()) | {"quantization_config": quant}
-    (model_dir / "config.json").write_text(json.dumps(config))
+    model_dir = fp8_copy(checkpoints["qwen3_5_text"][1], tmp_path / "m", block)
     cfg = ModelConfig.from_json(model_dir)
     whole, _ = _placed(model_dir, cfg)
     parallel = ParallelConfig(2, 1)
@@ -241,3 +254,36 @@ def test_block_on_gpu_against_the_reference_and_dequantize(checkpoints, model_ty
     dequantized = forward_logits(load_checkpoint(fp8, device="cuda", fp8_compute="dequantize")).cpu()
     unquantized = forward_logits(load_checkpoint(original, device="cuda")).cpu()
     assert 0.01 < relative(got, dequantized) < 1.5 * relative(dequantized, unquantized)
+
+
+@pytest.mark.slow
+def test_two_ranks_in_block_mode_equal_one(tmp_path, checkpoints):
+    """tp=2 (gloo; rank 1 a spawned follower, also under the interpreter) on an FP8 copy in 32 x 32
+    blocks, where every shard boundary falls on a block edge: the same activation groups and scales
+    as one rank, so greedy tokens and logits equal tp=1's up to the all-reduce's fp32 order.
+    Short on purpose: a long run meets an activation that the other sum order puts across an e4m3
+    rounding edge, and from there on the two differ by that 6% step of one element (measured on
+    test_parallel's 4-request scenario: 2 of 5 requests stay within 2.4e-6 throughout, the others
+    jump to 1e-2 .. 3e-1 after such a flip; one turn picks another token 16 steps in)."""
+    model_dir = fp8_copy(checkpoints["qwen3_5_text"][1], tmp_path / "m", (32, 32))
+    config = EngineConfig(num_pages=16, max_num_seqs=2, fp8_compute="block")
+    prompts = {"r5": _prompt(5, seed=5), "r17": _prompt(17, seed=17)}
+    one = LLMEngine(model_dir, config)
+    assert fp8_linears(one.model)
+    tokens, logits = greedy(one, prompts)
+    port = free_port()
+    parallel = dataclasses.replace(config, tp=2)
+    procs = spawn_followers(model_dir, parallel, port)
+    comm = init_comm(0, 2, "cpu", init_method_for(port), timeout_s=120)
+    try:
+        engine = LLMEngine(model_dir, parallel, comm=comm)
+        p_tokens, p_logits = greedy(engine, prompts)
+        engine.stop_followers()
+    finally:
+        close_comm()
+        for proc in procs:
+            proc.join(60)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert p_tokens == tokens and all(len(t) == GREEDY.max_tokens for t in tokens.values())
+    for rid, rows in logits.items():
+        torch.testing.assert_close(p_logits[rid], rows, rtol=1e-5, atol=1e-5, msg=rid)
