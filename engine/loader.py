@@ -267,7 +267,7 @@ class _Placer:
         weight = shard_tensor(self.cfg, piece.target, piece.tensor, parallel, rank)
         cols, block_k = piece.tensor.shape[1], self._block[1]
         if weight.shape[1] != cols and weight.shape[1] % block_k:
-            log.info(
+            log.debug(  # counted in log_fp8's line
                 "%s: tp=%d cuts its %d columns inside %d-column scale blocks; dequantized at load",
                 hf_name, parallel.tp, cols, block_k,
             )  # fmt: skip
