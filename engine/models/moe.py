@@ -3,6 +3,8 @@
 The routed experts run as one grouped op per projection over all experts of the step
 (`engine.ops.moe.routed_experts`: `torch._grouped_mm` on CPU, fused Triton kernels on CUDA), so the
 ops dispatched per step do not depend on the expert count and nothing is read back to the host.
+Those kernels take no FP8 weights: an FP8 checkpoint's routed experts are dequantized at load even
+under `fp8_compute=block` (the shared expert and dense MLPs then run `Fp8BlockLinear`).
 """
 
 from __future__ import annotations
