@@ -2,10 +2,11 @@
 tensor cores (`fp8_compute` block, see `engine/ops/fp8_compute.py`).
 
 Holds the float8_e4m3fn weight `[N, K]` and its fp32 `weight_scale_inv` `[ceil(N / bn), ceil(K / bk)]`.
-`forward` quantizes the activations per token and 1 x bk group (dynamic, like DeepSeek-V3 / vLLM:
-`quantize_activation_fp8`) and runs the Triton W8A8 GEMM (`engine/ops/triton/fp8_w8a8_gemm.py`);
-`reference` computes the same thing in torch (the same activation quantization, then
-dequantize-and-matmul in fp32), the naive form the kernel is tested against.
+`forward` quantizes the activations per token and 1 x bk group (dynamic, like DeepSeek-V3 / vLLM;
+`engine/ops/triton/fp8_act_quant.py`) and runs the Triton W8A8 GEMM
+(`engine/ops/triton/fp8_w8a8_gemm.py`); `reference` computes the same thing in torch
+(`quantize_activation_fp8`, then dequantize-and-matmul in fp32), the naive form both kernels are
+tested against.
 
 Fused projections (q|k|v, gate|up, the DeltaNet in_proj) concatenate their parts' rows:
 `from_row_scales` takes one scale row per weight row (`expand_scale_rows`), which any row split,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from engine.ops.fp8 import FP8_DTYPE, quantize_activation_fp8, scale_shape
+from engine.ops.triton.fp8_act_quant import quantize_activation_fp8_triton
 from engine.ops.triton.fp8_w8a8_gemm import fp8_w8a8_gemm, fp8_w8a8_gemm_reference
 
 
@@ -65,8 +67,9 @@ class Fp8BlockLinear:
         return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x [..., K]` → `[..., N]` in x's dtype, on the Triton W8A8 kernel."""
-        a, a_scale = quantize_activation_fp8(x.reshape(-1, x.shape[-1]), self.block[1])
+        """`x [..., K]` → `[..., N]` in x's dtype: the Triton activation quantization, then the
+        Triton W8A8 GEMM (two launches)."""
+        a, a_scale = quantize_activation_fp8_triton(x.reshape(-1, x.shape[-1]), self.block[1])
         y = fp8_w8a8_gemm(a, a_scale, self.weight, self.scale_inv, self.block, x.dtype)
         return self._finish(y, x)
 
