@@ -1,5 +1,6 @@
 """Block-scaled FP8 weight GEMM (Triton, engine/ops/triton/fp8_block_gemm.py) vs a bf16 matmul of the
-same dequantized weight, with the bound each is measured against.
+same dequantized weight, with the bound each is measured against; and the model's FP8 linear
+(`Fp8BlockLinear`: activation quantization + the W8A8 GEMM on FP8 tensor cores, two launches).
 
     python -m bench.fp8_gemm [--device cuda] [--out bench/results/fp8_gemm.json]
     TRITON_INTERPRET=1 python -m bench.fp8_gemm --device cpu      # tiny shapes, checks the script
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from engine.ops.fp8 import dequantize_block_fp8, quantize_block_fp8
+from engine.ops.fp8_linear import Fp8BlockLinear
 from engine.ops.triton.fp8_block_gemm import fp8_block_gemm, fp8_block_gemm_reference
 
 GPU_SHAPES = [(m, 2048, 2048) for m in (1, 16, 64, 256)] + [(m, 4096, 1024) for m in (1, 64)]
@@ -55,9 +57,13 @@ def measure(
     error = (got - fp8_block_gemm_reference(x, weight, scale, BLOCK).float()).abs().max().item()
     fp8_s = timed(lambda: fp8_block_gemm(x, weight, scale, BLOCK), iters, sync)
     dense_s = timed(lambda: x @ dense_t, iters, sync)
+    linear = Fp8BlockLinear(weight, scale, BLOCK)
+    w8a8_s = timed(lambda: linear(x), iters, sync)
+    w8a8_error = (linear(x).float() - linear.reference(x).float()).abs().max().item()
     bound_s = (weight.numel() + scale.numel() * 4) / bandwidth
     return {"m": m, "n": n, "k": k, "fp8_us": fp8_s * 1e6, "dense_us": dense_s * 1e6,
-            "bound_us": bound_s * 1e6, "max_abs_err": error}  # fmt: skip
+            "w8a8_linear_us": w8a8_s * 1e6, "bound_us": bound_s * 1e6, "max_abs_err": error,
+            "w8a8_max_abs_err": w8a8_error}  # fmt: skip
 
 
 def main() -> None:
@@ -73,14 +79,15 @@ def main() -> None:
     rows = []
     print(f"device {args.device}, copy bandwidth {bandwidth / 1e9:.0f} GB/s, block {BLOCK}")
     print(
-        "| M | N | K | fp8 Triton us | dense matmul (x dtype) us | fp8 weight-read bound us | max abs err vs reference |"
+        "| M | N | K | fp8 Triton us | dense matmul (x dtype) us | W8A8 linear us | fp8 weight-read bound us "
+        "| max abs err vs reference | W8A8 err vs reference |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m, n, k in GPU_SHAPES if cuda else CPU_SHAPES:
         row = measure(m, n, k, args.device, dtype, args.iters if cuda else 1, sync, bandwidth)
         rows.append(row)
-        print(f"| {m} | {n} | {k} | {row['fp8_us']:.1f} | {row['dense_us']:.1f} | {row['bound_us']:.2f} | "
-              f"{row['max_abs_err']:.2e} |")  # fmt: skip
+        print(f"| {m} | {n} | {k} | {row['fp8_us']:.1f} | {row['dense_us']:.1f} | {row['w8a8_linear_us']:.1f} | "
+              f"{row['bound_us']:.2f} | {row['max_abs_err']:.2e} | {row['w8a8_max_abs_err']:.2e} |")  # fmt: skip
     if args.out:
         Path(args.out).write_text(
             json.dumps({"device": args.device, "bandwidth": bandwidth, "rows": rows}, indent=2)

@@ -30,6 +30,7 @@ from bench.gpu_report import print_report
 from bench.gpu_sections import SECTIONS, device_name
 
 RESULTS = Path(__file__).parent / "results" / "gpu.json"
+OPT_IN = ("workers", "fp8")  # sections run only when named
 DEFAULT_TIMEOUTS_S = {
     "prepare": 240,
     "decode": 120,
@@ -38,6 +39,7 @@ DEFAULT_TIMEOUTS_S = {
     "kernels": 90,
     "launches": 60,
     "graphs": 20,
+    "fp8": 300,  # writes the FP8 checkpoint, then two engines
     "workers": 700,  # its own parts carry their own timeouts (bench/gpu_workers.py)
 }
 
@@ -53,7 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prefill-tokens", type=int, default=None, help="default 8192 on cuda, 256 on cpu")
     parser.add_argument(
-        "--sections", default=",".join(s for s in SECTIONS if s != "workers"), help="add `workers` (~10 min) by name"
+        "--sections",
+        default=",".join(s for s in SECTIONS if s not in OPT_IN),
+        help="add `workers` (~10 min) or `fp8` (FP8 checkpoint, block vs dequantize) by name",
     )
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--wheels", type=Path, default=None, help="workers: dir of pure-Python wheels to import")
@@ -81,7 +85,7 @@ def run_section(name: str, argv: list[str], args: argparse.Namespace) -> dict:
     log_file = args.log_dir / f"{name}.log"
     out_file.unlink(missing_ok=True)
     env = dict(os.environ)
-    if args.device == "cpu" and name == "kernels":
+    if args.device == "cpu" and name in ("kernels", "fp8"):
         env["TRITON_INTERPRET"] = "1"  # Triton kernels run on CPU tensors only through the interpreter
     timeout = DEFAULT_TIMEOUTS_S.get(name, 120) * args.timeout_scale
     command = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.gpu_fp8 import print_fp8
 from bench.gpu_workers import print_summary as print_workers
 
 
@@ -58,6 +59,8 @@ def print_report(report: dict) -> None:
         print(f"\ngraph memory: {_fmt(graphs.get('graph_memory_bytes'))} ({graphs.get('note', '')})")
         if graphs.get("graphs"):
             print(f"graphs captured: {graphs['graphs']}, replays per step: {graphs['replays_per_step']:.2f}")
+    if sections.get("fp8", {}).get("rows"):
+        print_fp8(sections["fp8"])
     workers = sections.get("workers", {})
     if workers.get("status") == "ok":
         print()

@@ -15,6 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.decode import weight_traffic
+from bench.gpu_fp8 import fp8_section
 from bench.gpu_kernels import kernels_section
 from bench.gpu_timing import measure_copy_bandwidth, measure_matmul_flops, sync, timed
 from bench.gpu_workers import workers_section
@@ -39,7 +40,8 @@ def prepare(args) -> dict:
     return {"model_dir": str(args.model_dir), "write_s": round(time.perf_counter() - start, 2)}
 
 
-def make_engine(args, max_seqs: int, max_tokens: int) -> LLMEngine:
+def make_engine(args, max_seqs: int, max_tokens: int, **options) -> LLMEngine:
+    """`options`: further EngineConfig fields (the fp8 section's `fp8_compute`)."""
     pages = max_seqs * -(-(args.prompt_tokens + args.new_tokens + 16) // 16) + -(-max_tokens // 16) + 64
     config = EngineConfig(
         device=args.device,
@@ -49,6 +51,7 @@ def make_engine(args, max_seqs: int, max_tokens: int) -> LLMEngine:
         checkpoint_slots=max_seqs,
         max_num_batched_tokens=max(2048, max_tokens),
         prefill_chunk_size=max(512, max_tokens),
+        **options,
     )
     return LLMEngine(args.model_dir, config)
 
@@ -229,5 +232,6 @@ SECTIONS = {
     "kernels": kernels_section,
     "launches": launches,
     "graphs": graphs,
+    "fp8": fp8_section,  # opt-in: an FP8 copy of the checkpoint, block vs dequantize (bench/gpu_fp8.py)
     "workers": workers_section,  # router + prefill + decode workers on the device (bench/gpu_workers.py)
 }

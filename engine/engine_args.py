@@ -66,6 +66,10 @@ HELP: dict[str, str] = {
     "enforce_eager": "never capture CUDA graphs",
     "cuda_graph_bytes": "bytes reserved from the cache budget for CUDA graphs",
     "overlap_schedule": "plan step N+1 while step N runs (default: on for cuda)",
+    "fp8_compute": (
+        "FP8 checkpoints: auto | dequantize | block (auto: the FP8 block GEMM on GPUs with compute "
+        "capability >= 8.9, else dequantize at load)"
+    ),
 }
 
 

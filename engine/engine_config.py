@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.parallel.config import ParallelConfig
+from engine.quant_config import check_fp8_compute
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -47,6 +48,10 @@ class EngineConfig:
     # process already holds (weights), so two processes on one GPU size independently of start
     # order (engine/gpu_budget.py). None: `cache_bytes` is the budget.
     gpu_memory_utilization: float | None = None
+    # FP8 checkpoints (engine/ops/fp8_compute.py): `block` keeps the dense linears in FP8 and runs
+    # the block-scaled Triton GEMM; `dequantize` dequantizes at load; `auto` = block on CUDA GPUs
+    # with FP8 tensor cores (compute capability >= 8.9), else dequantize.
+    fp8_compute: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size")
@@ -72,6 +77,7 @@ class EngineConfig:
         utilization = self.gpu_memory_utilization
         if utilization is not None and not (isinstance(utilization, int | float) and 0 < utilization <= 1):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization!r}")
+        check_fp8_compute(self.fp8_compute)
         if self.cache_bytes <= 0:
             raise ValueError(f"cache_bytes must be > 0, got {self.cache_bytes}")
 

@@ -75,7 +75,8 @@ class LLMEngine:
         self.model_dir = resolve_model(model_dir)
         dtype = parse_dtype(config.dtype) if config.dtype else None
         loaded = load_checkpoint(
-            self.model_dir, dtype=dtype, device=config.device, parallel=parallel, comm=self.comm
+            self.model_dir, dtype=dtype, device=config.device, parallel=parallel, comm=self.comm,
+            fp8_compute=config.fp8_compute,
         )
         self.model_config, self.model = loaded.config, loaded.model
         self.config = config = resolve_cache_budget(config, self.model_config)  # --gpu-memory-utilization

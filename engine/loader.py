@@ -6,10 +6,16 @@ its weight (no copy when dtype and device already match); per-expert tensors are
 preallocated stacked expert tensors and dropped. So host memory holds the final model (on CPU) and
 one tensor in flight — never the checkpoint twice.
 
-Block-quantized FP8 weights (`quantization_config.quant_method: fp8`) are dequantized tensor by
-tensor as they arrive (`engine/ops/fp8.py`), with their `weight_scale_inv` read beside them. An fp8
-tensor in a checkpoint whose config does not declare fp8 is refused: casting it would run silently
-wrong.
+Block-quantized FP8 weights (`quantization_config.quant_method: fp8`) arrive with their
+`weight_scale_inv` read beside them. Under `fp8_compute` `dequantize` (`engine/ops/fp8_compute.py`)
+each is dequantized as it arrives (`engine/ops/fp8.py`). Under `block` the dense linears (attention
+q/k/v/o, the DeltaNet projections, dense MLPs, shared experts) stay FP8: the canonical weight
+`[N, K]` in float8_e4m3fn plus `<name>_scale_inv`, one scale row per weight row `[N, ceil(K / bk)]`,
+so row splits (Qwen3-Next's fused in_proj), tensor-parallel shards and the model's concatenations
+keep weight and scales aligned; the model runs them as `Fp8BlockLinear`. Still dequantized at load
+under `block`: the routed experts (the MoE kernels take no FP8 weights), the MTP head, and a weight
+whose tensor-parallel shard would cut its columns inside a scale block. An fp8 tensor in a
+checkpoint whose config does not declare fp8 is refused: casting it would run silently wrong.
 
 The bytes pass through the identity hasher on the way (`engine/identity.py`) unless the identity
 is already cached for these exact files. Every expected tensor must be present with its exact shape.
@@ -18,6 +24,7 @@ is already cached for these exact files. Every expected tensor must be present w
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +40,8 @@ from engine.models.hybrid import HybridModel
 from engine.models.mtp import PREFIX as MTP_PREFIX
 from engine.models.mtp import mtp_expected_shapes
 from engine.models.weight_routes import Piece, route
-from engine.ops.fp8 import FP8_DTYPE, dequantize_block_fp8
+from engine.ops.fp8 import FP8_DTYPE, dequantize_block_fp8, expand_scale_rows, scale_shape
+from engine.ops.fp8_compute import resolve_fp8_compute
 from engine.parallel.comm import SINGLE, Comm
 from engine.parallel.config import ParallelConfig
 from engine.parallel.shard import local_shapes, shard_expert_piece, shard_tensor
@@ -44,6 +52,11 @@ log = logging.getLogger(__name__)
 SCALE_SUFFIX = "_scale_inv"
 PROGRESS_MIN_BYTES = 1 << 30  # show a progress bar for loads of at least 1 GiB
 LOG_EVERY_BYTES = 4 << 30
+# The dense linears `fp8_compute=block` keeps in FP8 (prefix-stripped checkpoint names).
+_FP8_LINEAR = re.compile(
+    r"^layers\.\d+\.(self_attn\.[qkvo]_proj|linear_attn\.(in_proj_\w+|out_proj)"
+    r"|mlp\.(shared_expert\.)?(gate|up|down)_proj)\.weight$"
+)
 
 
 class CheckpointError(ValueError):
@@ -72,8 +85,11 @@ def load_checkpoint(
     progress: bool | None = None,
     parallel: ParallelConfig = ParallelConfig(),
     comm: Comm = SINGLE,
+    fp8_compute: str = "auto",
 ) -> LoadedCheckpoint:
     """Config, model and identity. `progress`: None = a bar for loads of 1 GiB or more.
+    `fp8_compute` (auto | dequantize | block, `engine/ops/fp8_compute.py`): how an FP8 checkpoint
+    computes; a forced `block` that cannot run on `device` is refused.
     Under `parallel`, the model is rank `comm.rank`'s shard (`engine/parallel/shard.py`) and
     computes with the rank's local head counts; `config` stays the whole model's. (The shard is
     cut tensor by tensor as it arrives: a rank never holds more than its shard plus one tensor.)"""
@@ -88,6 +104,8 @@ def load_checkpoint(
     identity = ident.cached_identity(model_dir, files)
     hasher = ident.new_hasher(config_bytes) if identity is None else None
     placer = _Placer(model_dir, cfg, parse_dtype(dtype, cfg.dtype), torch.device(device), headers)
+    if cfg.quantization is not None:
+        placer.keep_fp8 = resolve_fp8_compute(fp8_compute, device) == "block"
     if comm.active:  # each tensor is cut to this rank's shard as it arrives
         placer.shard_for(parallel, comm.rank)
     placer.run(hasher, progress)
@@ -95,6 +113,7 @@ def load_checkpoint(
         identity = ident.finish(hasher)
         ident.store_identity(model_dir, files, identity)
     weights, extra = placer.finish()
+    placer.log_fp8()
     del placer
     model = HybridModel(parallel.local_config(cfg), weights, extra, comm, parallel)
     return LoadedCheckpoint(cfg, model, identity)
@@ -129,6 +148,9 @@ class _Placer:
         self.placed: dict[str, torch.Tensor] = {}
         self.filled: dict[str, int] = {}
         self.expert_parts: dict[str, set[str]] = {}  # stacked target → per-expert names placed
+        self.keep_fp8 = False  # fp8_compute block: dense linears stay FP8
+        self.fp8_kept: list[str] = []
+        self.fp8_dequantized: list[str] = []
 
     def shard_for(self, parallel: ParallelConfig, rank: int) -> None:
         """Place rank `rank`'s shard only (the MTP head's tensors split like the main layers')."""
@@ -188,33 +210,81 @@ class _Placer:
 
     # --- placing ------------------------------------------------------------------------------
     def _place(self, local: str, hf_name: str, tensor: torch.Tensor) -> None:
-        tensor = self._dequantized(hf_name, tensor)
+        row_scales = None
+        if tensor.dtype == FP8_DTYPE:
+            scale_inv = self._scale_inv(hf_name, tensor)
+            if self.keep_fp8 and _FP8_LINEAR.match(local) and tensor.dim() == 2:
+                row_scales = expand_scale_rows(scale_inv, tensor.shape[0], self._block[0])
+            else:
+                tensor = self._dequantize(hf_name, tensor, scale_inv, self._block)
+                self.fp8_dequantized.append(local)
         try:
             pieces = route(self.cfg, local, tensor, self.cfg.moe_intermediate_size)
+            scales = (
+                [None] * len(pieces)
+                if row_scales is None
+                else route(self.cfg, local, row_scales, self.cfg.moe_intermediate_size)
+            )
         except RuntimeError as error:  # a fused projection that does not reshape
             raise CheckpointError(
                 f"{self.model_dir}: tensor {hf_name} {tuple(tensor.shape)}: {error}"
             ) from None
-        for piece in pieces:
-            if piece.target in self.expected:
+        for piece, scale in zip(pieces, scales, strict=True):
+            if piece.target not in self.expected:
+                continue
+            if scale is not None:
+                piece, scale = self._sharded_fp8(piece, scale.tensor, hf_name)
+            else:
                 piece = self._sharded(piece)
-                if piece is not None:
-                    self._put(piece, hf_name)
+            if piece is None:
+                continue
+            if scale is None:
+                self._put(piece, hf_name)
+            else:
+                self._put_fp8(piece, scale, hf_name)
 
     def _sharded(self, piece: Piece) -> Piece | None:
         if self.sharding is None:
             return piece
         parallel, rank = self.sharding
         if piece.index is None:
-            return Piece(piece.target, None, shard_tensor(self.cfg, piece.target, piece.tensor, parallel, rank))
+            return Piece(
+                piece.target, None, shard_tensor(self.cfg, piece.target, piece.tensor, parallel, rank)
+            )
         placed = shard_expert_piece(self.cfg, piece.target, piece.index, piece.tensor, parallel, rank)
         return None if placed is None else Piece(piece.target, placed[0], placed[1])
 
-    def _dequantized(self, hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.dtype != FP8_DTYPE:
-            return tensor
-        quant = self.cfg.quantization
-        if quant is None:
+    def _sharded_fp8(
+        self, piece: Piece, row_scales: torch.Tensor, hf_name: str
+    ) -> tuple[Piece, torch.Tensor | None]:
+        """Rank's rows / columns of an FP8 weight and of its row scales, cut alike. A shard that
+        cuts the columns inside a scale block cannot keep its scales: that weight is dequantized
+        (and then placed like any other, scale None)."""
+        if self.sharding is None:
+            return piece, row_scales
+        parallel, rank = self.sharding
+        weight = shard_tensor(self.cfg, piece.target, piece.tensor, parallel, rank)
+        cols, block_k = piece.tensor.shape[1], self._block[1]
+        if weight.shape[1] != cols and weight.shape[1] % block_k:
+            log.debug(  # counted in log_fp8's line
+                "%s: tp=%d cuts its %d columns inside %d-column scale blocks; dequantized at load",
+                hf_name, parallel.tp, cols, block_k,
+            )  # fmt: skip
+            self.fp8_dequantized.append(piece.target)
+            dense = self._dequantize(hf_name, piece.tensor, row_scales, (1, block_k))
+            return Piece(
+                piece.target, None, shard_tensor(self.cfg, piece.target, dense, parallel, rank)
+            ), None
+        scales = shard_tensor(self.cfg, piece.target, row_scales, parallel, rank)
+        return Piece(piece.target, None, weight), scales
+
+    @property
+    def _block(self) -> tuple[int, int]:
+        return self.cfg.quantization.weight_block_size
+
+    def _scale_inv(self, hf_name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The fp8 tensor's `weight_scale_inv`, read and shape-checked, on the target device."""
+        if self.cfg.quantization is None:
             raise CheckpointError(
                 f"{self.model_dir}: tensor {hf_name} is float8_e4m3fn but config.json declares no "
                 "quantization_config; refusing to cast fp8 weights without their scales"
@@ -223,14 +293,58 @@ class _Placer:
         header = self.where.get(scale_name)
         if header is None:
             raise CheckpointError(f"{self.model_dir}: fp8 tensor {hf_name} has no {scale_name}")
-        try:
-            # On the target device (a GPU dequantizes fast) and straight into the target dtype.
-            scale_inv = read_one(header, scale_name).to(self.device)
-            return dequantize_block_fp8(
-                tensor.to(self.device), scale_inv, quant.weight_block_size, self.dtype
+        scale_inv = read_one(header, scale_name).to(self.device)
+        expected = scale_shape(tuple(tensor.shape), self._block)
+        if tuple(scale_inv.shape) != expected:
+            raise CheckpointError(
+                f"{self.model_dir}: {scale_name}: weight_scale_inv has shape {tuple(scale_inv.shape)}; a "
+                f"{tuple(tensor.shape)} weight in {self._block[0]}x{self._block[1]} blocks needs {expected}"
             )
+        return scale_inv
+
+    def _dequantize(
+        self, hf_name: str, tensor: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+    ) -> torch.Tensor:
+        # On the target device (a GPU dequantizes fast) and straight into the target dtype.
+        try:
+            return dequantize_block_fp8(tensor.to(self.device), scale_inv, block, self.dtype)
         except ValueError as error:
-            raise CheckpointError(f"{self.model_dir}: {scale_name}: {error}") from None
+            raise CheckpointError(f"{self.model_dir}: {hf_name}{SCALE_SUFFIX}: {error}") from None
+
+    def _put_fp8(self, piece: Piece, row_scales: torch.Tensor, hf_name: str) -> None:
+        """An FP8 weight kept as is (`[N, K]`, not the transposed storage of plain linears), its
+        row scales beside it under `<target>_scale_inv`."""
+        shape = self.expected[piece.target]
+        if tuple(piece.tensor.shape) != shape:
+            raise CheckpointError(
+                f"{self.model_dir}: tensor {hf_name} has shape {tuple(piece.tensor.shape)}, config implies {shape}"
+            )
+        self.placed[piece.target] = piece.tensor.to(self.device).contiguous()
+        self.placed[piece.target + SCALE_SUFFIX] = row_scales.to(self.device, torch.float32).contiguous()
+        self.filled[piece.target] = piece.tensor.numel()
+        self.fp8_kept.append(piece.target)
+
+    def log_fp8(self) -> None:
+        """One line: which modules run the FP8 block GEMM and which FP8 weights were dequantized."""
+        if self.cfg.quantization is None:
+            return
+
+        def kinds(names: list[str]) -> str:
+            return ", ".join(
+                sorted({re.sub(r"^layers\.\d+\.|\.weight$|\.\d+\.", ".", n).strip(".") for n in names})
+            )
+
+        if not self.keep_fp8:
+            log.info(
+                "fp8 checkpoint: fp8_compute=dequantize, every FP8 weight dequantized to %s at load",
+                self.dtype,
+            )
+            return
+        log.info(
+            "fp8 checkpoint: fp8_compute=block, %d linears run the FP8 block GEMM (%s); dequantized at "
+            "load: %d (%s)",
+            len(self.fp8_kept), kinds(self.fp8_kept), len(self.fp8_dequantized), kinds(self.fp8_dequantized) or "none",
+        )  # fmt: skip
 
     def _put(self, piece: Piece, hf_name: str) -> None:
         shape = self.expected[piece.target]

@@ -6,6 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# `EngineConfig.fp8_compute`: how an FP8 checkpoint computes (engine/ops/fp8_compute.py).
+FP8_COMPUTE_MODES = ("auto", "dequantize", "block")
+
+
+def check_fp8_compute(mode: str) -> None:
+    if mode not in FP8_COMPUTE_MODES:
+        raise ValueError(f"fp8_compute must be one of {FP8_COMPUTE_MODES}, got {mode!r}")
+
 
 class ConfigError(ValueError):
     """A config.json Baton cannot serve: a missing or bad field, or a feature it does not implement."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from engine.cache.tensors import CacheTensors
 from engine.model_config import ModelConfig
 from engine.models.forward_batch import ForwardBatch, PrefillMeta, VerifyGroup
+from engine.models.linear import apply_linear, build_linear, fp8_block
 from engine.ops.conv import causal_conv1d_prefill, causal_conv1d_step
 from engine.ops.dispatch import use_triton
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
@@ -29,15 +30,14 @@ class GatedDeltaNet:
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], cache_index: int) -> None:
         self.cfg = cfg
         self.cache_index = cache_index  # index among the linear-attention layers
-        # Weights are kept as [in, out]: `x @ w` streams them ~3x faster than `F.linear` at decode.
-        self.in_proj_t = (
-            torch.cat([weights[f"in_proj_{p}.weight"] for p in ("qkv", "z", "b", "a")]).t().contiguous()
-        )
+        # Plain weights are kept as [in, out]; FP8 ones as `Fp8BlockLinear` (engine/models/linear.py).
+        block = fp8_block(cfg)
+        self.in_proj = build_linear(weights, [f"in_proj_{p}.weight" for p in ("qkv", "z", "b", "a")], block)
         self.conv_weight = weights["conv1d.weight"].squeeze(1).contiguous()  # [C, K]
         self.neg_a = -weights["A_log"].float().exp()
         self.dt_bias = weights["dt_bias"].float()
         self.norm_weight = weights["norm.weight"]
-        self.out_proj_t = weights["out_proj.weight"].t().contiguous()
+        self.out_proj = build_linear(weights, ["out_proj.weight"], block)
         self.split = [
             cfg.conv_dim,
             cfg.linear_value_dim,
@@ -47,7 +47,7 @@ class GatedDeltaNet:
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
         cfg = self.cfg
-        mixed, z, b, a = torch.split(x @ self.in_proj_t, self.split, dim=-1)
+        mixed, z, b, a = torch.split(apply_linear(x, self.in_proj), self.split, dim=-1)
         mixed = self._conv(mixed, batch, cache)
         q, k, v = torch.split(mixed, [cfg.linear_key_dim, cfg.linear_key_dim, cfg.linear_value_dim], dim=-1)
         rows = x.shape[0]
@@ -61,7 +61,7 @@ class GatedDeltaNet:
         g = self.neg_a * F.softplus(a.float() + self.dt_bias)
         core = self._delta_rule(q, k, v, g, beta, batch, cache)  # [N, Hv, Dv]
         out = gated_rms_norm(core, z.reshape(core.shape), self.norm_weight, cfg.rms_norm_eps)
-        return out.reshape(rows, -1) @ self.out_proj_t
+        return apply_linear(out.reshape(rows, -1), self.out_proj)
 
     def _conv(self, mixed: torch.Tensor, batch: ForwardBatch, cache: CacheTensors) -> torch.Tensor:
         conv_pool = cache.conv[self.cache_index]

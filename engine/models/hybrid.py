@@ -17,6 +17,7 @@ from engine.model_config import ModelConfig
 from engine.models.forward_batch import ForwardBatch
 from engine.models.gated_attention import GatedAttention
 from engine.models.gated_deltanet import GatedDeltaNet
+from engine.models.linear import fp8_block
 from engine.models.moe import DenseMlp, SparseMoe
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import rope_cos_sin
@@ -61,7 +62,7 @@ class DecoderLayer:
                 with_shared=with_shared,
             )
         else:
-            self.ffn = DenseMlp(mlp)
+            self.ffn = DenseMlp(mlp, block=fp8_block(cfg))
         self.reduce_mixer = comm.splits(parallel.tp)
         self.reduce_ffn = comm.splits(parallel.tp) or (moe and parallel.ep > 1)
 

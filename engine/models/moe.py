@@ -3,6 +3,8 @@
 The routed experts run as one grouped op per projection over all experts of the step
 (`engine.ops.moe.routed_experts`: `torch._grouped_mm` on CPU, fused Triton kernels on CUDA), so the
 ops dispatched per step do not depend on the expert count and nothing is read back to the host.
+Those kernels take no FP8 weights: an FP8 checkpoint's routed experts are dequantized at load even
+under `fp8_compute=block` (the shared expert and dense MLPs then run `Fp8BlockLinear`).
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ import torch
 import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
+from engine.models.linear import apply_linear, build_linear, fp8_block
 from engine.ops.moe import grouped_mm_supported, routed_experts
 
 
 class DenseMlp:
-    def __init__(self, weights: dict[str, torch.Tensor], prefix: str = "") -> None:
-        gate, up = weights[f"{prefix}gate_proj.weight"], weights[f"{prefix}up_proj.weight"]
-        # Weights are kept as [in, out]: `x @ w` streams them ~3x faster than `F.linear` at decode.
-        self.gate_up_t = torch.cat([gate, up]).t().contiguous()
-        self.down_t = weights[f"{prefix}down_proj.weight"].t().contiguous()
-        self.inter = gate.shape[0]
+    def __init__(
+        self, weights: dict[str, torch.Tensor], prefix: str = "", block: tuple[int, int] | None = None
+    ) -> None:
+        """`block`: the checkpoint's FP8 block size, for weights the loader kept in FP8."""
+        # Plain weights are kept as [in, out]; FP8 ones as `Fp8BlockLinear` (engine/models/linear.py).
+        names = [f"{prefix}gate_proj.weight", f"{prefix}up_proj.weight"]
+        self.gate_up = build_linear(weights, names, block)
+        self.down = build_linear(weights, [f"{prefix}down_proj.weight"], block)
+        self.inter = weights[names[0]].shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = torch.split(x @ self.gate_up_t, self.inter, dim=-1)
-        return (F.silu(gate) * up) @ self.down_t
+        gate, up = torch.split(apply_linear(x, self.gate_up), self.inter, dim=-1)
+        return apply_linear(F.silu(gate) * up, self.down)
 
 
 class SparseMoe:
@@ -48,7 +54,7 @@ class SparseMoe:
         self.gate_up_t = weights["experts.gate_up_proj"].transpose(1, 2).contiguous()  # [E, H, 2I]
         self.down_t = weights["experts.down_proj"].transpose(1, 2).contiguous()  # [E, I, H]
         self.inter = self.gate_up_t.shape[2] // 2
-        self.shared = DenseMlp(weights, "shared_expert.")
+        self.shared = DenseMlp(weights, "shared_expert.", fp8_block(cfg))
         self.shared_gate_t = weights["shared_expert_gate.weight"].t().contiguous()
         # Probe (once per device kind and dtype) now, so no step pays for it or records its ops.
         grouped_mm_supported(self.gate_up_t.device.type, self.gate_up_t.dtype)

@@ -62,3 +62,23 @@ def quantize_block_fp8(weight: torch.Tensor, block: tuple[int, int]) -> tuple[to
     scale_inv = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     quantized = (w / expand_scales(scale_inv, n, k, block)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return quantized, scale_inv
+
+
+def quantize_activation_fp8(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token-group dynamic quantization (DeepSeek-V3's / vLLM's `activation_scheme: dynamic`):
+    `x [M, K]` → (float8_e4m3fn `[M, K]`, fp32 scales `[M, ceil(K / group)]`), each 1 x `group`
+    slice of a row scaled so that its largest magnitude maps to 448; x ≈ fp8 * scale. The last
+    group of a row may be cut short by K. No host sync (graph-safe)."""
+    m, k = x.shape
+    groups = -(-k // group)
+    padded = torch.nn.functional.pad(x.to(torch.float32), (0, groups * group - k))
+    amax = padded.view(m, groups, group).abs().amax(dim=-1)
+    scale = torch.clamp(amax, min=1e-12) / FP8_MAX
+    per_elem = scale.repeat_interleave(group, dim=-1)[:, :k]
+    return (x.to(torch.float32) / per_elem).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+
+
+def expand_scale_rows(scale_inv: torch.Tensor, n: int, block_n: int) -> torch.Tensor:
+    """Block scales `[ceil(N / bn), Kb]` → one scale row per weight row `[N, Kb]`: the same weight
+    in `(1, bk)` blocks, which any row split, shard or concatenation keeps consistent."""
+    return scale_inv.repeat_interleave(block_n, dim=-2)[..., :n, :].contiguous()

@@ -47,7 +47,8 @@ def run_follower(
     model_dir = resolve_model(model_dir)
     dtype = parse_dtype(config.dtype) if config.dtype else None
     loaded = load_checkpoint(
-        model_dir, dtype=dtype, device=config.device, parallel=config.parallel, comm=comm
+        model_dir, dtype=dtype, device=config.device, parallel=config.parallel, comm=comm,
+        fp8_compute=config.fp8_compute,
     )
     model = loaded.model
     cache_dtype = parse_dtype(config.dtype, loaded.config.dtype)

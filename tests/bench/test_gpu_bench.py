@@ -43,3 +43,23 @@ def test_bench_gpu_runs_on_cpu_and_writes_its_json(tiny_model: str, tmp_path: Pa
         assert kernel in kernel_names
     assert "graph memory" in proc.stdout
     assert (tmp_path / "gpu_logs" / "kernels.log").exists()
+
+
+@pytest.mark.timeout(300)
+def test_bench_gpu_fp8_section_runs_both_modes_on_cpu(tmp_path: Path) -> None:
+    """The opt-in `fp8` section: block (under the interpreter here) and dequantize on an FP8 copy."""
+    out = tmp_path / "gpu.json"
+    command = [
+        sys.executable, "-m", "bench.gpu", "--device", "cpu", "--preset", "tiny", "--model-dir",
+        str(tmp_path / "tiny"), "--sections", "fp8", "--batches", "1,2", "--new-tokens", "3",
+        "--out", str(out), "--timeout-scale", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=280)
+
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    section = json.loads(out.read_text())["sections"]["fp8"]
+    assert [row["batch"] for row in section["rows"]] == [1, 2]
+    assert all(row["block_tok_s"] > 0 and row["dequantize_tok_s"] > 0 for row in section["rows"])
+    weights = section["weight_bytes_per_step_batch1"]
+    assert weights["block"] < weights["dequantize"]  # the kept FP8 linears read 1 byte per weight
+    assert (tmp_path / "tiny-fp8" / "config.json").exists() and "block/deq" in proc.stdout
