@@ -165,7 +165,8 @@ class RouterCore:
         candidates = [h.worker_id for h in (*decode_workers, *prefill_workers)]
         hashes = self._hashes(prepared.tenant, prompt, prepared.session_id)
         epochs = {h.worker_id: h.info.epoch for h in decode_workers}
-        hits = self.finished.merge(prepared.session_key, hashes, self._index_hits(hashes, candidates), epochs)
+        index_hits = self._index_hits(hashes, candidates)
+        hits = self.finished.merge(prepared.session_key, hashes, index_hits, epochs)
         session = self.sessions.get(prepared.session_key)
         decision = self._decide(
             prompt_tokens=len(prompt),
@@ -183,9 +184,11 @@ class RouterCore:
             if holder is not None:
                 fetch = worker_pb2.FetchSource(worker_id=holder.worker_id, address=holder.address, blocks=decision.fetch_blocks)
         verify_with = self.registry.by_id(decision.verify_with) if decision.verify_with else None
-        return RoutedRequest(
-            decode, prefill, fetch, decision.cached_tokens, decision.reason, decision.explain(), verify_with
-        )
+        reason = decision.reason
+        if hits.get(decision.decode_worker) != index_hits.get(decision.decode_worker):
+            reason += "; the decode worker's cache as the session's last finish left it (its KV events not in yet)"
+            self.metrics.count("finished_claim_used")
+        return RoutedRequest(decode, prefill, fetch, decision.cached_tokens, reason, decision.explain(), verify_with)
 
     def _decide(self, **inputs):
         try:

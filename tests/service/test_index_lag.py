@@ -86,6 +86,8 @@ def test_the_next_turn_is_local_before_the_kv_events_arrive(
         assert one.token_ids == greedy_reference(reference_llm, first, 40)
         second = first + one.token_ids + _prompt(first_prompt + 1, 20)
         assert _index_hit(cluster, second) is None, "the race: the index has heard nothing yet"
+        routed = cluster.router.core.route(PreparedRequest("probe", session, "", second, None), second)
+        assert routed.prefill is None and "last finish left it" in routed.reason, routed.explain_table
 
         two = stream(cluster.address, token_ids=second, max_tokens=6, session_id=session)
 
