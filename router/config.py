@@ -43,6 +43,9 @@ class RouterConfig:
     session_ttl_s: float = 3600.0
     max_sessions: int = 100_000
     max_session_bytes: int = 256 * 1024 * 1024  # session table + per-session prompt hashes, in all
+    # A finished request's claim on its decode worker's cache counts this long, or until the
+    # worker's KV events reach the index (router/finished_prefixes.py); 0 = off
+    finished_claim_ttl_s: float = 60.0
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth_tokens_file: str = ""
     redis_key_prefix: str = "baton"

@@ -21,6 +21,7 @@ from engine.model_source import resolve_model
 from engine.tokenizer import Tokenizer
 from prefix_index.base import IndexUnavailable, PrefixIndex
 from router.config import RouterConfig
+from router.finished_prefixes import FinishedPrefixes, end_of_turn_checkpoint
 from router.generate import GenerateFlow, NoWorkers
 from router.limits import check_prompt_tokens, check_request, prompt_bytes
 from router.metrics import RouterMetrics
@@ -73,6 +74,10 @@ class RouterCore:
         self.limits = config.limits
         self.sessions = SessionTable(config.max_sessions, config.session_ttl_s, max_bytes=config.max_session_bytes)
         self.hasher = PromptHasher(config.block_size, max_bytes=config.max_session_bytes)
+        # What finished requests left on decode workers, until their KV events tell the index.
+        self.finished = FinishedPrefixes(
+            config.finished_claim_ttl_s, config.max_sessions, max_bytes=config.max_session_bytes // 4
+        )
         self.tokenize_pool = TokenizePool(config.tokenize_threads, config.tokenize_queue)
         self.metrics = metrics or RouterMetrics()
         self.metrics.set_model_name(self.model_name)
@@ -158,7 +163,10 @@ class RouterCore:
             raise NoWorkers("no decode worker is available" + (f": {refusals[0]}" if refusals else ""))
         prefill_workers = self.registry.workers("prefill", routable=True)
         candidates = [h.worker_id for h in (*decode_workers, *prefill_workers)]
-        hits = self._lookup(prepared.tenant, prompt, prepared.session_id, candidates)
+        hashes = self._hashes(prepared.tenant, prompt, prepared.session_id)
+        epochs = {h.worker_id: h.info.epoch for h in decode_workers}
+        index_hits = self._index_hits(hashes, candidates)
+        hits = self.finished.merge(prepared.session_key, hashes, index_hits, epochs)
         session = self.sessions.get(prepared.session_key)
         decision = self._decide(
             prompt_tokens=len(prompt),
@@ -176,9 +184,11 @@ class RouterCore:
             if holder is not None:
                 fetch = worker_pb2.FetchSource(worker_id=holder.worker_id, address=holder.address, blocks=decision.fetch_blocks)
         verify_with = self.registry.by_id(decision.verify_with) if decision.verify_with else None
-        return RoutedRequest(
-            decode, prefill, fetch, decision.cached_tokens, decision.reason, decision.explain(), verify_with
-        )
+        reason = decision.reason
+        if hits.get(decision.decode_worker) != index_hits.get(decision.decode_worker):
+            reason += "; the decode worker's cache as the session's last finish left it (its KV events not in yet)"
+            self.metrics.count("finished_claim_used")
+        return RoutedRequest(decode, prefill, fetch, decision.cached_tokens, reason, decision.explain(), verify_with)
 
     def _decide(self, **inputs):
         try:
@@ -187,9 +197,15 @@ class RouterCore:
             raise NoWorkers(str(error)) from error
 
     def _lookup(self, tenant: str, prompt: list[int], session_id: str = "", workers: list[str] | None = None) -> dict:
+        """The index's hits for a prompt (what the index alone knows, without finished claims)."""
+        return self._index_hits(self._hashes(tenant, prompt, session_id), workers)
+
+    def _hashes(self, tenant: str, prompt: list[int], session_id: str = "") -> list[int]:
+        return self.hasher.hashes(prompt, cache_extra(self.model_id, tenant), session_id)
+
+    def _index_hits(self, hashes: list[int], workers: list[str] | None = None) -> dict:
         """Hits of the workers the router can route to. Any index failure (unreachable, a key of the
         wrong type, a malformed value) is counted and routing goes on by affinity + load."""
-        hashes = self.hasher.hashes(prompt, cache_extra(self.model_id, tenant), session_id)
         started = time.perf_counter()
         try:
             # One namespace per model: the tenant is already mixed into every block hash.
@@ -203,6 +219,20 @@ class RouterCore:
         finally:
             self.metrics.observe_index_lookup(time.perf_counter() - started)
         return hits
+
+    def record_finish(
+        self, prepared: PreparedRequest, decode: WorkerHandle, sequence: list[int], attempt_prompt: int, local: bool
+    ) -> None:
+        """A request of the session finished on `decode`: claim what its radix cache now holds (the
+        full blocks of the computed tokens, all but the last sampled one) until its KV events arrive.
+        `attempt_prompt`: the prompt length of the attempt that finished; `local`: it prefilled that
+        prompt itself."""
+        if not prepared.session_key:
+            return
+        computed = len(sequence) - 1
+        hashes = self._hashes(prepared.tenant, sequence[:computed], prepared.session_id)
+        checkpoint = end_of_turn_checkpoint(attempt_prompt, computed, self.config.block_size, local)
+        self.finished.record(prepared.session_key, decode.worker_id, decode.info.epoch, hashes, checkpoint)
 
     # ---- admin ---------------------------------------------------------------------------------
     def list_workers(self) -> admin_pb2.ListWorkersResponse:

@@ -150,14 +150,17 @@ class GenerateFlow:
                 )
                 yield from self._relay(StallWatch(chunks, self.router.config.stall_timeout_s), computing=True)
             self.router.sessions.record(self.prepared.session_key, decode.worker_id, "")
+            self._record_finish(decode, len(prompt), local=True)
             return
         yield from self._disaggregated(decision, request, worker_request_id, reserved)
 
     def _check_claim(self, decision, request: worker_pb2.WorkerRequest, worker_request_id: str, prompt_tokens: int):
         """Local prefill chosen on the index's word that the decode worker holds the prefix: its
         reservation says what it really holds. A true claim keeps the local route (the reservation is
-        given back); a false one (a forged or stale index entry) turns the route disaggregated on
-        `verify_with`, reusing the reservation, so the missing part is prefilled by a prefill worker."""
+        given back); a false one (a forged or stale index entry, or the router's own claim from a
+        finished turn that the worker no longer holds: router/finished_prefixes.py, forgotten here)
+        turns the route disaggregated on `verify_with`, reusing the reservation, so the missing part is
+        prefilled by a prefill worker."""
         decode, threshold = decision.decode, self.router.config.local_prefill_threshold
         reserved = self._reserve(decode, request, worker_request_id, decision.verify_with)
         held = reserved.cached_blocks * self.router.config.block_size
@@ -165,6 +168,7 @@ class GenerateFlow:
             self._cancel_reservation(decode, worker_request_id)
             return decision, None
         self.router.metrics.count("index_claim_refuted")
+        self.router.finished.forget(self.prepared.session_key, decode.worker_id)
         log.warning(
             "request %s: the index claimed %d cached tokens on %s, its reservation holds %d; prefilling on %s",
             self.prepared.request_id, decision.cached_tokens, decode.worker_id, held, decision.verify_with.worker_id,
@@ -224,6 +228,14 @@ class GenerateFlow:
             if not decoding:  # failed, or the client left before Decode: free the pages now
                 self._cancel_reservation(decode, worker_request_id)
         self.router.sessions.record(self.prepared.session_key, decode.worker_id, prefill.worker_id)
+        self._record_finish(decode, len(request.prompt_token_ids), local=False)
+
+    def _record_finish(self, decode: WorkerHandle, attempt_prompt: int, local: bool) -> None:
+        """The decode worker cached prompt + output on finish; the router claims it at once, so the
+        session's next turn does not wait on the worker's KV events (router/finished_prefixes.py)."""
+        if self.state.finish_reason in ("stop", "length"):
+            sequence = self.prepared.prompt + self.state.emitted
+            self.router.record_finish(self.prepared, decode, sequence, attempt_prompt, local)
 
     def _prefill(self, prefill: WorkerHandle, request, descriptor, fetch) -> worker_pb2.PrefillResponse:
         """PrefillStream, watched: silence or no computed chunk for too long fails the attempt."""
