@@ -287,3 +287,26 @@ def test_two_ranks_in_block_mode_equal_one(tmp_path, checkpoints):
     assert p_tokens == tokens and all(len(t) == GREEDY.max_tokens for t in tokens.values())
     for rid, rows in logits.items():
         torch.testing.assert_close(p_logits[rid], rows, rtol=1e-5, atol=1e-5, msg=rid)
+
+
+def test_block_runs_only_after_the_kernels_agree_with_their_reference_on_the_device(monkeypatch):
+    """The self-check catches a kernel that computes wrongly (or fails) on the device: a forced
+    `block` is refused with the reason (`auto` turns into `dequantize` the same way on a GPU)."""
+    from engine.ops import fp8_compute
+    from engine.ops.fp8_linear import Fp8BlockLinear
+
+    fp8_compute.kernel_self_check.cache_clear()
+    assert fp8_compute.kernel_self_check("cpu") is None  # the real kernels, under the interpreter
+    fp8_compute.kernel_self_check.cache_clear()
+    monkeypatch.setattr(Fp8BlockLinear, "forward", lambda self, x: Fp8BlockLinear.reference(self, x) * 1.1)
+    with pytest.raises(ValueError, match="differs from its torch reference on cpu by 0.1"):
+        resolve_fp8_compute("block", "cpu")
+    fp8_compute.kernel_self_check.cache_clear()
+
+    def broken(self, x):
+        raise RuntimeError("PTX compile failed")
+
+    monkeypatch.setattr(Fp8BlockLinear, "forward", broken)
+    with pytest.raises(ValueError, match="failed to run on cpu .RuntimeError: PTX compile failed"):
+        resolve_fp8_compute("block", "cpu")
+    fp8_compute.kernel_self_check.cache_clear()
