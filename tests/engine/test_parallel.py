@@ -25,10 +25,12 @@ from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
 from engine.parallel.ranks import free_port, init_method_for, spawn_followers
 from engine.parallel.shard import shard_weights, vocab_rows
+from engine.parallel.step_sync import watch_key
 from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
 from tests.engine.spec_helpers import use_oracle
 from tests.helpers.checkpoints import tiny_checkpoint
+from tests.helpers.follower_hooks import RecordingHooks
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -341,3 +343,34 @@ def test_the_loader_cuts_each_tensor_as_it_arrives_into_the_same_shard(
         assert sorted(shard) == sorted(expected) and sorted(extra) == sorted(expected_extra)
         for name, tensor in [*expected.items(), *expected_extra.items()]:
             assert torch.equal({**shard, **extra}[name], tensor), name
+
+
+def test_follower_ranks_see_each_layer_of_a_watched_sequence_as_rank_0_does():
+    """A sequence with a layer callback on rank 0 carries its watch key in the step broadcast; the
+    follower calls its layer hook after the same layers of the same chunks, with that layer's KV
+    already in its cache (what the worker's layer-by-layer transfer posts); unwatched ones never."""
+    model_dir = tiny_checkpoint("qwen3_next")
+    config = EngineConfig(tp=2, prefill_chunk_size=16, max_num_seqs=4)
+    port = free_port()
+    procs = spawn_followers(model_dir, config, port, RecordingHooks)
+    comm = init_comm(0, 2, "cpu", init_method_for(port), timeout_s=120)
+    try:
+        engine = LLMEngine(model_dir, config, comm=comm)
+        mine: list[list[int]] = []
+        params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+        engine.add_request("watched", _prompt(40, seed=1), params,
+                           layer_callback=lambda layer, start, end: mine.append([layer, start, end]))  # fmt: skip
+        engine.add_request("plain", _prompt(25, seed=2), params)
+        while engine.has_unfinished_requests():
+            engine.step()
+        (report,) = engine.call_followers(b"report")
+        engine.stop_followers()
+    finally:
+        close_comm()
+        for proc in procs:
+            proc.join(60)
+    seen = json.loads(report)
+    assert {key for key, *_ in seen} == {watch_key("watched")}
+    assert [[layer, start, end] for _, layer, start, end, _ in seen] == mine
+    assert len(mine) > ModelConfig.from_json(model_dir).num_hidden_layers  # several chunks, every layer
+    assert all(written for *_, written in seen)
