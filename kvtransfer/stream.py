@@ -159,9 +159,10 @@ class StreamSendHandle(SendHandle):
     def _manifest(self, first_token: int | None, extras: dict[str, int | str]) -> Manifest:
         with self._lock:
             placed = {key: dict(v) for key, v in self._placed.items()}
-        entries = tuple(
+        entries = tuple(  # a (region, layer) whose posts were all skipped sends nothing to check
             build_entry(self._regions, region, layer, units)
             for (region, layer), units in sorted(placed.items())
+            if units
         )
         layouts = {r: self._regions.layouts[r] for r in self._desc.dst_units}
         return Manifest(layouts, entries, first_token, extras)

@@ -63,6 +63,22 @@ def test_units_the_receiver_already_has_are_not_sent(make_backend):
     assert_units_equal(src, units, dst, units, skip=2)
 
 
+def test_every_page_already_held_ships_only_the_state(make_backend):
+    """The decode worker holds every page of the prompt (skip = all of them): the KV posts are all
+    dropped, the manifest names only the state, and the transfer is DONE (it once named the empty
+    KV entries and failed as 'manifest names units this transfer did not expect')."""
+    sender, receiver, src, dst = pair(make_backend, 8)
+    units = {"kv": [3, 4, 5], "conv": [2], "ssm": [2]}
+    desc = receiver.expect("held", units, 10.0, skip_blocks=3)
+    handle = sender.open_send(desc)
+    post_all(handle, src, units, chunks=2)
+    handle.finish(9)
+    result = receiver.wait("held", 10.0)
+    assert result.status is TransferStatus.DONE, result.reason
+    assert not dst["kv"].any()
+    assert_units_equal(src, {"conv": [2], "ssm": [2]}, dst, {"conv": [2], "ssm": [2]})
+
+
 def test_corrupted_byte_is_caught_by_the_manifest(make_backend):
     sender, receiver, src, dst = pair(make_backend, 6, corrupt=("kv", 1))
     units = {"kv": [0, 1, 2, 7], "conv": [1], "ssm": [1]}
