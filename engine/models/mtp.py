@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
+from engine.models.mtp_attention import CachedGroup, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import apply_rope, rope_cos_sin
@@ -130,11 +131,12 @@ class MtpHead:
         hidden: torch.Tensor,
         next_tokens: torch.Tensor,
         positions: torch.Tensor,
-        groups: list[tuple[MtpKv | None, int, int]],
+        groups: list[CachedGroup] | list[tuple[None, int, int]],
     ) -> torch.Tensor:
         """hidden [N, H] (target final-normed, or a previous MTP output), next_tokens [N], positions
-        [N]; `groups`: (kv, row_start, row_end) per sequence, its rows at consecutive positions (kv
-        None: dense causal attention over the rows alone, for training). Returns the normed output."""
+        [N]; `groups`: one `CachedGroup` per drafting sequence (its rows at consecutive positions,
+        attending to its MtpKv), or (None, row_start, row_end) for training (dense causal attention
+        over the rows alone). Returns the normed output."""
         cfg, w = self.cfg, self.w
         eps = cfg.rms_norm_eps
         e = rms_norm_zero_centered(
@@ -174,18 +176,11 @@ class MtpHead:
         )
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
-        outs = []
-        for kv, start, end in groups:
-            if kv is None:
-                outs.append(chunk_causal_attention(q[start:end], k[start:end], v[start:end], 0, scale))
-                continue
-            first = int(positions[start])
-            lo, hi = first - kv.valid_from, first - kv.valid_from + end - start
-            kv.data[i, lo:hi, 0] = k[start:end].to(kv.data.dtype)
-            kv.data[i, lo:hi, 1] = v[start:end].to(kv.data.dtype)
-            keys, values = kv.data[i, :hi, 0].to(q.dtype), kv.data[i, :hi, 1].to(q.dtype)
-            outs.append(chunk_causal_attention(q[start:end], keys, values, lo, scale))
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
+            out = cached_attention(i, q, k, v, groups, scale)
+        else:  # training: dense causal attention over each group's rows alone
+            outs = [chunk_causal_attention(q[s:e], k[s:e], v[s:e], 0, scale) for _, s, e in groups]
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
         return self._proj(out, p + "o_proj")
 

@@ -24,7 +24,7 @@ from engine.model_runner import SeqChunk
 from engine.sampler import make_generator
 from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import RequestOutput, Sequence
-from engine.speculative.acceptance import accept_greedy, accept_sampled, processed_probs
+from engine.speculative.acceptance import accept_greedy_tokens, accept_sampled, processed_probs
 from engine.speculative.drafter import Draft, Drafter, DraftRequest, SeqSpecState
 from engine.speculative.slots import SpecSlotPool
 
@@ -108,10 +108,29 @@ class SpecDecoder:
         if sampling:
             last = torch.tensor([rows[i][1] - 1 for i in sampling])
             outputs.extend(engine.sample([chunks[i] for i in sampling], self._logits(hidden[last])))
+        best = self._greedy_targets(chunks, verifies, rows, hidden)
         for index, verify in verifies.items():
             start, end = rows[index]
-            outputs.append(self._accept(chunks[index], verify, hidden[start:end]))
+            outputs.append(self._accept(chunks[index], verify, hidden[start:end], best.get(index)))
         return outputs
+
+    def _greedy_targets(self, chunks, verifies: dict[int, _Verify], rows, hidden) -> dict[int, list[int]]:
+        """The target's argmax at every row of every greedy verify: one logits matmul, one argmax and
+        one read-back for all of them (per sequence, these dominated a batch's acceptance)."""
+        greedy = [i for i in verifies if chunks[i].seq.params.greedy]
+        if not greedy:
+            return {}
+        spans = [rows[i] for i in greedy]
+        wanted = [r for start, end in spans for r in range(start, end)]
+        if wanted == list(range(wanted[0], wanted[-1] + 1)):  # contiguous (e.g. a pure verify step)
+            selected = hidden[wanted[0] : wanted[-1] + 1]
+        else:
+            selected = hidden.index_select(0, torch.tensor(wanted, device=hidden.device))
+        flat = self._logits(selected).argmax(dim=-1).tolist()
+        best, at = {}, 0
+        for i, (start, end) in zip(greedy, spans, strict=True):
+            best[i], at = flat[at : at + end - start], at + end - start
+        return best
 
     def _plan(self, chunks: list[ScheduledChunk]) -> dict[int, _Verify]:
         requests, indices = [], []
@@ -176,15 +195,16 @@ class SpecDecoder:
         return (hidden @ self.engine.model.lm_head_t).float()
 
     # ---- acceptance ----------------------------------------------------------------------------
-    def _accept(self, chunk: ScheduledChunk, verify: _Verify, hidden: torch.Tensor) -> RequestOutput:
+    def _accept(
+        self, chunk: ScheduledChunk, verify: _Verify, hidden: torch.Tensor, best: list[int] | None
+    ) -> RequestOutput:
         engine, seq = self.engine, chunk.seq
         drafts = verify.draft.tokens
-        logits = self._logits(hidden)
-        if seq.params.greedy:
-            emitted = accept_greedy(logits, drafts)
+        if best is not None:  # greedy: the target's argmax per row, computed for the whole batch
+            emitted = accept_greedy_tokens(best, drafts)
         else:
             generator = seq.generator if seq.generator is not None else self._generator
-            target = processed_probs(logits, seq.params)
+            target = processed_probs(self._logits(hidden), seq.params)
             emitted = accept_sampled(target, verify.draft.probs, drafts, generator)
         self.metrics.record(len(drafts), len(emitted) - 1)
         emitted = emitted[: self._tokens_before_finish(seq, emitted)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.mtp import MtpHead, MtpKv
+from engine.models.mtp_attention import CachedGroup
 from engine.sampling_params import SamplingParams
 from engine.speculative.acceptance import draw, processed_probs
 
@@ -73,7 +74,10 @@ class Drafter:
             active = [active[row] for row in keep]
             out, positions = out[keep], positions[keep] + 1
             tokens = torch.tensor([drafts[i].tokens[-1] for i in active], device=out.device)
-            groups = [(requests[i].state.kv, row, row + 1) for row, i in enumerate(active)]
+            groups = [
+                CachedGroup(requests[i].state.kv, row, row + 1, requests[i].state.mtp_pos + step - 1)
+                for row, i in enumerate(active)
+            ]
             out = self.head.forward(out, tokens, positions, groups)
         for d in drafts:
             if d.probs is not None:
@@ -92,7 +96,7 @@ class Drafter:
             hidden.append(state.hidden)
             tokens.extend(r.token_ids[start + 1 : end + 1])
             positions.extend(range(start, end))
-            groups.append((state.kv, row, row + end - start))
+            groups.append(CachedGroup(state.kv, row, row + end - start, start))
             row += end - start
             last.append(row - 1)
             state.mtp_pos, state.hidden = end, state.hidden[:0]
