@@ -5,7 +5,9 @@ side by side in one run, at batch 1 and 8.
 - MTP: speculation with the checkpoint's trained MTP head (K drafts per step);
 - ceiling: the same speculation with always-right drafts (the MTP head still runs, so its cost is
   paid, but its drafts are replaced by the plain run's continuation): the most this head's
-  speculation could give on this machine.
+  speculation could give on this machine;
+- adaptive: the trained head with `adaptive_speculation` (engine/speculative/policy.py): each
+  step drafts 0..K tokens, whichever its measured acceptance and step costs say is fastest.
 
 The model is the trained checkpoint (`engine.training`: the shipped one, else the cached benchmark
 run, trained on first use) unless `--model` is given; prompts are held-out stdlib code. Prints a
@@ -85,54 +87,66 @@ def decode(
 def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, device: str, clock: str) -> dict:
     prompts = held_out_prompts(model_dir, batch * rounds, PROMPT_TOKENS)
     config = EngineConfig(enable_prefix_cache=False, max_num_seqs=batch, device=device)
-    plain = LLMEngine(model_dir, config)
-    spec = LLMEngine(model_dir, EngineConfig(**{**_fields(config), "num_speculative_tokens": k}))
-    ceiling = LLMEngine(model_dir, EngineConfig(**{**_fields(config), "num_speculative_tokens": k}))
-    if spec.spec is None:
+    speculating = EngineConfig(**{**_fields(config), "num_speculative_tokens": k})
+    engines = {
+        "plain": LLMEngine(model_dir, config),
+        "spec": LLMEngine(model_dir, speculating),
+        "ceiling": LLMEngine(model_dir, speculating),
+        "adaptive": LLMEngine(
+            model_dir, EngineConfig(**{**_fields(speculating), "adaptive_speculation": True})
+        ),
+    }
+    if engines["spec"].spec is None:
         raise SystemExit(f"{model_dir} has no MTP head: nothing to speculate with")
     warm = {"warm": prompts[0]}
-    for engine in (plain, spec, ceiling):
+    for engine in engines.values():
         decode(engine, warm, 4)
-    spec.spec.metrics.__init__()
-    rows: dict[str, list] = {"plain": [], "spec": [], "ceiling": []}
-    step_s: dict[str, list] = {"plain": [], "spec": [], "ceiling": []}
-    outputs: dict[str, dict] = {"plain": {}, "spec": {}, "ceiling": {}}
+    for name in ("spec", "adaptive"):
+        engines[name].spec.metrics.__init__()
+    rows: dict[str, list] = {name: [] for name in engines}
+    step_s: dict[str, list] = {name: [] for name in engines}
+    outputs: dict[str, dict] = {name: {} for name in engines}
     for r in range(rounds):
         group = {f"b{batch}-r{r}-{i}": prompts[r * batch + i] for i in range(batch)}
-        for name, engine in (("plain", plain), ("spec", spec), ("ceiling", ceiling)):
+        for name, engine in engines.items():
             if name == "ceiling":
                 reference = {rid: group[rid] + outputs["plain"][rid] for rid in group}
-                ceiling.spec.drafter = AlwaysRightDrafter(ceiling.spec.drafter, reference)
+                engine.spec.drafter = AlwaysRightDrafter(engine.spec.drafter, reference)
             speed, out, seconds = decode(engine, group, tokens, clock)
             rows[name].append(speed)
             step_s[name].append(seconds)
             outputs[name].update(out)
-    m = spec.metrics()
-    # Medians over rounds (each round runs the three engines back to back on the same prompts), so
-    # a burst of load from other processes on a shared machine skews one round, not the result.
-    plain_tok_s, spec_tok_s, ceiling_tok_s = (
-        statistics.median(rows[name]) for name in ("plain", "spec", "ceiling")
-    )
-    plain_ms, spec_ms, ceiling_ms = (1000 * statistics.median(step_s[name]) for name in step_s)
-    speedup, ceiling_speedup = spec_tok_s / plain_tok_s, ceiling_tok_s / plain_tok_s
+    m = engines["spec"].metrics()
+    # Medians over rounds (each round runs the engines back to back on the same prompts), so a
+    # burst of load from other processes on a shared machine skews one round, not the result.
+    tok_s = {name: statistics.median(rows[name]) for name in engines}
+    step_ms = {name: 1000 * statistics.median(step_s[name]) for name in engines}
+    speedup, ceiling_speedup = tok_s["spec"] / tok_s["plain"], tok_s["ceiling"] / tok_s["plain"]
+    adaptive_speedup = tok_s["adaptive"] / tok_s["plain"]
+    target = 1 + 0.5 * (ceiling_speedup - 1)
     return {
         "batch": batch,
-        "plain_tok_s": plain_tok_s,
-        "spec_tok_s": spec_tok_s,
-        "ceiling_tok_s": ceiling_tok_s,
+        "plain_tok_s": tok_s["plain"],
+        "spec_tok_s": tok_s["spec"],
+        "ceiling_tok_s": tok_s["ceiling"],
+        "adaptive_tok_s": tok_s["adaptive"],
         "speedup": speedup,
         "ceiling_speedup": ceiling_speedup,
-        "target_speedup": 1 + 0.5 * (ceiling_speedup - 1),
-        "meets_target": speedup >= 1 + 0.5 * (ceiling_speedup - 1),
-        "same_tokens": outputs["plain"] == outputs["spec"] == outputs["ceiling"],
+        "adaptive_speedup": adaptive_speedup,
+        "target_speedup": target,
+        "meets_target": speedup >= target,
+        "adaptive_meets_target": adaptive_speedup >= target,
+        "same_tokens": all(out == outputs["plain"] for out in outputs.values()),
         # ms per engine step: a speculative step (draft + verify + accept) against a plain decode step
-        "plain_step_ms": plain_ms,
-        "spec_step_ms": spec_ms,
-        "ceiling_step_ms": ceiling_ms,
+        "plain_step_ms": step_ms["plain"],
+        "spec_step_ms": step_ms["spec"],
+        "ceiling_step_ms": step_ms["ceiling"],
+        "adaptive_step_ms": step_ms["adaptive"],
         "acceptance_rate": m["spec_acceptance_rate"],
         "acceptance_per_position": m["spec_acceptance_per_position"],
         "mean_acceptance_length": m["spec_mean_acceptance_length"],
-        "ceiling_mean_acceptance_length": ceiling.metrics()["spec_mean_acceptance_length"],
+        "ceiling_mean_acceptance_length": engines["ceiling"].metrics()["spec_mean_acceptance_length"],
+        "adaptive_steps_by_drafts": engines["adaptive"].metrics()["spec_steps_by_drafts"],
         "state_copies": m["spec_state_copies"],
     }
 
@@ -180,7 +194,7 @@ def print_table(result: dict) -> None:
     )
     print(
         f"{'batch':>5} {'plain':>8} {'MTP':>8} {'ceiling':>8} {'speedup':>8} {'ceiling':>8} {'target':>7} "
-        f"{'accept/position':>18} {'tok/verify':>10} {'step cost':>9} same"
+        f"{'accept/position':>18} {'tok/verify':>10} {'step cost':>9} {'adaptive':>9} {'steps by drafts':>15} same"
     )
     for r in result["rows"]:
         per_position = " ".join(f"{a:.0%}" for a in r["acceptance_per_position"])
@@ -188,11 +202,13 @@ def print_table(result: dict) -> None:
         print(
             f"{r['batch']:>5} {r['plain_tok_s']:>8.1f} {r['spec_tok_s']:>8.1f} {r['ceiling_tok_s']:>8.1f} "
             f"{r['speedup']:>7.2f}x {r['ceiling_speedup']:>7.2f}x {r['target_speedup']:>6.2f}x "
-            f"{per_position:>18} {r['mean_acceptance_length']:>10.2f} {cost:>8.2f}x {r['same_tokens']}"
+            f"{per_position:>18} {r['mean_acceptance_length']:>10.2f} {cost:>8.2f}x "
+            f"{r['adaptive_speedup']:>8.2f}x {'/'.join(map(str, r['adaptive_steps_by_drafts'])):>15} {r['same_tokens']}"
         )
     print(
-        "(tok/s over the decode phase; target = 1 + 0.5 x (ceiling - 1); step cost = ms per speculative "
-        "step / ms per plain step)"
+        "(tok/s over the decode phase; speedups vs plain; target = 1 + 0.5 x (ceiling - 1); step cost = ms "
+        "per speculative step / ms per plain step; adaptive: --adaptive-speculation, its decode steps "
+        "by drafts per sequence 0/1/..)"
     )
 
 

@@ -15,6 +15,7 @@ cache's block-end snapshots (checkpoints, as without speculation) are the only s
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,7 @@ from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import RequestOutput, Sequence
 from engine.speculative.acceptance import accept_greedy_tokens, accept_sampled, processed_probs
 from engine.speculative.drafter import Draft, Drafter, DraftRequest, SeqSpecState
+from engine.speculative.policy import AdaptivePolicy, FixedPolicy
 from engine.speculative.slots import SpecSlotPool
 
 
@@ -38,6 +40,11 @@ class SpecMetrics:
     state_copies: int = 0  # CacheTensors state copies made on the speculative path (must stay 0)
     drafted_at: list[int] = field(default_factory=list)  # per draft position j: drafts made there
     accepted_at: list[int] = field(default_factory=list)  # ... and accepted there
+    steps_by_drafts: list[int] = field(default_factory=list)  # decode-only steps, by drafts per sequence
+
+    def count_step(self, drafts: int) -> None:
+        self.steps_by_drafts.extend([0] * (drafts + 1 - len(self.steps_by_drafts)))
+        self.steps_by_drafts[drafts] += 1
 
     def record(self, drafted: int, accepted: int) -> None:
         """One verify: `drafted` drafts, the first `accepted` of them kept."""
@@ -59,7 +66,10 @@ class SpecMetrics:
             "spec_acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
             "spec_mean_acceptance_length": self.emitted / self.verifies if self.verifies else 0.0,
             "spec_state_copies": self.state_copies,
-            "spec_acceptance_per_position": [a / d for a, d in zip(self.accepted_at, self.drafted_at, strict=True)],
+            "spec_steps_by_drafts": list(self.steps_by_drafts),
+            "spec_acceptance_per_position": [
+                a / d for a, d in zip(self.accepted_at, self.drafted_at, strict=True)
+            ],
         }
 
 
@@ -70,6 +80,22 @@ class _Verify:
     step_slots: list[int]
 
 
+def _policy(engine, k: int) -> FixedPolicy | AdaptivePolicy:
+    """Adaptive when the config asks for it; with CUDA graphs it chooses between 0 and k drafts
+    only (verify graphs are captured for k + 1 rows)."""
+    if not engine.config.adaptive_speculation:
+        return FixedPolicy(k)
+    return AdaptivePolicy((0, k) if engine.runner.graphs is not None else tuple(range(k + 1)))
+
+
+def _step_clock(device: str):
+    """What a step costs: on a CPU running torch on this thread alone, this thread's CPU time (a
+    shared machine's other load barely moves it); else wall time."""
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
 class SpecDecoder:
     def __init__(self, engine, drafter: Drafter, num_drafts: int) -> None:
         self.engine = engine
@@ -77,6 +103,8 @@ class SpecDecoder:
         self.k = num_drafts
         self.states: dict[str, SeqSpecState] = {}
         self.metrics = SpecMetrics()
+        self.policy = _policy(engine, num_drafts)
+        self._clock = _step_clock(engine.config.device)
         self._generator = make_generator(engine.config.seed + 1)  # unseeded sampled requests
 
     @property
@@ -92,9 +120,11 @@ class SpecDecoder:
     # ---- one step ------------------------------------------------------------------------------
     def step(self, chunks: list[ScheduledChunk]) -> list[RequestOutput]:
         engine = self.engine
+        started = self._clock()
         copies = engine.cache.state_copies
         self._forget_gone()
-        verifies = self._plan(chunks)
+        drafts = self.policy.choose(len(chunks))
+        verifies = self._plan(chunks, drafts)
         hidden, rows = self._forward(chunks, verifies)
         self.metrics.state_copies += engine.cache.state_copies - copies
         plain = [i for i in range(len(chunks)) if i not in verifies]
@@ -112,7 +142,18 @@ class SpecDecoder:
         for index, verify in verifies.items():
             start, end = rows[index]
             outputs.append(self._accept(chunks[index], verify, hidden[start:end], best.get(index)))
+        self._observe(chunks, verifies, drafts, self._clock() - started)
         return outputs
+
+    def _observe(self, chunks: list[ScheduledChunk], verifies: dict, drafts: int, seconds: float) -> None:
+        """The policy's cost samples: steps of decoding sequences only (no prefill chunk in them),
+        every one drafting (`drafts` each) or none (a plain step)."""
+        if verifies and len(verifies) != len(chunks):
+            return
+        if all(c.end - c.start == 1 and c.start > 0 for c in chunks):
+            drafts = drafts if verifies else 0
+            self.policy.observe(len(chunks), drafts, seconds)
+            self.metrics.count_step(drafts)
 
     def _greedy_targets(self, chunks, verifies: dict[int, _Verify], rows, hidden) -> dict[int, list[int]]:
         """The target's argmax at every row of every greedy verify: one logits matmul, one argmax and
@@ -132,10 +173,10 @@ class SpecDecoder:
             best[i], at = flat[at : at + end - start], at + end - start
         return best
 
-    def _plan(self, chunks: list[ScheduledChunk]) -> dict[int, _Verify]:
+    def _plan(self, chunks: list[ScheduledChunk], drafts: int) -> dict[int, _Verify]:
         requests, indices = [], []
         for i, c in enumerate(chunks):
-            num_drafts = self._num_drafts(c)
+            num_drafts = self._num_drafts(c, drafts)
             if num_drafts == 0:
                 continue
             seq = c.seq
@@ -155,9 +196,9 @@ class SpecDecoder:
             verifies[i] = _Verify(i, draft, slots)
         return verifies
 
-    def _num_drafts(self, c: ScheduledChunk) -> int:
+    def _num_drafts(self, c: ScheduledChunk, drafts: int) -> int:
         seq = c.seq
-        if not (c.samples and c.end - c.start == 1 and c.start > 0 and self.eligible(seq)):
+        if drafts == 0 or not (c.samples and c.end - c.start == 1 and c.start > 0 and self.eligible(seq)):
             return 0
         state = self.states.get(seq.request_id)
         if state is None or state.seq is not seq or state.hidden_end != seq.num_computed_tokens:
@@ -168,7 +209,7 @@ class SpecDecoder:
             seq.params.max_tokens - len(seq.output_token_ids),
             self.engine.max_model_len - seq.num_tokens,
         )
-        return max(0, min(self.k, room - 1))
+        return max(0, min(drafts, room - 1))
 
     def _forward(self, chunks: list[ScheduledChunk], verifies: dict[int, _Verify]):
         seq_chunks = []
@@ -207,6 +248,7 @@ class SpecDecoder:
             target = processed_probs(self._logits(hidden), seq.params)
             emitted = accept_sampled(target, verify.draft.probs, drafts, generator)
         self.metrics.record(len(drafts), len(emitted) - 1)
+        self.policy.record_acceptance(len(drafts), len(emitted) - 1)
         emitted = emitted[: self._tokens_before_finish(seq, emitted)]
         computed = len(emitted)  # positions start .. start + computed - 1 are now in KV and state
         old_live = seq.state_slot
