@@ -115,6 +115,7 @@ class MtpHead:
         self.embed = embed
         self.lm_head_t = lm_head_t  # [H, vocab]
         self.num_layers = cfg.mtp_num_hidden_layers
+        self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
@@ -167,7 +168,7 @@ class MtpHead:
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
-        q_gate, k, v = (self._proj(x, p + name) for name in ("q_proj", "k_proj", "v_proj"))
+        q_gate, k, v = self._qkv(x, p)
         q, gate = torch.chunk(q_gate.view(rows, heads, 2 * dim), 2, dim=-1)
         q = apply_rope(rms_norm_zero_centered(q, w[p + "q_norm.weight"], cfg.rms_norm_eps), *rope)
         k = apply_rope(
@@ -183,6 +184,23 @@ class MtpHead:
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
         return self._proj(out, p + "o_proj")
+
+    def _qkv(self, x: torch.Tensor, p: str) -> tuple[torch.Tensor, ...]:
+        """q (with its gate), k, v. Inference: one matmul over the three weights concatenated (the
+        concatenation is rebuilt when a weight changes in place); training: autograd through each."""
+        names = [p + n for n in ("q_proj", "k_proj", "v_proj")]
+        weights = [self.w[n + ".weight"] for n in names]
+        biases = [self.w.get(n + ".bias") for n in names]
+        if torch.is_grad_enabled() or len({b is None for b in biases}) > 1:
+            return tuple(self._proj(x, n) for n in names)
+        versions = tuple(t._version for t in weights + [b for b in biases if b is not None])
+        fused = self._fused.get(p)
+        if fused is None or fused[0] != versions:
+            bias = torch.cat(biases) if biases[0] is not None else None
+            fused = (versions, torch.cat(weights, dim=1), bias, [w.shape[1] for w in weights])
+            self._fused[p] = fused
+        _, weight, bias, sizes = fused
+        return torch.split(x @ weight if bias is None else torch.addmm(bias, x, weight), sizes, dim=-1)
 
     def _proj(self, x: torch.Tensor, name: str) -> torch.Tensor:
         y = x @ self.w[name + ".weight"]

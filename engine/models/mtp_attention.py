@@ -37,6 +37,8 @@ def cached_attention(
 ) -> torch.Tensor:
     """q [N, Hq, D], k, v [N, Hkv, D] (rows of `groups`, in order, covering [0, N)) → [N, Hq, D]."""
     rows, heads, dim = q.shape
+    if len(groups) == 1:  # one sequence: its cache as is, no padding
+        return _one_sequence(layer, q, k, v, groups[0], scale)
     new_kv = torch.stack([k, v], dim=1)  # [N, 2, Hkv, D]
     caches, lows, counts = [], [], []
     for g in groups:
@@ -70,6 +72,24 @@ def cached_attention(
     if uniform:
         return out.reshape(rows, heads, dim)
     return out.reshape(num * steps, heads, dim).index_select(0, index)
+
+
+def _one_sequence(layer: int, q, k, v, g: CachedGroup, scale: float) -> torch.Tensor:
+    lo = g.first_pos - g.kv.valid_from
+    hi = lo + g.row_end - g.row_start
+    g.kv.data[layer, lo:hi] = torch.stack([k, v], dim=1).to(g.kv.data.dtype)
+    cache = g.kv.data[layer, :hi].to(q.dtype)
+    mask = None
+    if hi - lo > 1:  # row t sees entries [0, lo + t]
+        mask = torch.ones(hi - lo, hi, dtype=torch.bool, device=q.device).tril(lo)
+    return F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        cache[:, 0].transpose(0, 1),
+        cache[:, 1].transpose(0, 1),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=True,
+    ).transpose(0, 1)
 
 
 def cached_attention_reference(
