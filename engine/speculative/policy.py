@@ -40,9 +40,9 @@ class AdaptivePolicy:
         self,
         choices: tuple[int, ...],
         *,
-        explore_every: int = 16,
-        smoothing: float = 0.25,
-        acceptance_smoothing: float = 0.05,
+        explore_every: int = 32,
+        smoothing: float = 0.1,
+        acceptance_smoothing: float = 0.02,
         clock=time.perf_counter,
     ) -> None:
         if not choices or 0 not in choices or any(j < 0 for j in choices):
