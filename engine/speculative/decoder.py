@@ -126,6 +126,8 @@ class SpecDecoder:
         drafts = self.policy.choose(len(chunks))
         verifies = self._plan(chunks, drafts)
         hidden, rows = self._forward(chunks, verifies)
+        if engine.runner.graphs is not None:  # the MTP states keep views of it; a replay reuses it
+            hidden = hidden.clone()
         self.metrics.state_copies += engine.cache.state_copies - copies
         plain = [i for i in range(len(chunks)) if i not in verifies]
         for i in plain:
@@ -304,9 +306,9 @@ class SpecDecoder:
             return
         state = self.states.get(seq.request_id)
         if state is None or state.seq is not seq or state.hidden_end != start:
-            self.states[seq.request_id] = self.drafter.new_state(seq, start, rows.clone())
+            self.states[seq.request_id] = self.drafter.new_state(seq, start, rows)
         else:
-            state.hidden = torch.cat([state.hidden, rows])
+            state.append(rows)
 
     def _forget_gone(self) -> None:
         sequences = self.engine.sequences
