@@ -9,9 +9,10 @@ like three times the sequences, the two MTP passes come on top), it decodes plai
 losing to plain decoding.
 
 Output never depends on the policy: verification decides every token, whatever was drafted.
-Costs are measured before they are used (each choice once per batch-size bucket), and every
-`explore_every` steps another choice than the best is re-measured, so the estimates follow the
-load on the machine and the acceptance of the text being generated.
+Costs are measured before they are used (each choice per batch-size bucket), and every
+`explore_every` steps another choice than the best runs twice and is re-measured, so the
+estimates follow the load on the machine and the acceptance of the text being generated. The
+first step after a switch is not measured (after plain steps the MTP catches up on all of them).
 """
 
 from __future__ import annotations
@@ -55,22 +56,25 @@ class AdaptivePolicy:
         self.clock = clock
         self.acceptance = [1.0] * self.k  # optimistic until measured: speculation gets tried
         self.costs: dict[int, dict[int, float]] = {}  # batch bucket -> drafts -> seconds per step
-        self.steps = 0
+        self.samples: dict[tuple[int, int], int] = {}  # (bucket, drafts) -> steps measured
+        self.steps: dict[int, int] = {}  # bucket -> steps chosen
+        self.previous: int | None = None  # drafts of the last observed step
 
     def expected_tokens(self, drafts: int) -> float:
         """Tokens per sequence a step with `drafts` drafts emits on average (1 + acceptances)."""
         return 1.0 + sum(self.acceptance[:drafts])
 
     def choose(self, num_seqs: int) -> int:
-        self.steps += 1
-        costs = self.costs.get(_bucket(num_seqs), {})
+        bucket = _bucket(num_seqs)
+        step = self.steps[bucket] = self.steps.get(bucket, 0) + 1
+        costs = self.costs.get(bucket, {})
         unmeasured = [j for j in self.choices if j not in costs]
         if unmeasured:
             return unmeasured[0]
         best = max(self.choices, key=lambda j: self.expected_tokens(j) / costs[j])
-        if self.steps % self.explore_every == 0:
+        if step % self.explore_every in (0, 1):  # re-measure the others of this bucket in turn
             others = [j for j in self.choices if j != best]
-            return others[(self.steps // self.explore_every) % len(others)]
+            return others[(step // self.explore_every) % len(others)]
         return best
 
     def record_acceptance(self, drafted: int, accepted: int) -> None:
@@ -81,9 +85,16 @@ class AdaptivePolicy:
 
     def observe(self, num_seqs: int, drafts: int, seconds: float) -> None:
         """A step of `num_seqs` decoding sequences, each with `drafts` drafts, took `seconds`."""
-        costs = self.costs.setdefault(_bucket(num_seqs), {})
-        old = costs.get(drafts)
-        costs[drafts] = seconds if old is None else old + self.smoothing * (seconds - old)
+        switched, self.previous = drafts != self.previous, drafts
+        if switched:  # the first step after a switch is no steady cost: after plain steps the MTP
+            return  # catches up on every position since, so it is measured on the second
+        bucket = _bucket(num_seqs)
+        costs = self.costs.setdefault(bucket, {})
+        count = self.samples[bucket, drafts] = self.samples.get((bucket, drafts), 0) + 1
+        # the mean of the first samples, then a moving average (one cold first step does not stick)
+        weight = max(self.smoothing, 1.0 / count)
+        old = costs.get(drafts, seconds)
+        costs[drafts] = old + weight * (seconds - old)
 
 
 def _bucket(num_seqs: int) -> int:

@@ -14,31 +14,42 @@ from tests.helpers.checkpoints import tiny_checkpoint
 pytestmark = pytest.mark.timeout(300)
 
 
+def _run(policy: AdaptivePolicy, num_seqs: int, cost: dict[int, float], steps: int) -> list[int]:
+    """`steps` steps whose cost is cost[drafts]; the choices made."""
+    seen = []
+    for _ in range(steps):
+        seen.append(policy.choose(num_seqs))
+        policy.observe(num_seqs, seen[-1], cost[seen[-1]])
+    return seen
+
+
 def test_measures_each_choice_then_takes_the_most_tokens_per_second() -> None:
     policy = AdaptivePolicy((0, 1, 2), explore_every=1000, smoothing=0.5, acceptance_smoothing=0.05)
-    seen = []
-    for _ in range(3):
-        seen.append(policy.choose(8))
-        policy.observe(8, seen[-1], {0: 1.0, 1: 1.5, 2: 2.5}[seen[-1]])
-    assert seen == [0, 1, 2]  # unmeasured first
+    # Unmeasured first; the first step after a switch does not count, so each runs twice.
+    assert _run(policy, 8, {0: 1.0, 1: 1.5, 2: 2.5}, 6) == [0, 0, 1, 1, 2, 2]
     for _ in range(200):  # first draft always kept, second never
         policy.record_acceptance(2, 1)
     # E = 1, 2, 2 tokens per step for 1.0, 1.5, 2.5 s: one draft wins.
     assert policy.expected_tokens(1) == pytest.approx(2.0, abs=1e-3)
-    assert policy.choose(8) == 1
-    policy.observe(8, 1, 3.0)
-    policy.observe(8, 1, 3.0)  # one draft now costs ~2.6 s (smoothed): plain wins
-    assert policy.choose(8) == 0
+    # one draft now costs 3 s: its first step after the switch is not counted, the second makes
+    # its cost 2.25 s (smoothed), and plain (1 token per 1 s) wins
+    assert _run(policy, 8, {0: 1.0, 1: 3.0, 2: 2.5}, 4) == [1, 1, 0, 0]
     assert policy.choose(3) == 0  # another batch-size bucket: unmeasured again
 
 
 def test_explores_the_other_choices_now_and_then() -> None:
-    policy = AdaptivePolicy((0, 2), explore_every=4)
-    for j in (0, 2):
-        policy.choose(1)
-        policy.observe(1, j, 1.0 if j == 0 else 10.0)
-    choices = [policy.choose(1) for _ in range(16)]
-    assert choices.count(2) == 4 and choices.count(0) == 12
+    policy = AdaptivePolicy((0, 2), explore_every=8)
+    choices = _run(policy, 1, {0: 1.0, 2: 10.0}, 4 + 32)[4:]
+    assert choices.count(2) == 8 and choices.count(0) == 24  # two steps in every eight
+
+
+def test_the_first_step_after_a_switch_is_not_a_cost_sample() -> None:
+    policy = AdaptivePolicy((0, 2))
+    policy.observe(8, 0, 1.0)
+    policy.observe(8, 0, 1.0)
+    policy.observe(8, 2, 50.0)  # a catch-up after plain steps
+    policy.observe(8, 2, 2.0)
+    assert policy.costs[4] == {0: 1.0, 2: 2.0}
 
 
 def test_choices_must_include_plain_decoding() -> None:
