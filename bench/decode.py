@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=5, help="--spec: rounds per batch size (median reported)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default=None,
+        help="--spec: time by process CPU time or wall time (default: cpu on a cpu device, wall on cuda)",
+    )
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (see bench/decode_tp.py)")
     parser.add_argument("--ep", type=int, default=1, help="expert-parallel ranks (see bench/decode_tp.py)")
     args = parser.parse_args(argv)
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         out = SPEC_RESULTS if args.out == RESULTS else args.out
         batches = tuple(int(b) for b in (args.batches or "1,8").split(","))
         tokens = 128 if args.tokens == 64 else args.tokens  # --spec: longer runs, less timer noise
-        spec(args.model, args.spec, batches, tokens, args.rounds, out_path=out)
+        spec(args.model, args.spec, batches, tokens, args.rounds, out_path=out, clock=args.clock)
         return 0
     model_dir = args.model
     if model_dir is None:

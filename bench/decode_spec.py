@@ -5,7 +5,9 @@ side by side in one run, at batch 1 and 8.
 - MTP: speculation with the checkpoint's trained MTP head (K drafts per step);
 - ceiling: the same speculation with always-right drafts (the MTP head still runs, so its cost is
   paid, but its drafts are replaced by the plain run's continuation): the most this head's
-  speculation could give on this machine.
+  speculation could give on this machine;
+- adaptive: the trained head with `adaptive_speculation` (engine/speculative/policy.py): each
+  step drafts 0..K tokens, whichever its measured acceptance and step costs say is fastest.
 
 The model is the trained checkpoint (`engine.training`: the shipped one, else the cached benchmark
 run, trained on first use) unless `--model` is given; prompts are held-out stdlib code. Prints a
@@ -55,10 +57,15 @@ class AlwaysRightDrafter(Drafter):
         return drafts
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def decode(
-    engine: LLMEngine, prompts: dict[str, list[int]], tokens: int
-) -> tuple[float, dict[str, list[int]]]:
-    """All prompts at once; tok/s over the decode phase (after every request's first token)."""
+    engine: LLMEngine, prompts: dict[str, list[int]], tokens: int, clock: str = "wall"
+) -> tuple[float, dict[str, list[int]], float]:
+    """All prompts at once; tok/s over the decode phase (after every request's first token), the
+    outputs, and the seconds per engine step over that phase. `clock`: "wall", or "cpu" (this
+    process's CPU time: what other processes on a shared machine take is not counted)."""
     params = SamplingParams(temperature=0.0, max_tokens=tokens + 1, ignore_eos=True)
     for request_id, prompt in prompts.items():
         engine.add_request(request_id, prompt, params)
@@ -66,62 +73,80 @@ def decode(
     while any(not o for o in out.values()):
         for o in engine.step():
             out[o.request_id].extend(o.new_token_ids)
-    start = time.perf_counter()
+    now = CLOCKS[clock]
+    start, steps = now(), 0
     before = sum(map(len, out.values()))
     while engine.has_unfinished_requests():
+        steps += 1
         for o in engine.step():
             out[o.request_id].extend(o.new_token_ids)
-    return (sum(map(len, out.values())) - before) / (time.perf_counter() - start), out
+    elapsed = now() - start
+    return (sum(map(len, out.values())) - before) / elapsed, out, elapsed / max(steps, 1)
 
 
-def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, device: str) -> dict:
+def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, device: str, clock: str) -> dict:
     prompts = held_out_prompts(model_dir, batch * rounds, PROMPT_TOKENS)
     config = EngineConfig(enable_prefix_cache=False, max_num_seqs=batch, device=device)
-    plain = LLMEngine(model_dir, config)
-    spec = LLMEngine(model_dir, EngineConfig(**{**_fields(config), "num_speculative_tokens": k}))
-    ceiling = LLMEngine(model_dir, EngineConfig(**{**_fields(config), "num_speculative_tokens": k}))
-    if spec.spec is None:
+    speculating = EngineConfig(**{**_fields(config), "num_speculative_tokens": k})
+    engines = {
+        "plain": LLMEngine(model_dir, config),
+        "spec": LLMEngine(model_dir, speculating),
+        "ceiling": LLMEngine(model_dir, speculating),
+        "adaptive": LLMEngine(
+            model_dir, EngineConfig(**{**_fields(speculating), "adaptive_speculation": True})
+        ),
+    }
+    if engines["spec"].spec is None:
         raise SystemExit(f"{model_dir} has no MTP head: nothing to speculate with")
     warm = {"warm": prompts[0]}
-    for engine in (plain, spec, ceiling):
+    for engine in engines.values():
         decode(engine, warm, 4)
-    spec.spec.metrics.__init__()
-    rows: dict[str, list] = {"plain": [], "spec": [], "ceiling": []}
-    outputs: dict[str, dict] = {"plain": {}, "spec": {}, "ceiling": {}}
+    for name in ("spec", "adaptive"):
+        engines[name].spec.metrics.__init__()
+    rows: dict[str, list] = {name: [] for name in engines}
+    step_s: dict[str, list] = {name: [] for name in engines}
+    outputs: dict[str, dict] = {name: {} for name in engines}
     for r in range(rounds):
         group = {f"b{batch}-r{r}-{i}": prompts[r * batch + i] for i in range(batch)}
-        speed, out = decode(plain, group, tokens)
-        rows["plain"].append(speed)
-        outputs["plain"].update(out)
-        speed, out = decode(spec, group, tokens)
-        rows["spec"].append(speed)
-        outputs["spec"].update(out)
-        reference = {rid: group[rid] + outputs["plain"][rid] for rid in group}
-        ceiling.spec.drafter = AlwaysRightDrafter(ceiling.spec.drafter, reference)
-        speed, out = decode(ceiling, group, tokens)
-        rows["ceiling"].append(speed)
-        outputs["ceiling"].update(out)
-    m = spec.metrics()
-    # Medians over rounds (each round runs the three engines back to back on the same prompts), so
-    # a burst of load from other processes on a shared machine skews one round, not the result.
-    plain_tok_s, spec_tok_s, ceiling_tok_s = (
-        statistics.median(rows[name]) for name in ("plain", "spec", "ceiling")
-    )
-    speedup, ceiling_speedup = spec_tok_s / plain_tok_s, ceiling_tok_s / plain_tok_s
+        for name, engine in engines.items():
+            if name == "ceiling":
+                reference = {rid: group[rid] + outputs["plain"][rid] for rid in group}
+                engine.spec.drafter = AlwaysRightDrafter(engine.spec.drafter, reference)
+            speed, out, seconds = decode(engine, group, tokens, clock)
+            rows[name].append(speed)
+            step_s[name].append(seconds)
+            outputs[name].update(out)
+    m = engines["spec"].metrics()
+    # Medians over rounds (each round runs the engines back to back on the same prompts), so a
+    # burst of load from other processes on a shared machine skews one round, not the result.
+    tok_s = {name: statistics.median(rows[name]) for name in engines}
+    step_ms = {name: 1000 * statistics.median(step_s[name]) for name in engines}
+    speedup, ceiling_speedup = tok_s["spec"] / tok_s["plain"], tok_s["ceiling"] / tok_s["plain"]
+    adaptive_speedup = tok_s["adaptive"] / tok_s["plain"]
+    target = 1 + 0.5 * (ceiling_speedup - 1)
     return {
         "batch": batch,
-        "plain_tok_s": plain_tok_s,
-        "spec_tok_s": spec_tok_s,
-        "ceiling_tok_s": ceiling_tok_s,
+        "plain_tok_s": tok_s["plain"],
+        "spec_tok_s": tok_s["spec"],
+        "ceiling_tok_s": tok_s["ceiling"],
+        "adaptive_tok_s": tok_s["adaptive"],
         "speedup": speedup,
         "ceiling_speedup": ceiling_speedup,
-        "target_speedup": 1 + 0.5 * (ceiling_speedup - 1),
-        "meets_target": speedup >= 1 + 0.5 * (ceiling_speedup - 1),
-        "same_tokens": outputs["plain"] == outputs["spec"] == outputs["ceiling"],
+        "adaptive_speedup": adaptive_speedup,
+        "target_speedup": target,
+        "meets_target": speedup >= target,
+        "adaptive_meets_target": adaptive_speedup >= target,
+        "same_tokens": all(out == outputs["plain"] for out in outputs.values()),
+        # ms per engine step: a speculative step (draft + verify + accept) against a plain decode step
+        "plain_step_ms": step_ms["plain"],
+        "spec_step_ms": step_ms["spec"],
+        "ceiling_step_ms": step_ms["ceiling"],
+        "adaptive_step_ms": step_ms["adaptive"],
         "acceptance_rate": m["spec_acceptance_rate"],
         "acceptance_per_position": m["spec_acceptance_per_position"],
         "mean_acceptance_length": m["spec_mean_acceptance_length"],
-        "ceiling_mean_acceptance_length": ceiling.metrics()["spec_mean_acceptance_length"],
+        "ceiling_mean_acceptance_length": engines["ceiling"].metrics()["spec_mean_acceptance_length"],
+        "adaptive_steps_by_drafts": engines["adaptive"].metrics()["spec_steps_by_drafts"],
         "state_copies": m["spec_state_copies"],
     }
 
@@ -134,13 +159,20 @@ def spec(
     rounds: int = 5,
     device: str = "cpu",
     out_path: Path | None = RESULTS,
+    clock: str | None = None,
 ) -> dict:
-    """The `spec` section: every batch size, printed as a table; JSON to `out_path`."""
+    """The `spec` section: every batch size, printed as a table; JSON to `out_path`. `clock`:
+    "cpu" (default on cpu: process CPU time, robust to other load on a shared machine) or "wall"
+    (default on cuda, where the CPU waits on the device)."""
     model_dir = Path(model_dir) if model_dir else default_model()
-    rows = [measure(model_dir, k, b, tokens, rounds, device) for b in batches]
+    clock = clock or ("cpu" if torch.device(device).type == "cpu" else "wall")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, not {clock!r}")
+    rows = [measure(model_dir, k, b, tokens, rounds, device, clock) for b in batches]
     result = {
         "model": str(model_dir),
         "device": device,
+        "clock": clock,
         "threads": torch.get_num_threads(),
         "num_speculative_tokens": k,
         "tokens_per_request": tokens,
@@ -157,20 +189,27 @@ def spec(
 def print_table(result: dict) -> None:
     k = result["num_speculative_tokens"]
     print(
-        f"model {Path(result['model']).name}  k={k}  {result['tokens_per_request']} tokens/request  {result['device']}"
+        f"model {Path(result['model']).name}  k={k}  {result['tokens_per_request']} tokens/request  "
+        f"{result['device']}  clock={result.get('clock', 'wall')}  threads={result['threads']}"
     )
     print(
         f"{'batch':>5} {'plain':>8} {'MTP':>8} {'ceiling':>8} {'speedup':>8} {'ceiling':>8} {'target':>7} "
-        f"{'accept/position':>18} {'tok/verify':>10} same"
+        f"{'accept/position':>18} {'tok/verify':>10} {'step cost':>9} {'adaptive':>9} {'steps by drafts':>15} same"
     )
     for r in result["rows"]:
         per_position = " ".join(f"{a:.0%}" for a in r["acceptance_per_position"])
+        cost = r["spec_step_ms"] / r["plain_step_ms"]
         print(
             f"{r['batch']:>5} {r['plain_tok_s']:>8.1f} {r['spec_tok_s']:>8.1f} {r['ceiling_tok_s']:>8.1f} "
             f"{r['speedup']:>7.2f}x {r['ceiling_speedup']:>7.2f}x {r['target_speedup']:>6.2f}x "
-            f"{per_position:>18} {r['mean_acceptance_length']:>10.2f} {r['same_tokens']}"
+            f"{per_position:>18} {r['mean_acceptance_length']:>10.2f} {cost:>8.2f}x "
+            f"{r['adaptive_speedup']:>8.2f}x {'/'.join(map(str, r['adaptive_steps_by_drafts'])):>15} {r['same_tokens']}"
         )
-    print("(tok/s over the decode phase; target = 1 + 0.5 x (ceiling - 1))")
+    print(
+        "(tok/s over the decode phase; speedups vs plain; target = 1 + 0.5 x (ceiling - 1); step cost = ms "
+        "per speculative step / ms per plain step; adaptive: --adaptive-speculation, its decode steps "
+        "by drafts per sequence 0/1/..)"
+    )
 
 
 def _fields(config: EngineConfig) -> dict:

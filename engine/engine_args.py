@@ -59,6 +59,7 @@ HELP: dict[str, str] = {
     "device": "cpu | cuda | cuda:N",
     "seed": "sampling seed for requests without one",
     "num_speculative_tokens": "MTP draft tokens per step, 0..4 (0 = off)",
+    "adaptive_speculation": "per step, draft 0..--spec-tokens tokens, whichever measures fastest",
     "gpu_memory_utilization": (
         "fraction of the GPU's total memory this process may use (weights + cache), like vLLM's; "
         "two processes on one GPU each get their own fraction"

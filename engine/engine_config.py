@@ -34,6 +34,9 @@ class EngineConfig:
     # Speculative decoding with the checkpoint's MTP head: drafts per step (0 = off, 1..4). A
     # checkpoint without MTP weights runs without speculation. See engine/speculative.
     num_speculative_tokens: int = 0
+    # Per step, draft 0..k tokens, whichever gives the most tokens per second by the acceptance and
+    # step costs measured so far (engine/speculative/policy.py); off: always k.
+    adaptive_speculation: bool = False
     # GPU path. Decode steps replay CUDA graphs captured per batch-size bucket unless
     # `enforce_eager` (graphs need a cuda device; the CPU always runs eagerly).
     enforce_eager: bool = False

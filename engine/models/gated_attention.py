@@ -13,8 +13,10 @@ from engine.model_config import ModelConfig
 from engine.models.forward_batch import ForwardBatch
 from engine.models.linear import apply_linear, build_linear, fp8_block
 from engine.ops.attention import chunk_causal_attention
+from engine.ops.dispatch import use_triton
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.paged_attention import paged_attention_decode
+from engine.ops.paged_attention_verify import paged_attention_verify
 from engine.ops.rope import apply_rope
 from engine.ops.triton.paged_extend import paged_extend_triton
 
@@ -63,7 +65,7 @@ class GatedAttention:
         kv_pool[batch.write_pages, 1, batch.write_offsets] = v.to(kv_pool.dtype)
         out = torch.empty_like(q)
         n = batch.num_decode + batch.num_verify_rows  # verify rows attend like decode rows
-        if n:
+        if n and (use_triton(q) or not batch.verify_groups):
             out[:n] = paged_attention_decode(
                 q[:n],
                 kv_pool,
@@ -72,6 +74,8 @@ class GatedAttention:
                 self.scale,
                 validate=False,
             )
+        elif n:  # torch: a verify sequence's rows share one gather of its pages
+            self._decode_and_verify(q, out, kv_pool, batch)
         meta = batch.prefill_meta
         if meta is not None:  # the Triton path: every prefill chunk in one launch
             out[meta.row_start :] = paged_extend_triton(
@@ -88,3 +92,12 @@ class GatedAttention:
             )
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
         return apply_linear(out, self.o_proj, self.o_bias)
+
+    def _decode_and_verify(self, q, out, kv_pool, batch: ForwardBatch) -> None:
+        tables, lens, n = batch.decode_block_tables, batch.decode_context_lens, batch.num_decode
+        if n:
+            out[:n] = paged_attention_decode(q[:n], kv_pool, tables[:n], lens[:n], self.scale, validate=False)
+        for g in batch.verify_groups:
+            s, e = g.row_start, g.row_start + g.step_slots.numel()
+            out[s:e] = paged_attention_verify(q[s:e], kv_pool, tables[s:e], lens[s:e], g.steps, self.scale)
+

@@ -150,8 +150,10 @@ class GatedDeltaNet:
         window = torch.cat([state, rows.transpose(1, 2)], dim=-1)  # [V, C, K-1+T]
         width = state.shape[-1]
         kernel = self.conv_weight.shape[-1]
-        out = window.unfold(-1, kernel, 1)  # [V, C, T, K]
-        out = F.silu(torch.einsum("vctk,ck->vtc", out, self.conv_weight))
+        # depthwise conv as multiply + sum over the unfolded window (an einsum or a grouped conv1d
+        # cost ~5x more at these sizes)
+        out = (window.unfold(-1, kernel, 1) * self.conv_weight[:, None, :]).sum(-1)  # [V, C, T]
+        out = F.silu(out.transpose(1, 2))  # [V, T, C]
         states = window.unfold(-1, width, 1)[:, :, 1 : steps + 1]  # [V, C, T, K-1]: after row t
         conv_pool[group.step_slots.reshape(-1)] = states.transpose(1, 2).flatten(0, 1).to(conv_pool.dtype)
         return out.reshape(num * steps, -1)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
+from engine.models.mtp_attention import CachedGroup, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import apply_rope, rope_cos_sin
@@ -147,6 +148,7 @@ class MtpHead:
         self.first_expert = cfg.num_experts // parallel.ep * comm.rank if parallel.ep > 1 else 0
         # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
         self.with_shared = parallel.tp > 1 or comm.rank == 0
+        self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
@@ -166,11 +168,12 @@ class MtpHead:
         hidden: torch.Tensor,
         next_tokens: torch.Tensor,
         positions: torch.Tensor,
-        groups: list[tuple[MtpKv | None, int, int]],
+        groups: list[CachedGroup] | list[tuple[None, int, int]],
     ) -> torch.Tensor:
         """hidden [N, H] (target final-normed, or a previous MTP output), next_tokens [N], positions
-        [N]; `groups`: (kv, row_start, row_end) per sequence, its rows at consecutive positions (kv
-        None: dense causal attention over the rows alone, for training). Returns the normed output."""
+        [N]; `groups`: one `CachedGroup` per drafting sequence (its rows at consecutive positions,
+        attending to its MtpKv), or (None, row_start, row_end) for training (dense causal attention
+        over the rows alone). Returns the normed output."""
         cfg, w = self.cfg, self.w
         eps = cfg.rms_norm_eps
         embedded = (
@@ -206,7 +209,7 @@ class MtpHead:
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
-        q_gate, k, v = (self._proj(x, p + name) for name in ("q_proj", "k_proj", "v_proj"))
+        q_gate, k, v = self._qkv(x, p)
         q, gate = torch.chunk(q_gate.view(rows, heads, 2 * dim), 2, dim=-1)
         q = apply_rope(rms_norm_zero_centered(q, w[p + "q_norm.weight"], cfg.rms_norm_eps), *rope)
         k = apply_rope(
@@ -215,20 +218,30 @@ class MtpHead:
         )
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
-        outs = []
-        for kv, start, end in groups:
-            if kv is None:
-                outs.append(chunk_causal_attention(q[start:end], k[start:end], v[start:end], 0, scale))
-                continue
-            first = int(positions[start])
-            lo, hi = first - kv.valid_from, first - kv.valid_from + end - start
-            kv.data[i, lo:hi, 0] = k[start:end].to(kv.data.dtype)
-            kv.data[i, lo:hi, 1] = v[start:end].to(kv.data.dtype)
-            keys, values = kv.data[i, :hi, 0].to(q.dtype), kv.data[i, :hi, 1].to(q.dtype)
-            outs.append(chunk_causal_attention(q[start:end], keys, values, lo, scale))
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
+            out = cached_attention(i, q, k, v, groups, scale)
+        else:  # training: dense causal attention over each group's rows alone
+            outs = [chunk_causal_attention(q[s:e], k[s:e], v[s:e], 0, scale) for _, s, e in groups]
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
         return self._proj(out, p + "o_proj")
+
+    def _qkv(self, x: torch.Tensor, p: str) -> tuple[torch.Tensor, ...]:
+        """q (with its gate), k, v. Inference: one matmul over the three weights concatenated (the
+        concatenation is rebuilt when a weight changes in place); training: autograd through each."""
+        names = [p + n for n in ("q_proj", "k_proj", "v_proj")]
+        weights = [self.w[n + ".weight"] for n in names]
+        biases = [self.w.get(n + ".bias") for n in names]
+        if torch.is_grad_enabled() or len({b is None for b in biases}) > 1:
+            return tuple(self._proj(x, n) for n in names)
+        versions = tuple(t._version for t in weights + [b for b in biases if b is not None])
+        fused = self._fused.get(p)
+        if fused is None or fused[0] != versions:
+            bias = torch.cat(biases) if biases[0] is not None else None
+            fused = (versions, torch.cat(weights, dim=1), bias, [w.shape[1] for w in weights])
+            self._fused[p] = fused
+        _, weight, bias, sizes = fused
+        return torch.split(x @ weight if bias is None else torch.addmm(bias, x, weight), sizes, dim=-1)
 
     def _proj(self, x: torch.Tensor, name: str) -> torch.Tensor:
         y = x @ self.w[name + ".weight"]

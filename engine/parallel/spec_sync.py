@@ -23,6 +23,7 @@ import torch
 
 from engine.model_runner import ModelRunner
 from engine.models.mtp import MtpHead, MtpKv
+from engine.models.mtp_attention import CachedGroup
 from engine.parallel.comm import Comm
 from engine.parallel.step_sync import (
     OP_FORWARD_HIDDEN,
@@ -45,12 +46,12 @@ class LeaderMtpHead(MtpHead):
     def release(self, kv: MtpKv) -> None:
         self._released.append(kv.uid)
 
-    def forward(self, hidden, next_tokens, positions, groups):
-        if any(kv is None for kv, _, _ in groups):
+    def forward(self, hidden, next_tokens, positions, groups: list[CachedGroup]):
+        if any(not isinstance(g, CachedGroup) or g.kv is None for g in groups):
             raise ValueError("a group's MTP forward needs each sequence's MtpKv")
         hidden = hidden.to(self.model.dtype)
         released, self._released = self._released, []
-        tail = [value for kv, start, end in groups for value in (kv.uid, kv.valid_from, start, end)]
+        tail = [value for g in groups for value in (g.kv.uid, g.kv.valid_from, g.row_start, g.row_end)]
         device = self.comm.device
         ints = torch.cat(  # tokens and positions stay on the device: no read-back here
             [
@@ -116,7 +117,7 @@ class SpecFollower:
             if kv is None:
                 kv = self.kv[uid] = MtpKv(self.head.cfg, valid_from, self.model.dtype, device)
             kv.ensure(int(positions[end - 1]) + 1)
-            groups.append((kv, start, end))
+            groups.append(CachedGroup(kv, start, end, int(positions[start])))
         tokens, positions = ints[:rows].to(device), positions.to(device)
         for uid in ints[2 * rows + 4 * n_groups :].tolist():
             self.kv.pop(uid, None)

@@ -15,7 +15,8 @@ cache's block-end snapshots (checkpoints, as without speculation) are the only s
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -24,43 +25,11 @@ from engine.model_runner import SeqChunk
 from engine.sampler import make_generator
 from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import RequestOutput, Sequence
-from engine.speculative.acceptance import accept_greedy, accept_sampled, processed_probs
+from engine.speculative.acceptance import accept_greedy_tokens, accept_sampled, processed_probs
 from engine.speculative.drafter import Draft, Drafter, DraftRequest, SeqSpecState
+from engine.speculative.metrics import SpecMetrics
+from engine.speculative.policy import AdaptivePolicy, FixedPolicy
 from engine.speculative.slots import SpecSlotPool
-
-
-@dataclass(slots=True)
-class SpecMetrics:
-    verifies: int = 0  # sequence-steps that verified drafts
-    drafted: int = 0
-    accepted: int = 0  # drafts accepted
-    emitted: int = 0  # tokens emitted by verifies (accepted + one correction/bonus each)
-    state_copies: int = 0  # CacheTensors state copies made on the speculative path (must stay 0)
-    drafted_at: list[int] = field(default_factory=list)  # per draft position j: drafts made there
-    accepted_at: list[int] = field(default_factory=list)  # ... and accepted there
-
-    def record(self, drafted: int, accepted: int) -> None:
-        """One verify: `drafted` drafts, the first `accepted` of them kept."""
-        self.verifies += 1
-        self.drafted += drafted
-        self.accepted += accepted
-        self.emitted += accepted + 1
-        for counts in (self.drafted_at, self.accepted_at):
-            counts.extend([0] * (drafted - len(counts)))
-        for j in range(drafted):
-            self.drafted_at[j] += 1
-            self.accepted_at[j] += j < accepted
-
-    def snapshot(self) -> dict[str, float]:
-        return {
-            "spec_verifies": self.verifies,
-            "spec_drafted": self.drafted,
-            "spec_accepted": self.accepted,
-            "spec_acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
-            "spec_mean_acceptance_length": self.emitted / self.verifies if self.verifies else 0.0,
-            "spec_state_copies": self.state_copies,
-            "spec_acceptance_per_position": [a / d for a, d in zip(self.accepted_at, self.drafted_at, strict=True)],
-        }
 
 
 @dataclass
@@ -70,6 +39,22 @@ class _Verify:
     step_slots: list[int]
 
 
+def _policy(engine, k: int) -> FixedPolicy | AdaptivePolicy:
+    """Adaptive when the config asks for it; with CUDA graphs it chooses between 0 and k drafts
+    only (verify graphs are captured for k + 1 rows)."""
+    if not engine.config.adaptive_speculation:
+        return FixedPolicy(k)
+    return AdaptivePolicy((0, k) if engine.runner.graphs is not None else tuple(range(k + 1)))
+
+
+def _step_clock(device: str):
+    """What a step costs: on a CPU running torch on this thread alone, this thread's CPU time (a
+    shared machine's other load barely moves it); else wall time."""
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
 class SpecDecoder:
     def __init__(self, engine, drafter: Drafter, num_drafts: int) -> None:
         self.engine = engine
@@ -77,6 +62,8 @@ class SpecDecoder:
         self.k = num_drafts
         self.states: dict[str, SeqSpecState] = {}
         self.metrics = SpecMetrics()
+        self.policy = _policy(engine, num_drafts)
+        self._clock = _step_clock(engine.config.device)
         self._generator = make_generator(engine.config.seed + 1)  # unseeded sampled requests
 
     @property
@@ -92,10 +79,14 @@ class SpecDecoder:
     # ---- one step ------------------------------------------------------------------------------
     def step(self, chunks: list[ScheduledChunk]) -> list[RequestOutput]:
         engine = self.engine
+        started = self._clock()
         copies = engine.cache.state_copies
         self._forget_gone()
-        verifies = self._plan(chunks)
+        drafts = self.policy.choose(len(chunks))
+        verifies = self._plan(chunks, drafts)
         hidden, rows = self._forward(chunks, verifies)
+        if engine.runner.graphs is not None:  # the MTP states keep views of it; a replay reuses it
+            hidden = hidden.clone()
         self.metrics.state_copies += engine.cache.state_copies - copies
         plain = [i for i in range(len(chunks)) if i not in verifies]
         for i in plain:
@@ -113,17 +104,45 @@ class SpecDecoder:
         outputs = []
         if sampling:
             outputs.extend(engine.sample([chunks[i] for i in sampling], logits[: len(sampling)]))
-        at = len(sampling)
+        verify_logits = logits[len(sampling) :] if verifies else None
+        best = self._greedy_targets(chunks, verifies, rows, verify_logits)
+        at = 0
         for index, verify in verifies.items():
             start, end = rows[index]
-            verify_logits, at = logits[at : at + end - start], at + end - start
-            outputs.append(self._accept(chunks[index], verify, hidden[start:end], verify_logits))
+            own, at = verify_logits[at : at + end - start], at + end - start
+            outputs.append(self._accept(chunks[index], verify, hidden[start:end], own, best.get(index)))
+        self._observe(chunks, verifies, drafts, self._clock() - started)
         return outputs
 
-    def _plan(self, chunks: list[ScheduledChunk]) -> dict[int, _Verify]:
+    def _observe(self, chunks: list[ScheduledChunk], verifies: dict, drafts: int, seconds: float) -> None:
+        """The policy's cost samples: steps of decoding sequences only (no prefill chunk in them),
+        every one drafting (`drafts` each) or none (a plain step)."""
+        if verifies and len(verifies) != len(chunks):
+            return
+        if all(c.end - c.start == 1 and c.start > 0 for c in chunks):
+            drafts = drafts if verifies else 0
+            self.policy.observe(len(chunks), drafts, seconds)
+            self.metrics.count_step(drafts)
+
+    def _greedy_targets(self, chunks, verifies: dict[int, _Verify], rows, logits) -> dict[int, list[int]]:
+        """The target's argmax at every row of every greedy verify (`logits`: the verifies' rows in
+        order): one argmax and one read-back for all of them (per sequence, these dominated a
+        batch's acceptance)."""
+        if not any(chunks[i].seq.params.greedy for i in verifies):
+            return {}
+        flat = logits.argmax(dim=-1).tolist()
+        best, at = {}, 0
+        for i in verifies:
+            count = rows[i][1] - rows[i][0]
+            if chunks[i].seq.params.greedy:
+                best[i] = flat[at : at + count]
+            at += count
+        return best
+
+    def _plan(self, chunks: list[ScheduledChunk], drafts: int) -> dict[int, _Verify]:
         requests, indices = [], []
         for i, c in enumerate(chunks):
-            num_drafts = self._num_drafts(c)
+            num_drafts = self._num_drafts(c, drafts)
             if num_drafts == 0:
                 continue
             seq = c.seq
@@ -143,9 +162,9 @@ class SpecDecoder:
             verifies[i] = _Verify(i, draft, slots)
         return verifies
 
-    def _num_drafts(self, c: ScheduledChunk) -> int:
+    def _num_drafts(self, c: ScheduledChunk, drafts: int) -> int:
         seq = c.seq
-        if not (c.samples and c.end - c.start == 1 and c.start > 0 and self.eligible(seq)):
+        if drafts == 0 or not (c.samples and c.end - c.start == 1 and c.start > 0 and self.eligible(seq)):
             return 0
         state = self.states.get(seq.request_id)
         if state is None or state.seq is not seq or state.hidden_end != seq.num_computed_tokens:
@@ -156,7 +175,7 @@ class SpecDecoder:
             seq.params.max_tokens - len(seq.output_token_ids),
             self.engine.max_model_len - seq.num_tokens,
         )
-        return max(0, min(self.k, room - 1))
+        return max(0, min(drafts, room - 1))
 
     def _forward(self, chunks: list[ScheduledChunk], verifies: dict[int, _Verify]):
         seq_chunks = []
@@ -181,18 +200,24 @@ class SpecDecoder:
 
     # ---- acceptance ----------------------------------------------------------------------------
     def _accept(
-        self, chunk: ScheduledChunk, verify: _Verify, hidden: torch.Tensor, logits: torch.Tensor
+        self,
+        chunk: ScheduledChunk,
+        verify: _Verify,
+        hidden: torch.Tensor,
+        logits: torch.Tensor,
+        best: list[int] | None,
     ) -> RequestOutput:
-        """`hidden` / `logits`: the verify's k + 1 rows."""
+        """`hidden` / `logits`: the verify's k + 1 rows; `best`: their argmax when greedy."""
         engine, seq = self.engine, chunk.seq
         drafts = verify.draft.tokens
-        if seq.params.greedy:
-            emitted = accept_greedy(logits, drafts)
+        if best is not None:  # greedy: the target's argmax per row, computed for the whole batch
+            emitted = accept_greedy_tokens(best, drafts)
         else:
             generator = seq.generator if seq.generator is not None else self._generator
             target = processed_probs(logits, seq.params)
             emitted = accept_sampled(target, verify.draft.probs, drafts, generator)
         self.metrics.record(len(drafts), len(emitted) - 1)
+        self.policy.record_acceptance(len(drafts), len(emitted) - 1)
         emitted = emitted[: self._tokens_before_finish(seq, emitted)]
         computed = len(emitted)  # positions start .. start + computed - 1 are now in KV and state
         old_live = seq.state_slot
@@ -250,9 +275,9 @@ class SpecDecoder:
         if state is None or state.seq is not seq or state.hidden_end != start:
             if state is not None:
                 self.drafter.forget(state)
-            self.states[seq.request_id] = self.drafter.new_state(seq, start, rows.clone())
+            self.states[seq.request_id] = self.drafter.new_state(seq, start, rows)
         else:
-            state.hidden = torch.cat([state.hidden, rows])
+            state.append(rows)
 
     def _forget_gone(self) -> None:
         sequences = self.engine.sequences

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.mtp import MtpHead, MtpKv
+from engine.models.mtp_attention import CachedGroup
 from engine.sampling_params import SamplingParams
 from engine.speculative.acceptance import draw, processed_probs
 
@@ -23,11 +24,19 @@ class SeqSpecState:
     seq: object  # the engine's Sequence this state belongs to
     kv: MtpKv
     mtp_pos: int  # MTP entries exist for positions [kv.valid_from, mtp_pos)
-    hidden: torch.Tensor  # [hidden_end - mtp_pos, H]: target hidden states not yet fed to the MTP
+    # Target hidden states of positions [mtp_pos, hidden_end) not yet fed to the MTP, as row blocks
+    # in order (views of the steps' hidden tensors: appending one costs no tensor op, and a run of
+    # steps without drafting does not re-copy what it has gathered so far).
+    hidden: list[torch.Tensor]
+    pending: int = 0  # rows in `hidden`
 
     @property
     def hidden_end(self) -> int:
-        return self.mtp_pos + self.hidden.shape[0]
+        return self.mtp_pos + self.pending
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.hidden.append(rows)
+        self.pending += rows.shape[0]
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Drafter:
 
     def new_state(self, seq: object, start: int, hidden: torch.Tensor) -> SeqSpecState:
         kv = MtpKv(self.head.cfg, start, hidden.dtype, hidden.device)
-        return SeqSpecState(seq, kv, start, hidden)
+        return SeqSpecState(seq, kv, start, [hidden], hidden.shape[0])
 
     def forget(self, state: SeqSpecState) -> None:
         """The sequence's MTP state is dropped (the head of a group frees the followers' KV)."""
@@ -77,7 +86,10 @@ class Drafter:
             active = [active[row] for row in keep]
             out, positions = out[keep], positions[keep] + 1
             tokens = torch.tensor([drafts[i].tokens[-1] for i in active], device=out.device)
-            groups = [(requests[i].state.kv, row, row + 1) for row, i in enumerate(active)]
+            groups = [
+                CachedGroup(requests[i].state.kv, row, row + 1, requests[i].state.mtp_pos + step - 1)
+                for row, i in enumerate(active)
+            ]
             out = self.head.forward(out, tokens, positions, groups)
         for d in drafts:
             if d.probs is not None:
@@ -93,13 +105,13 @@ class Drafter:
             state = r.state
             start, end = state.mtp_pos, state.hidden_end
             state.kv.ensure(end + r.num_drafts)
-            hidden.append(state.hidden)
+            hidden.extend(state.hidden)
             tokens.extend(r.token_ids[start + 1 : end + 1])
             positions.extend(range(start, end))
-            groups.append((state.kv, row, row + end - start))
+            groups.append(CachedGroup(state.kv, row, row + end - start, start))
             row += end - start
             last.append(row - 1)
-            state.mtp_pos, state.hidden = end, state.hidden[:0]
+            state.mtp_pos, state.hidden, state.pending = end, [], 0
         device = hidden[0].device
         pos = torch.tensor(positions, device=device)
         out = self.head.forward(torch.cat(hidden), torch.tensor(tokens, device=device), pos, groups)

@@ -1,0 +1,108 @@
+"""The MTP layer's attention over every drafting sequence's cached MTP KV, in one call.
+
+Each sequence keeps its own dense `MtpKv` ([layers, capacity, 2, Hkv, D] by position); a draft
+forward carries a few new rows per sequence (`CachedGroup`). The new rows' K/V are written into
+each sequence's cache (one slice write per sequence), then all sequences attend in ONE scaled-dot-
+product call over their caches padded to the longest one, with a mask that lets query t of a group
+see its cache entries [0, lo + t] (lo: the group's first entry). The per-sequence form it replaces
+(`chunk_causal_attention` per group) cost a dozen ops per sequence per draft step; this is a fixed
+handful plus one write and one view per sequence. `cached_attention_reference` is that per-group
+form, kept as the reference the tests hold this one to.
+
+Group boundaries and first positions come from the host (`CachedGroup.first_pos`), so nothing
+here reads a device value back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from engine.ops.attention import chunk_causal_attention
+
+
+@dataclass(frozen=True, slots=True)
+class CachedGroup:
+    kv: object  # the sequence's MtpKv
+    row_start: int
+    row_end: int
+    first_pos: int  # position of row_start (rows are at consecutive positions)
+
+
+def cached_attention(
+    layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: list[CachedGroup], scale: float
+) -> torch.Tensor:
+    """q [N, Hq, D], k, v [N, Hkv, D] (rows of `groups`, in order, covering [0, N)) → [N, Hq, D]."""
+    rows, heads, dim = q.shape
+    if len(groups) == 1:  # one sequence: its cache as is, no padding
+        return _one_sequence(layer, q, k, v, groups[0], scale)
+    new_kv = torch.stack([k, v], dim=1)  # [N, 2, Hkv, D]
+    caches, lows, counts = [], [], []
+    for g in groups:
+        lo = g.first_pos - g.kv.valid_from
+        hi = lo + g.row_end - g.row_start
+        g.kv.data[layer, lo:hi] = new_kv[g.row_start : g.row_end].to(g.kv.data.dtype)
+        caches.append(g.kv.data[layer, :hi])
+        lows.append(lo)
+        counts.append(g.row_end - g.row_start)
+    cache = pad_sequence(caches, batch_first=True).to(q.dtype)  # [B, L, 2, Hkv, D]
+    num, steps, length = len(groups), max(counts), cache.shape[1]
+    uniform = all(c == steps for c in counts)
+    if uniform:
+        q_pad = q.view(num, steps, heads, dim)
+    else:  # scatter the rows into [B, T, ...]; padding rows attend to entry 0 and are dropped
+        index = torch.tensor([b * steps + t for b, c in enumerate(counts) for t in range(c)], device=q.device)
+        q_pad = q.new_zeros(num * steps, heads, dim).index_copy_(0, index, q).view(num, steps, heads, dim)
+    last_key = torch.tensor(
+        [[lo + min(t, c - 1) for t in range(steps)] for lo, c in zip(lows, counts, strict=True)],
+        device=q.device,
+    )  # [B, T]: query t sees entries [0, lo + t]
+    mask = torch.arange(length, device=q.device)[None, None, :] <= last_key[:, :, None]  # [B, T, L]
+    out = F.scaled_dot_product_attention(
+        q_pad.transpose(1, 2),
+        cache[:, :, 0].transpose(1, 2),
+        cache[:, :, 1].transpose(1, 2),
+        attn_mask=mask[:, None],
+        scale=scale,
+        enable_gqa=True,
+    ).transpose(1, 2)  # [B, T, Hq, D]
+    if uniform:
+        return out.reshape(rows, heads, dim)
+    return out.reshape(num * steps, heads, dim).index_select(0, index)
+
+
+def _one_sequence(layer: int, q, k, v, g: CachedGroup, scale: float) -> torch.Tensor:
+    lo = g.first_pos - g.kv.valid_from
+    hi = lo + g.row_end - g.row_start
+    g.kv.data[layer, lo:hi] = torch.stack([k, v], dim=1).to(g.kv.data.dtype)
+    cache = g.kv.data[layer, :hi].to(q.dtype)
+    mask = None
+    if hi - lo > 1:  # row t sees entries [0, lo + t]
+        mask = torch.ones(hi - lo, hi, dtype=torch.bool, device=q.device).tril(lo)
+    return F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        cache[:, 0].transpose(0, 1),
+        cache[:, 1].transpose(0, 1),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=True,
+    ).transpose(0, 1)
+
+
+def cached_attention_reference(
+    layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: list[CachedGroup], scale: float
+) -> torch.Tensor:
+    """The per-group form: write each group's K/V, then causal attention over its cache."""
+    outs = []
+    for g in groups:
+        s, e = g.row_start, g.row_end
+        lo = g.first_pos - g.kv.valid_from
+        hi = lo + e - s
+        g.kv.data[layer, lo:hi, 0] = k[s:e].to(g.kv.data.dtype)
+        g.kv.data[layer, lo:hi, 1] = v[s:e].to(g.kv.data.dtype)
+        keys, values = g.kv.data[layer, :hi, 0].to(q.dtype), g.kv.data[layer, :hi, 1].to(q.dtype)
+        outs.append(chunk_causal_attention(q[s:e], keys, values, lo, scale))
+    return torch.cat(outs)

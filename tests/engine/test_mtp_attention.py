@@ -1,0 +1,77 @@
+"""The MTP head's batched cached attention (every drafting sequence in one call) against the
+per-sequence form it replaced: same outputs, same cache contents, for catch-up groups of different
+lengths and for one-row draft steps, with caches that start at different positions (GQA)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.models.mtp import MtpKv
+from engine.models.mtp_attention import CachedGroup, cached_attention, cached_attention_reference
+
+pytestmark = pytest.mark.timeout(60)
+
+HEADS, KV_HEADS, DIM, LAYERS = 4, 2, 8, 2
+
+
+def _caches(valid_from: list[int], filled: list[int], seed: int) -> list[MtpKv]:
+    """One MtpKv per sequence, entries [valid_from, valid_from + filled) holding earlier K/V."""
+    cfg = SimpleNamespace(mtp_num_hidden_layers=LAYERS, num_key_value_heads=KV_HEADS, head_dim=DIM)
+    gen = torch.Generator().manual_seed(seed)
+    caches = []
+    for start, n in zip(valid_from, filled, strict=True):
+        kv = MtpKv(cfg, start, torch.float32, torch.device("cpu"))
+        kv.data[:, :n] = torch.randn(kv.data[:, :n].shape, generator=gen)
+        caches.append(kv)
+    return caches
+
+
+def _clone(caches: list[MtpKv]) -> list[MtpKv]:
+    copies = []
+    for kv in caches:
+        copy = object.__new__(MtpKv)
+        copy.__dict__.update(kv.__dict__)
+        copy.data = kv.data.clone()
+        copies.append(copy)
+    return copies
+
+
+@pytest.mark.parametrize("counts", [[3, 1, 2], [1, 1, 1], [2]])
+def test_batched_cached_attention_equals_per_sequence(counts: list[int]) -> None:
+    valid_from, filled = [0, 5, 17][: len(counts)], [9, 3, 30][: len(counts)]
+    caches = _caches(valid_from, filled, seed=len(counts))
+    reference_caches = _clone(caches)
+    gen = torch.Generator().manual_seed(7)
+    rows = sum(counts)
+    q = torch.randn(rows, HEADS, DIM, generator=gen)
+    k = torch.randn(rows, KV_HEADS, DIM, generator=gen)
+    v = torch.randn(rows, KV_HEADS, DIM, generator=gen)
+
+    def groups(kvs: list[MtpKv]) -> list[CachedGroup]:
+        out, row = [], 0
+        for kv, start, n, count in zip(kvs, valid_from, filled, counts, strict=False):
+            out.append(CachedGroup(kv, row, row + count, start + n))  # the rows follow the cache
+            row += count
+        return out
+
+    for layer in range(LAYERS):
+        got = cached_attention(layer, q, k, v, groups(caches), scale=DIM**-0.5)
+        expected = cached_attention_reference(layer, q, k, v, groups(reference_caches), scale=DIM**-0.5)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for kv, ref in zip(caches, reference_caches, strict=True):
+        torch.testing.assert_close(kv.data, ref.data, atol=0, rtol=0)
+
+
+def test_rows_overwrite_stale_entries_and_see_only_earlier_ones() -> None:
+    """A group rewrites entries past its first position (rejected drafts): the stale values must
+    not leak into the output, and a query must not see entries after its own position."""
+    caches = _caches([0], [12], seed=1)
+    reference = _clone(caches)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, h, DIM, generator=gen) for h in (HEADS, KV_HEADS, KV_HEADS))
+    got = cached_attention(0, q, k, v, [CachedGroup(caches[0], 0, 2, 6)], scale=0.3)
+    expected = cached_attention_reference(0, q, k, v, [CachedGroup(reference[0], 0, 2, 6)], scale=0.3)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
