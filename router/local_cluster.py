@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.config import RouterConfig
 from router.pools.base import WorkerSpec
@@ -37,6 +37,7 @@ class ClusterSpec:
     # Ray: GPUs each worker actor asks for (None: 1 when the cluster has GPUs). A fraction lets a
     # prefill and a decode actor share one GPU (`baton serve` uses --gpu-memory-utilization).
     gpus_per_worker: float | None = None
+    gpus_per_role: dict[str, float] = field(default_factory=dict)  # Ray: overrides per role (multi-rank workers)
 
 
 class LocalCluster:
@@ -86,7 +87,7 @@ class LocalCluster:
 
             return RayPool(
                 worker_spec, address=spec.ray_address, startup_timeout_s=timeout,
-                num_gpus_per_worker=spec.gpus_per_worker,
+                num_gpus_per_worker=spec.gpus_per_worker, num_gpus_per_role=spec.gpus_per_role,
             )  # fmt: skip
         return ProcessPool(worker_spec, startup_timeout_s=timeout)
 

@@ -140,6 +140,7 @@ def cluster_spec(args: argparse.Namespace, router_config):
         model=args.model, prefill=args.prefill, decode=args.decode, transfer=args.transfer, index=args.index,
         pool=args.pool, ray_address=args.address, memory_gb=engine.cache_bytes / GIB,
         worker_args=tuple(engine_argv(given)), router=router_config, gpus_per_worker=ray_gpus(engine),
+        gpus_per_role={role: n for role in ("prefill", "decode") if (n := ray_rank_gpus(args, engine, role))},
         startup_timeout_s=args.startup_timeout,
         prefill_args=pool_args(args, engine, "prefill"), decode_args=pool_args(args, engine, "decode"),
     )  # fmt: skip
@@ -167,6 +168,13 @@ def ray_gpus(engine) -> float | None:
     if engine.device.startswith("cuda") and engine.gpu_memory_utilization is not None:
         return engine.gpu_memory_utilization
     return None
+
+
+def ray_rank_gpus(args: argparse.Namespace, engine, role: str) -> float | None:
+    """A worker of several ranks on cuda asks Ray for one whole GPU per rank (its ranks run on
+    cuda:0..N-1 of the GPUs Ray makes visible to it); None: `ray_gpus` decides."""
+    world = pool_parallel(args, engine, role).world_size
+    return float(world) if engine.device.startswith("cuda") and world > 1 else None
 
 
 def print_endpoints(cluster) -> None:

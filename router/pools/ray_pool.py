@@ -66,6 +66,7 @@ class RayPool(LaunchingPool[_Actor]):
         *,
         num_cpus_per_worker: float = 1.0,
         num_gpus_per_worker: float | None = None,  # None: 1 when the cluster has GPUs
+        num_gpus_per_role: dict[str, float] | None = None,  # e.g. {"decode": 2.0}: a worker of 2 ranks
         max_restarts: int = 3,
         starter: str = DEFAULT_STARTER,
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
@@ -81,6 +82,7 @@ class RayPool(LaunchingPool[_Actor]):
         self._num_gpus = (
             num_gpus_per_worker if num_gpus_per_worker is not None else (1.0 if resources.get("GPU") else 0.0)
         )
+        self._role_gpus = dict(num_gpus_per_role or {})
         self._role_resources = {role: role in resources for role in ("prefill", "decode")}
         self._max_restarts = max_restarts
         self._starter = starter
@@ -105,7 +107,7 @@ class RayPool(LaunchingPool[_Actor]):
         listen = "0.0.0.0:0" if self._remote_cluster else "127.0.0.1:0"
         options: dict[str, Any] = {
             "num_cpus": self._num_cpus,
-            "num_gpus": self._num_gpus,
+            "num_gpus": self._role_gpus.get(role, self._num_gpus),
             "max_restarts": self._max_restarts,
             "max_concurrency": 4,  # address() and info() answer while drain_and_stop runs
         }

@@ -115,6 +115,10 @@ def test_serve_gives_each_ray_actor_its_fraction_of_a_gpu(tmp_path):
     assert cluster_spec(gpu, RouterConfig(model=str(tmp_path))).gpus_per_worker == 0.45
     cpu = parse(["--model", str(tmp_path)])
     assert cluster_spec(cpu, RouterConfig(model=str(tmp_path))).gpus_per_worker is None
+    assert cluster_spec(cpu, RouterConfig(model=str(tmp_path))).gpus_per_role == {}
+    # a worker of several ranks asks for one whole GPU per rank (its ranks run on cuda:0..N-1)
+    ranks = parse(["--model", str(tmp_path), "--device", "cuda", "--gpu-memory-utilization", "0.9", "--decode-tp", "2"])
+    assert cluster_spec(ranks, RouterConfig(model=str(tmp_path))).gpus_per_role == {"decode": 2.0}
 
 
 def test_bad_engine_values_are_refused_with_the_reason(capsys):
