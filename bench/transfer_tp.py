@@ -3,11 +3,11 @@ behind the real router, every prompt prefilled by the prefill worker and shipped
 (worker/shard_transfer.py), resharded on arrival when the degrees differ (worker/reshard.py).
 
     python -m bench.transfer_tp [--model DIR] [--prompt-tokens 1024] [--requests 6]
-                                [--out bench/results/transfer_tp.json]
+                                [--shapes 1-1,2-2,1-2,2-1] [--out bench/results/transfer_tp.json]
 
 Per shape: time to first token (p50, the prefill and its transfer; one output token), KV + state
 bytes sent per request (the router's transfer counter, every rank's sub-transfers summed), and
-whether the first tokens equal those of tp 1 -> 1. A decode rank of another degree receives each
+whether the first tokens equal those of the first shape. A decode rank of another degree receives each
 source rank's whole units (it stages them, then keeps its heads), so split and merge send more
 bytes than the plain shapes: the table shows how many.
 """
@@ -24,8 +24,6 @@ from baton.client import BatonClient
 from router.config import RouterConfig
 from router.local_cluster import ClusterSpec, LocalCluster
 from tests.helpers.checkpoints import small_checkpoint
-
-SHAPES = [(1, 1), (2, 2), (1, 2), (2, 1)]
 
 
 def run_shape(model: str, prefill_tp: int, decode_tp: int, prompts: list[list[int]]) -> dict:
@@ -63,14 +61,16 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint dir (default: the small preset)")
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--requests", type=int, default=6)
+    parser.add_argument("--shapes", default="1-1,2-2,1-2,2-1", help="prefill tp - decode tp, comma separated")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = args.model or str(small_checkpoint("qwen3_next"))
     prompts = [[(97 * n + 13 * j) % 1000 + 3 for j in range(args.prompt_tokens)] for n in range(args.requests)]
-    rows = [run_shape(model, p, d, prompts) for p, d in SHAPES]
+    shapes = [tuple(int(x) for x in shape.split("-")) for shape in args.shapes.split(",")]
+    rows = [run_shape(model, p, d, prompts) for p, d in shapes]
     base = rows[0]
     print(f"model {Path(model).name}  {args.prompt_tokens}-token prompts  {args.requests} requests per shape")
-    print("prefill tp -> decode tp   TTFT p50 ms   MB sent/request   x bytes of 1->1   first tokens equal 1->1")
+    print("prefill tp -> decode tp   TTFT p50 ms   MB sent/request   x bytes of first   same first tokens")
     for row in rows:
         row["bytes_vs_plain"] = row["bytes_per_request"] / base["bytes_per_request"]
         row["same_tokens"] = row["first_tokens"] == base["first_tokens"]
