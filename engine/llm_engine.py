@@ -16,29 +16,19 @@ the two (`engine/overlap.py`). On cuda, pure decode and verify steps replay CUDA
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from engine.block_manager import BlockManager
-from engine.cache.page_pool import PagePool
-from engine.cache.prefix_cache import PrefixCache
-from engine.cache.state_pool import StatePool
-from engine.cache.tensors import CacheTensors
-from engine.cuda_graphs import DecodeGraphs
+from engine.engine_build import build_engine
 from engine.engine_config import EngineConfig
 from engine.finisher import Finisher
-from engine.gpu_budget import resolve_cache_budget
-from engine.loader import load_checkpoint
 from engine.metrics import EngineMetrics
-from engine.model_config import ModelConfig, parse_dtype
-from engine.model_runner import ModelRunner, SeqChunk
-from engine.model_source import resolve_model
+from engine.model_runner import SeqChunk
 from engine.overlap import LaunchedStep, StepTrace, drop_expectations, plan_ahead, still_runnable
-from engine.parallel.comm import SINGLE, Comm
-from engine.parallel.step_sync import LeaderRunner, call_followers, mirrored, send_init, send_stop, watch_key
+from engine.parallel.comm import Comm
+from engine.parallel.step_sync import call_followers, send_stop, watch_key
 from engine.sampler import Sampler, SampleRequest, compute_logprobs, make_generator
 from engine.sampling_params import SamplingParams
 from engine.scheduled_chunk import ScheduledChunk
@@ -46,7 +36,7 @@ from engine.scheduler import Scheduler
 from engine.sequence import PrefillResult, RequestOutput, Reservation, Sequence, Status
 from engine.speculative import setup as spec_setup
 from engine.token_readback import TokenReadback
-from engine.tokenizer import IncrementalDecoder, Tokenizer
+from engine.tokenizer import IncrementalDecoder
 
 LayerCallback = Callable[[int, int, int], None]
 
@@ -62,86 +52,18 @@ class LLMEngine:
         comm: Comm | None = None,
     ) -> None:
         """With `config.tp`/`config.ep` > 1 this is rank 0 of the worker (`comm`): it schedules
-        and broadcasts each step to the follower ranks (`engine/parallel/ranks.py`)."""
-        self.config = config = config or EngineConfig()
-        parallel = config.parallel
-        group = comm.world_size if comm is not None else 1
-        if (parallel.world_size > 1 and comm is None) or group != parallel.world_size or (comm and comm.rank):
-            raise ValueError(
-                f"tp={config.tp}, ep={config.ep} needs rank 0 of a {parallel.world_size}-rank group "
-                "(engine/parallel/ranks.py starts one)"
-            )
-        self.comm = comm or SINGLE
-        self.model_dir = resolve_model(model_dir)
-        dtype = parse_dtype(config.dtype) if config.dtype else None
-        loaded = load_checkpoint(
-            self.model_dir, dtype=dtype, device=config.device, parallel=parallel, comm=self.comm,
-            fp8_compute=config.fp8_compute,
+        and broadcasts each step to the follower ranks (`engine/parallel/ranks.py`). The model,
+        cache, runner and memory managers are built by `engine/engine_build.py`."""
+        parts = build_engine(
+            model_dir, config or EngineConfig(), on_kv_event=on_kv_event, model_id=model_id, comm=comm
         )
-        self.model_config, self.model = loaded.config, loaded.model
-        self.config = config = resolve_cache_budget(config, self.model_config)  # --gpu-memory-utilization
-        # Namespaces the prefix-cache hashes: the weights' digest, never a path (engine/identity.py).
-        self.model_id = model_id or loaded.identity
-        self.tokenizer = (
-            Tokenizer.from_dir(self.model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
-        )
-        self.eos_token_ids = frozenset(_generation_eos(self.model_dir, self.model_config))
-        self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        # Graph capture runs the model on rank 0 alone: with follower ranks it would wait on
-        # collectives they never join, so several ranks run eagerly (one rank may capture).
-        use_graphs = (
-            torch.device(config.device).type == "cuda"
-            and not config.enforce_eager
-            and parallel.world_size == 1
-        )
-        graph_reserve = config.cuda_graph_bytes if use_graphs else 0
-        # Per rank: the local head counts size the pages and slots (model.config is the shard's).
-        num_pages, live, checkpoints = _pool_sizes(
-            self.model.config, config, self._cache_dtype(), graph_reserve
-        )
-        spec_head = spec_setup.load_head(self.model, config)
-        spares = spec_setup.spare_slots(spec_head, config, live)  # 0 without speculation
-        scratch = 1 if use_graphs else 0  # a page and a slot the padding rows of a graph write to
-        self.cache = CacheTensors.allocate(
-            self.model.config,
-            num_pages + scratch,
-            live + checkpoints + spares + scratch,
-            config.block_size,
-            self._cache_dtype(),
-            config.device,
-        )
-        if self.comm.active:  # rank 0 of a group (of one rank: the TP path on one device)
-            send_init(self.comm, self.cache.num_pages, self.cache.num_slots)
-            self.cache = mirrored(self.cache, self.comm)
-            self.runner: ModelRunner = LeaderRunner(self.model, self.cache, self.comm)
-        else:
-            self.runner = ModelRunner(self.model, self.cache)
-        if use_graphs:
-            self.runner.graphs = DecodeGraphs(
-                self.model,
-                self.cache,
-                max_batch=config.max_num_seqs,
-                max_model_len=self.max_model_len,
-                scratch_page=num_pages,
-                scratch_slot=self.cache.num_slots - 1,
-                verify_steps=config.num_speculative_tokens + 1 if spares else 0,
-            )
-        pages = PagePool(num_pages)
-        self.prefix_cache: PrefixCache | None = None
-        if config.enable_prefix_cache:
-            self.prefix_cache = PrefixCache(
-                self.cache,
-                pages,
-                list(range(live, live + checkpoints)),
-                config,
-                has_state=self.model_config.num_linear_layers > 0,
-                model_id=self.model_id,
-                on_kv_event=on_kv_event,
-            )
-        live_pool = (
-            spec_setup.live_pool(live, live + checkpoints, spares) if spares else StatePool(range(live))
-        )
-        self.memory = BlockManager(self.cache, pages, live_pool, self.prefix_cache)
+        self.config = config = parts.config  # with the cache budget resolved
+        self.comm, self.model_dir, self.model_id = parts.comm, parts.model_dir, parts.model_id
+        self.model_config, self.model = parts.model_config, parts.model
+        self.tokenizer, self.eos_token_ids = parts.tokenizer, parts.eos_token_ids
+        self.max_model_len = parts.max_model_len
+        self.cache, self.runner = parts.cache, parts.runner
+        self.memory, self.prefix_cache = parts.memory, parts.prefix_cache
         self.scheduler = Scheduler(config, self.memory, self.prefix_cache)
         self.sampler = Sampler(config.seed)
         self.metrics_state = EngineMetrics()
@@ -150,13 +72,10 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, commit)
         self._arrivals = 0
         self.logits_observer: Callable[[str, torch.Tensor], None] | None = None  # tests: per sampled row
-        self.spec = spec_setup.decoder(self, spec_head) if spares else None  # speculative decoding
+        # Speculative decoding (engine/speculative): when the checkpoint has a head and slots were spared.
+        self.spec = spec_setup.decoder(self, parts.spec_head) if parts.spec_head is not None else None
         self.readback = TokenReadback(config.device)
-        # Overlap scheduling (engine/overlap.py): on by default where a device runs asynchronously.
-        overlap = config.overlap_schedule
-        if overlap is None:
-            overlap = torch.device(config.device).type == "cuda"
-        self.overlap = overlap and self.spec is None  # the speculative step reads its tokens itself
+        self.overlap = parts.overlap  # overlap scheduling (engine/overlap.py)
         self._plan: list[ScheduledChunk] | None = None  # step N+1, planned while step N ran
         self.step_trace: StepTrace | None = None  # tests: ("schedule" | "launch" | "read", step)
 
@@ -171,9 +90,6 @@ class LLMEngine:
         if not self.comm.active or self.comm.world_size == 1:
             return []
         return call_followers(self.comm, payload)
-
-    def _cache_dtype(self) -> torch.dtype:
-        return parse_dtype(self.config.dtype, self.model_config.dtype)
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(
@@ -298,18 +214,11 @@ class LLMEngine:
         chunks = self._next_chunks()
         if not chunks:
             return outputs
-        for chunk in chunks:
-            if not chunk.seq.admitted:
-                chunk.seq.admitted = True
-                self.metrics_state.count_admission(chunk.seq)
+        self._count_admissions(chunks)
         if self.spec is not None:  # speculative decoding: its own forward + acceptance (engine/speculative)
             outputs.extend(self.spec.step(chunks))
         else:
-            launched = self._launch(chunks)
-            if self.overlap:
-                self._trace("schedule", launched.index + 1)
-                self._plan = plan_ahead(self.scheduler, launched, self.max_model_len)
-            outputs.extend(self._complete(launched))
+            outputs.extend(self._run(chunks))
         outputs.extend(self._pending)
         self._pending = []
         self.metrics_state.steps += 1
@@ -324,6 +233,20 @@ class LLMEngine:
                 return plan
         self._trace("schedule", self.metrics_state.steps)
         return self.scheduler.schedule()
+
+    def _count_admissions(self, chunks: list[ScheduledChunk]) -> None:
+        for chunk in chunks:
+            if not chunk.seq.admitted:
+                chunk.seq.admitted = True
+                self.metrics_state.count_admission(chunk.seq)
+
+    def _run(self, chunks: list[ScheduledChunk]) -> list[RequestOutput]:
+        """Launch the step; with overlap, plan the next one while the device runs it; then read."""
+        launched = self._launch(chunks)
+        if self.overlap:
+            self._trace("schedule", launched.index + 1)
+            self._plan = plan_ahead(self.scheduler, launched, self.max_model_len)
+        return self._complete(launched)
 
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep:
         """Queue the forward and the sampling of one step; nothing is read back yet."""
@@ -449,33 +372,3 @@ class LLMEngine:
     # ---- observability ----------------------------------------------------------------------
     def metrics(self) -> dict:
         return self.metrics_state.snapshot(self)
-
-
-def _generation_eos(model_dir: Path, model_config: ModelConfig) -> tuple[int, ...]:
-    """The eos ids `transformers` generate would stop at: generation_config.json, else config.json."""
-    path = model_dir / "generation_config.json"
-    if path.is_file():
-        value = json.loads(path.read_text()).get("eos_token_id")
-        if value is not None:
-            return tuple(value) if isinstance(value, list) else (value,)
-    return tuple(model_config.eos_token_id)
-
-
-def _pool_sizes(
-    model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype, graph_reserve: int = 0
-) -> tuple[int, int, int]:
-    """(pages, live slots, checkpoint slots) from explicit counts or the byte budget (less what
-    CUDA graphs are budgeted to take)."""
-    live, checkpoints = config.live_slots, config.cache_checkpoint_slots
-    if config.num_pages is not None:
-        return config.num_pages, live, checkpoints
-    page_bytes, slot_bytes = CacheTensors.bytes_for(model_config, config.block_size, dtype)
-    left = config.cache_bytes - graph_reserve - (live + checkpoints) * slot_bytes
-    if page_bytes == 0:
-        return config.cache_bytes // (config.block_size * 64), live, checkpoints
-    if left < page_bytes * 16:
-        raise ValueError(
-            f"cache_bytes={config.cache_bytes} cannot hold {live + checkpoints} state slots of {slot_bytes} bytes "
-            f"plus 16 pages of {page_bytes} bytes; raise cache_bytes or lower max_num_seqs/checkpoint_slots"
-        )
-    return left // page_bytes, live, checkpoints
