@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
 from engine.models.linear import apply_linear, build_linear, fp8_block
-from engine.ops.moe import grouped_mm_supported, routed_experts
+from engine.ops.moe import grouped_mm_supported, local_expert_ids, route, routed_experts
 
 
 class DenseMlp:
@@ -60,13 +60,8 @@ class SparseMoe:
         grouped_mm_supported(self.gate_up_t.device.type, self.gate_up_t.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = x @ self.router_t
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        top_w, top_e = torch.topk(probs, self.top_k, dim=-1)
-        if self.norm_topk_prob:
-            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
-        top_w = top_w.to(x.dtype)
-        out = self._experts(x, top_e, top_w)
+        top_w, top_e = route(x, self.router_t, self.top_k, self.norm_topk_prob)
+        out = self._experts(x, top_e, top_w.to(x.dtype))
         if not self.with_shared:
             return out
         shared = self.shared.forward(x) * torch.sigmoid(x @ self.shared_gate_t)
@@ -80,7 +75,5 @@ class SparseMoe:
         held = self.gate_up_t.shape[0]
         if self.first_expert == 0 and held == self.num_experts:
             return routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t)
-        local = top_e - self.first_expert
-        mine = (local >= 0) & (local < held)
-        local = torch.where(mine, local, held)
+        local = local_expert_ids(top_e, self.first_expert, held)
         return routed_experts(x, local, top_w, self.gate_up_t, self.down_t, foreign=True)

@@ -31,6 +31,7 @@ from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
 from engine.models.mtp_attention import CachedGroup, cached_attention
 from engine.ops.attention import chunk_causal_attention
+from engine.ops.moe_autograd import MoeWeights, sparse_moe, swiglu
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import apply_rope, rope_cos_sin
 from engine.parallel.comm import SINGLE
@@ -252,60 +253,24 @@ class MtpHead:
         p = f"layers.{i}.mlp."
         if not self.cfg.is_moe_layer(i):
             return _swiglu(x, self.w, p)
-        routed = _moe(x, self.w, p, self.cfg, self.first_expert)
-        if not self.with_shared:
-            return routed
-        return routed + _swiglu(x, self.w, p + "shared_expert.") * torch.sigmoid(
-            x @ self.w[p + "shared_expert_gate.weight"]
+        cfg = self.cfg
+        return sparse_moe(
+            x,
+            MoeWeights.compute_layout(self.w, p),
+            cfg.num_experts_per_tok,
+            cfg.norm_topk_prob,
+            self.first_expert,
+            cfg.num_experts,
+            self.with_shared,
+            DENSE_MOE_MAX_ROWS,
         )
 
 
 def _swiglu(x: torch.Tensor, w: dict[str, torch.Tensor], p: str) -> torch.Tensor:
-    return (F.silu(x @ w[p + "gate_proj.weight"]) * (x @ w[p + "up_proj.weight"])) @ w[p + "down_proj.weight"]
+    return swiglu(x, *(w[f"{p}{n}_proj.weight"] for n in ("gate", "up", "down")))
 
 
 # At most this many rows (drafting: a few per sequence; batch 8 at k=2 included) run every expert
 # densely, the unselected ones weighted 0: a few batched matmuls, no per-expert loop, no host sync.
 # Measured on CPU (hidden 128, 8 experts): dense wins up to ~48 rows.
 DENSE_MOE_MAX_ROWS = 32
-
-
-def _moe(
-    x: torch.Tensor, w: dict[str, torch.Tensor], p: str, cfg: ModelConfig, first_expert: int = 0
-) -> torch.Tensor:
-    """Softmax top-k router (renormalised when `norm_topk_prob`); same math as
-    `engine.models.moe.SparseMoe`, autograd-friendly. Few rows: every expert densely (loop-free);
-    many rows (training): each hit expert runs once over its rows. Under expert parallelism the
-    weights hold experts [first_expert, first_expert + E_local): pairs routed elsewhere get the
-    id E_local (foreign) and add nothing here."""
-    probs = torch.softmax(x @ w[p + "gate.weight"], dim=-1, dtype=torch.float32)
-    top_w, top_e = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
-    if cfg.norm_topk_prob:
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
-    gate_up, down = w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"]  # [E, H, 2I], [E, I, H]
-    held = gate_up.shape[0]
-    if held != cfg.num_experts:
-        local = top_e - first_expert
-        top_e = torch.where((local >= 0) & (local < held), local, held)
-    if x.shape[0] <= DENSE_MOE_MAX_ROWS:
-        return _moe_dense(x, gate_up, down, top_w, top_e)
-    inter = gate_up.shape[-1] // 2
-    out = torch.zeros_like(x)
-    for expert in torch.unique(top_e[top_e < held]).tolist():
-        token, slot = torch.nonzero(top_e == expert, as_tuple=True)
-        g, u = torch.split(x[token] @ gate_up[expert], inter, dim=-1)
-        y = (F.silu(g) * u) @ down[expert]
-        out = out.index_add(0, token, y * top_w[token, slot].unsqueeze(-1).to(y.dtype))
-    return out
-
-
-def _moe_dense(x, gate_up, down, top_w, top_e) -> torch.Tensor:
-    """Every expert over every row ([E, N, .] batched matmuls), summed with the routing weights
-    scattered into [N, E] (zero for experts a row did not pick; foreign ids E land in a row that is
-    dropped)."""
-    experts, inter = gate_up.shape[0], gate_up.shape[-1] // 2
-    g, u = torch.split(torch.matmul(x.unsqueeze(0), gate_up), inter, dim=-1)  # [E, N, I] each
-    weights = torch.zeros(experts + 1, x.shape[0], 1, dtype=x.dtype, device=x.device)
-    weights = weights.scatter(0, top_e.t().unsqueeze(-1), top_w.t().unsqueeze(-1).to(x.dtype))[:experts]
-    act = (F.silu(g) * u * weights).transpose(0, 1).reshape(x.shape[0], experts * inter)
-    return act @ down.reshape(experts * inter, -1)  # the weighted sum over experts, in one matmul

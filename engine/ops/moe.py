@@ -1,4 +1,6 @@
-"""Routed experts of a sparse MoE layer, without a Python loop over experts (and without a host sync).
+"""The router and the routed experts of a sparse MoE layer, the experts without a Python loop over
+experts (and without a host sync). `route` is the router of every MoE form (this module's, the
+autograd one of `engine.ops.moe_autograd`).
 
 Shapes: x `[N, H]`, top_e `[N, K]` expert ids, top_w `[N, K]` routing weights (x's dtype),
 gate_up_t `[E, H, 2I]` (gate columns first, then up), down_t `[E, I, H]` → `[N, H]`:
@@ -29,6 +31,26 @@ import torch
 import torch.nn.functional as F
 
 from engine.ops.dispatch import use_triton
+
+
+def route(
+    x: torch.Tensor, router: torch.Tensor, top_k: int, norm_topk_prob: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax (fp32) top-k router, renormalised over the k when `norm_topk_prob`: x [N, H],
+    router [H, E] → top_w [N, K] fp32, top_e [N, K] global expert ids."""
+    probs = torch.softmax(x @ router, dim=-1, dtype=torch.float32)
+    top_w, top_e = torch.topk(probs, top_k, dim=-1)
+    if norm_topk_prob:
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+    return top_w, top_e
+
+
+def local_expert_ids(top_e: torch.Tensor, first_expert: int, held: int) -> torch.Tensor:
+    """Global ids → ids among the `held` experts [first_expert, first_expert + held) a rank holds
+    (expert parallelism); a pair routed to another rank's expert gets the id `held` (foreign).
+    Shapes stay fixed (no host read-back, graph-safe)."""
+    local = top_e - first_expert
+    return torch.where((local >= 0) & (local < held), local, held)
 
 
 def moe_dense_reference(

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
 from engine.ops.gdn_chunked import chunk_gated_delta_rule
+from engine.ops.moe_autograd import MoeWeights
+from engine.ops.moe_autograd import sparse_moe as ops_sparse_moe
+from engine.ops.moe_autograd import swiglu as ops_swiglu
 from engine.ops.norms import gated_rms_norm, l2_normalize, rms_norm_zero_centered
 from engine.ops.rope import apply_rope, rope_cos_sin
 
@@ -84,31 +87,16 @@ def gated_deltanet(cfg: ModelConfig, w: Weights, p: str, x: torch.Tensor) -> tor
 
 
 def swiglu(w: Weights, p: str, x: torch.Tensor) -> torch.Tensor:
-    gate = F.linear(x, w[p + "gate_proj.weight"])
-    return F.linear(F.silu(gate) * F.linear(x, w[p + "up_proj.weight"]), w[p + "down_proj.weight"])
+    names = (f"{p}{n}_proj.weight" for n in ("gate", "up", "down"))
+    return ops_swiglu(x, *(w[name].t() for name in names))
 
 
 def sparse_moe(cfg: ModelConfig, w: Weights, p: str, x: torch.Tensor) -> torch.Tensor:
-    """Softmax top-k router (renormalised when `norm_topk_prob`), each hit expert once over its
-    rows, plus the sigmoid-gated shared expert."""
-    shape = x.shape
-    x = x.reshape(-1, shape[-1])
-    probs = torch.softmax(F.linear(x, w[p + "gate.weight"]), dim=-1, dtype=torch.float32)
-    top_w, top_e = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
-    if cfg.norm_topk_prob:
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
-    gate_up, down = w[p + "experts.gate_up_proj"], w[p + "experts.down_proj"]  # [E, 2I, H], [E, H, I]
-    inter = gate_up.shape[1] // 2
-    out = torch.zeros_like(x)
-    for expert in torch.unique(top_e).tolist():
-        token, slot = torch.nonzero(top_e == expert, as_tuple=True)
-        g, u = torch.split(F.linear(x[token], gate_up[expert]), inter, dim=-1)
-        y = F.linear(F.silu(g) * u, down[expert])
-        out = out.index_add(0, token, y * top_w[token, slot].unsqueeze(-1).to(y.dtype))
-    shared = swiglu(w, p + "shared_expert.", x) * torch.sigmoid(
-        F.linear(x, w[p + "shared_expert_gate.weight"])
-    )
-    return (out + shared).reshape(shape)
+    """The MoE block of `engine.ops.moe_autograd` over the checkpoint-layout weights: each hit
+    expert once over its rows, plus the sigmoid-gated shared expert."""
+    moe = MoeWeights.checkpoint_layout(w, p)
+    out = ops_sparse_moe(x.reshape(-1, x.shape[-1]), moe, cfg.num_experts_per_tok, cfg.norm_topk_prob)
+    return out.reshape(x.shape)
 
 
 def _linear(w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from engine.cache.state_pool import OutOfSlots
 from engine.cache.tensors import CacheTensors
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, SeqChunk
-from engine.models.mtp import MtpCheckpointError, MtpHead, _moe_dense, mtp_canonical
+from engine.models.mtp import MtpCheckpointError, MtpHead, mtp_canonical
 from engine.speculative.acceptance import accept_greedy, accept_sampled
 from engine.speculative.decoder import SpecMetrics
 from engine.speculative.slots import SpecSlotPool
@@ -141,19 +141,3 @@ def test_acceptance_is_counted_per_draft_position() -> None:
     assert snapshot["spec_acceptance_per_position"] == [2 / 4, 1 / 3]
     assert snapshot["spec_drafted"] == 7 and snapshot["spec_accepted"] == 3
     assert snapshot["spec_mean_acceptance_length"] == (3 + 4) / 4  # accepted + one token per verify
-
-
-def test_mtp_dense_moe_equals_the_per_expert_loop() -> None:
-    """The loop-free MoE the draft path takes (few rows) matches the per-expert loop (many rows)."""
-    gen = torch.Generator().manual_seed(3)
-    experts, hidden, inter, top_k, rows = 8, 16, 12, 2, 5
-    gate_up = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.3
-    down = torch.randn(experts, inter, hidden, generator=gen) * 0.3
-    x = torch.randn(rows, hidden, generator=gen)
-    top_w, top_e = torch.topk(torch.softmax(torch.randn(rows, experts, generator=gen), -1), top_k)
-    expected = torch.zeros_like(x)
-    for n in range(rows):
-        for w, e in zip(top_w[n].tolist(), top_e[n].tolist(), strict=True):
-            g, u = torch.split(x[n] @ gate_up[e], inter)
-            expected[n] += w * ((torch.nn.functional.silu(g) * u) @ down[e])
-    torch.testing.assert_close(_moe_dense(x, gate_up, down, top_w, top_e), expected, atol=1e-5, rtol=1e-5)
