@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,7 +76,13 @@ def _follower_main(
     try:
         run_follower(model_dir, config, comm, hooks_factory)
     finally:
-        close_comm()  # leave the group before exit: its threads must not outlive the interpreter
+        close_comm()
+    # A clean STOP leaves without the interpreter's teardown: destroying torch.distributed's C++
+    # threads during finalization sometimes aborted the rank ("terminate called without an active
+    # exception", exit -6) after its work was done. A failure above still exits 1 with its traceback.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn_followers(

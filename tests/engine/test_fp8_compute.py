@@ -46,6 +46,7 @@ from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
 from tests.engine.test_fp8_checkpoint import all_tensors
 from tests.engine.test_parallel import _prompt
+from tests.helpers.engine_runs import run_recording_logits
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
@@ -78,13 +79,7 @@ def forward_logits(loaded: LoadedCheckpoint) -> torch.Tensor:
 def greedy(engine: LLMEngine, prompts: dict[str, list[int]]):
     """(tokens, stacked logits rows) per request id, all requests run together."""
     logits: dict[str, list[torch.Tensor]] = {}
-    engine.logits_observer = lambda rid, row: logits.setdefault(rid, []).append(row.clone())
-    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
-    for rid, ids in prompts.items():
-        engine.add_request(rid, ids, GREEDY)
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            tokens[out.request_id].extend(out.new_token_ids)
+    tokens = run_recording_logits(engine, prompts, GREEDY, logits)
     return tokens, {rid: torch.stack(rows) for rid, rows in logits.items()}
 
 
@@ -283,7 +278,7 @@ def test_two_ranks_in_block_mode_equal_one(tmp_path, checkpoints):
         close_comm()
         for proc in procs:
             proc.join(60)
-    assert all(proc.exitcode == 0 for proc in procs)
+    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
     assert p_tokens == tokens and all(len(t) == GREEDY.max_tokens for t in tokens.values())
     for rid, rows in logits.items():
         torch.testing.assert_close(p_logits[rid], rows, rtol=1e-5, atol=1e-5, msg=rid)

@@ -30,6 +30,7 @@ from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
 from tests.engine.spec_helpers import use_oracle
 from tests.helpers.checkpoints import tiny_checkpoint
+from tests.helpers.engine_runs import run_recording_logits
 from tests.helpers.follower_hooks import RecordingHooks
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,14 +48,7 @@ def _prompt(length: int, seed: int) -> list[int]:
 
 
 def _run(engine: LLMEngine, prompts: dict[str, list[int]], logits: dict[str, list[torch.Tensor]]):
-    engine.logits_observer = lambda rid, row: logits.setdefault(rid, []).append(row.clone())
-    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
-    for rid, ids in prompts.items():
-        engine.add_request(rid, ids, GREEDY)
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            tokens[out.request_id].extend(out.new_token_ids)
-    return tokens
+    return run_recording_logits(engine, prompts, GREEDY, logits)
 
 
 def first_turn() -> dict[str, list[int]]:
@@ -96,7 +90,7 @@ def run_parallel(model_dir, config: EngineConfig, prepare=None):
         close_comm()
         for proc in procs:
             proc.join(60)
-    assert all(proc.exitcode == 0 for proc in procs)
+    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
     return result if prepare is None else (result, prepared)
 
 
