@@ -9,8 +9,10 @@ side by side in one run, at batch 1 and 8.
 - adaptive: the trained head with `adaptive_speculation` (engine/speculative/policy.py): each
   step drafts 0..K tokens, whichever its measured acceptance and step costs say is fastest.
 
-The model is the trained checkpoint (`engine.training`: the shipped one, else the cached benchmark
-run, trained on first use) unless `--model` is given; prompts are held-out stdlib code. Prints a
+The model is the benchmark model (`engine/training/bench_model.py`: narrow and deep, so a decode
+step is bound by per-op overhead as real models' steps on GPUs are, not by arithmetic; trained on
+first use, ~15 min, and cached under the user's cache folder) unless `--model` is given (e.g. the
+demo's `assets/trained-qwen3_next`); prompts are held-out stdlib code. Prints a
 table (tok/s over the decode phase, acceptance per draft position, mean tokens per verify) and
 writes bench/results/decode_spec.json. `spec(...)` is the section a GPU script calls (device=cuda).
 """
@@ -35,9 +37,9 @@ PROMPT_TOKENS = 32
 
 
 def default_model() -> Path:
-    from engine.training.shipped import shipped_or_cached
+    from engine.training.bench_model import bench_checkpoint  # lazy: imports the training stack
 
-    return shipped_or_cached()
+    return bench_checkpoint()
 
 
 class AlwaysRightDrafter(Drafter):
