@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="K",
         help="decode with vs without MTP speculation and its ceiling (K drafts, default 2) on the trained "
-        "model; see bench/decode_spec.py",
+        "benchmark model (trained and cached on first use; --model overrides); see bench/decode_spec.py",
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="--spec: rounds per batch size (median reported)"

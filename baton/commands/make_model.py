@@ -38,7 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Python stdlib; --preset/--model-type/--variant do not apply (see engine/training)",
     )
     parser.add_argument(
-        "--train-steps", type=int, default=None, help="--train: optimizer steps (default: the demo budget)"
+        "--train-preset",
+        choices=("demo", "bench"),
+        default="demo",
+        help="--train: demo (hidden 128, 4 layers: the demo's model) or bench (hidden 64, 8 layers, 16 "
+        "experts top-4, MTP head distilled after training: the model bench.decode --spec measures; "
+        "see engine/training/bench_model.py)",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="--train: optimizer steps (default: the preset's budget)",
     )
     parser.add_argument("--mtp-steps", type=int, default=None, help="--train-mtp: optimizer steps")
     parser.add_argument(
@@ -78,11 +89,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_training(args: argparse.Namespace) -> int:
+    from engine.training.bench_model import BENCH_TRAIN, build_bench_model  # lazy: CLI startup
     from engine.training.evaluate import evaluate  # lazy: CLI startup
     from engine.training.train_model import TrainConfig, train_model, with_steps  # lazy: CLI startup
 
-    config = replace(with_steps(TrainConfig(), args.train_steps), seed=args.seed)
-    result = train_model(args.out, config)
-    print(f"wrote the trained checkpoint to {result.path} (loss curve: {result.path / 'loss_curve.png'})")
-    print(evaluate(result.path).report())
+    if args.train_preset == "bench":
+        path = build_bench_model(
+            Path(args.out), replace(with_steps(BENCH_TRAIN, args.train_steps), seed=args.seed)
+        )
+    else:
+        config = replace(with_steps(TrainConfig(), args.train_steps), seed=args.seed)
+        path = train_model(args.out, config).path
+    print(f"wrote the trained checkpoint to {path} (loss curve: {path / 'loss_curve.png'})")
+    print(evaluate(path).report())
     return 0

@@ -14,9 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +26,7 @@ from engine.make_model import random_weights
 from engine.make_tokenizer import QWEN2_PRETOKENIZE_REGEX, SPECIAL_TOKENS, build_tokenizer
 from engine.model_config import ModelConfig
 from engine.training import objective
+from engine.training.cache import build_once, cache_dir
 from engine.training.checkpoint import write_trained_checkpoint
 from engine.training.corpus import Corpus, load_corpus
 
@@ -54,6 +52,9 @@ class TrainConfig:
     vocab_size: int = 2048
     hidden_size: int = 128
     num_layers: int = 4
+    num_experts: int = 8
+    experts_per_token: int = 2
+    moe_intermediate_size: int | None = None  # None: hidden_size
     seed: int = 0
 
     @classmethod
@@ -94,9 +95,9 @@ def model_config_dict(config: TrainConfig) -> dict[str, Any]:
         "linear_conv_kernel_dim": 4,
         "hidden_act": "silu",
         "intermediate_size": 2 * h,
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "moe_intermediate_size": h,
+        "num_experts": config.num_experts,
+        "num_experts_per_tok": config.experts_per_token,
+        "moe_intermediate_size": config.moe_intermediate_size or h,
         "shared_expert_intermediate_size": h,
         "norm_topk_prob": True,
         "decoder_sparse_step": 1,
@@ -122,11 +123,6 @@ class TrainResult:
     tokens_per_s: float
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "baton" / "trained"
-
-
 def cache_key(config: TrainConfig, corpus: Corpus) -> str:
     text = json.dumps(
         {
@@ -147,21 +143,10 @@ def trained_checkpoint(config: TrainConfig | None = None, log=print, progress: b
     config = config or TrainConfig()
     corpus = load_corpus()
     final = cache_dir() / cache_key(config, corpus)
-    if (final / "config.json").is_file():
+    if not build_once(
+        final, lambda staging: train_model(staging, config, corpus=corpus, log=log, progress=progress)
+    ):
         log(f"using the cached trained checkpoint {final} ({corpus.describe()})")
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        train_model(staging, config, corpus=corpus, log=log, progress=progress)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # another process won the race
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return final
 
 

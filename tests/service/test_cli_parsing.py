@@ -127,6 +127,12 @@ def test_make_model_tokenizer_and_chat_template_flags():
     rejects("make-model", "--out", "/tmp/x", "--tokenizer", "gpt2")
 
 
+def test_make_model_train_preset_flag():
+    assert parse("make-model", "--out", "/tmp/x", "--train").train_preset == "demo"
+    assert parse("make-model", "--out", "/tmp/x", "--train", "--train-preset", "bench").train_preset == "bench"
+    rejects("make-model", "--out", "/tmp/x", "--train", "--train-preset", "huge")
+
+
 # ---- the commands against a recording server -----------------------------------------------------
 class RecordingRouter(public_pb2_grpc.BatonServicer, admin_pb2_grpc.BatonAdminServicer):
     def __init__(self) -> None:
