@@ -38,15 +38,14 @@ from engine.models.linear import fp8_linears
 from engine.ops.fp8 import expand_scale_rows
 from engine.ops.fp8_compute import resolve_fp8_compute
 from engine.ops.fp8_linear import Fp8BlockLinear
-from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
-from engine.parallel.ranks import free_port, init_method_for, spawn_followers
 from engine.parallel.shard import shard_tensor
 from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
 from tests.engine.test_fp8_checkpoint import all_tensors
 from tests.engine.test_parallel import _prompt
 from tests.helpers.engine_runs import run_recording_logits
+from tests.helpers.rank_group import leader_engine
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
 
@@ -266,19 +265,8 @@ def test_two_ranks_in_block_mode_equal_one(tmp_path, checkpoints):
     one = LLMEngine(model_dir, config)
     assert fp8_linears(one.model)
     tokens, logits = greedy(one, prompts)
-    port = free_port()
-    parallel = dataclasses.replace(config, tp=2)
-    procs = spawn_followers(model_dir, parallel, port)
-    comm = init_comm(0, 2, "cpu", init_method_for(port), timeout_s=120)
-    try:
-        engine = LLMEngine(model_dir, parallel, comm=comm)
+    with leader_engine(model_dir, dataclasses.replace(config, tp=2)) as engine:
         p_tokens, p_logits = greedy(engine, prompts)
-        engine.stop_followers()
-    finally:
-        close_comm()
-        for proc in procs:
-            proc.join(60)
-    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
     assert p_tokens == tokens and all(len(t) == GREEDY.max_tokens for t in tokens.values())
     for rid, rows in logits.items():
         torch.testing.assert_close(p_logits[rid], rows, rtol=1e-5, atol=1e-5, msg=rid)

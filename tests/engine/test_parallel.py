@@ -23,7 +23,7 @@ from engine.loader import _Placer
 from engine.model_config import ModelConfig
 from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
-from engine.parallel.ranks import free_port, init_method_for, spawn_followers
+from engine.parallel.ranks import free_port, init_method_for
 from engine.parallel.shard import shard_weights, vocab_rows
 from engine.parallel.step_sync import watch_key
 from engine.safetensors_stream import read_header
@@ -32,6 +32,7 @@ from tests.engine.spec_helpers import use_oracle
 from tests.helpers.checkpoints import tiny_checkpoint
 from tests.helpers.engine_runs import run_recording_logits
 from tests.helpers.follower_hooks import RecordingHooks
+from tests.helpers.rank_group import leader_engine
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,19 +79,9 @@ def plain_scenario(model_type: str):
 def run_parallel(model_dir, config: EngineConfig, prepare=None):
     """`scenario` on rank 0 of a group whose other ranks are spawned followers; `prepare(engine)`
     runs first (and its result comes back second)."""
-    port = free_port()
-    procs = spawn_followers(model_dir, config, port)
-    comm = init_comm(0, config.parallel.world_size, "cpu", init_method_for(port), timeout_s=120)
-    try:
-        engine = LLMEngine(model_dir, config, comm=comm)
+    with leader_engine(model_dir, config) as engine:
         prepared = prepare(engine) if prepare is not None else None
         result = scenario(engine)
-        engine.stop_followers()
-    finally:
-        close_comm()
-        for proc in procs:
-            proc.join(60)
-    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
     return result if prepare is None else (result, prepared)
 
 
@@ -345,11 +336,7 @@ def test_follower_ranks_see_each_layer_of_a_watched_sequence_as_rank_0_does():
     already in its cache (what the worker's layer-by-layer transfer posts); unwatched ones never."""
     model_dir = tiny_checkpoint("qwen3_next")
     config = EngineConfig(tp=2, prefill_chunk_size=16, max_num_seqs=4)
-    port = free_port()
-    procs = spawn_followers(model_dir, config, port, RecordingHooks)
-    comm = init_comm(0, 2, "cpu", init_method_for(port), timeout_s=120)
-    try:
-        engine = LLMEngine(model_dir, config, comm=comm)
+    with leader_engine(model_dir, config, RecordingHooks) as engine:
         mine: list[list[int]] = []
         params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
         engine.add_request("watched", _prompt(40, seed=1), params,
@@ -358,11 +345,6 @@ def test_follower_ranks_see_each_layer_of_a_watched_sequence_as_rank_0_does():
         while engine.has_unfinished_requests():
             engine.step()
         (report,) = engine.call_followers(b"report")
-        engine.stop_followers()
-    finally:
-        close_comm()
-        for proc in procs:
-            proc.join(60)
     seen = json.loads(report)
     assert {key for key, *_ in seen} == {watch_key("watched")}
     assert [[layer, start, end] for _, layer, start, end, _ in seen] == mine
