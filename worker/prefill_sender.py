@@ -44,7 +44,7 @@ class LayerwiseSender:
             try:
                 core.shards.open_followers(self.key, follower_pairs)
             except BaseException as error:
-                self.pages.abort(f"the follower ranks could not open their transfers: {error}")
+                self.abort(f"the follower ranks could not open their transfers: {error}")  # those that did too
                 raise
 
     def _split(self, destination) -> tuple[list[dict], list[TransferDescriptor], dict]:
