@@ -28,6 +28,7 @@ from rpc.cluster_auth import ClusterCredential
 from rpc.listen import ListenError, check_exposure, dial_host, split_host_port
 from rpc.logs import configure_logging
 from rpc.metrics_http import MetricsServer, serve_metrics
+from rpc.signals import wait_in_main_thread
 from rpc.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    stopped.wait()
+    wait_in_main_thread(stopped)
     running.stop()
     return 0

@@ -22,6 +22,7 @@ from rpc.cluster_auth import ClusterAuthInterceptor
 from rpc.listen import check_exposure, dial_host
 from rpc.logs import configure_logging
 from rpc.metrics_http import MetricsServer, serve_metrics
+from rpc.signals import wait_in_main_thread
 from worker.config import METRICS_ANY_PORT, Role, WorkerConfig, worker_config_from_args
 from worker.control import WorkerControlServicer
 from worker.core import WorkerCore
@@ -152,6 +153,6 @@ def main(role: Role, add_role_servicer: AddRoleServicer, argv: list[str] | None 
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
-    done.wait()
+    wait_in_main_thread(done)
     log.info("worker %s stopped", config.worker_id)
     return 0
