@@ -30,7 +30,7 @@ from engine.engine_config import EngineConfig
 from engine.fp8_checkpoint import quantize_checkpoint
 from engine.identity import checkpoint_files
 from engine.llm_engine import LLMEngine
-from engine.loader import LoadedCheckpoint, _Placer, load_checkpoint
+from engine.loader import LoadedCheckpoint, load_checkpoint
 from engine.make_model import make_model
 from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner, SeqChunk
@@ -42,6 +42,7 @@ from engine.parallel.config import ParallelConfig
 from engine.parallel.shard import shard_tensor
 from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
+from engine.weight_placer import WeightPlacer
 from tests.engine.test_fp8_checkpoint import all_tensors
 from tests.engine.test_parallel import _prompt
 from tests.helpers.engine_runs import run_recording_logits
@@ -150,7 +151,7 @@ def _headers(model_dir: Path):
 
 
 def _placed(model_dir: Path, cfg: ModelConfig, parallel: ParallelConfig | None = None, rank: int = 0):
-    placer = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+    placer = WeightPlacer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
     placer.keep_fp8 = True
     if parallel is not None:
         placer.shard_for(parallel, rank)

@@ -147,7 +147,7 @@ def test_missing_shard_file_is_named(tmp_path: Path) -> None:
 
 
 def test_load_logs_progress_and_shows_a_bar(monkeypatch, caplog, capsys) -> None:
-    monkeypatch.setattr("engine.loader.LOG_EVERY_BYTES", 64 * 1024)
+    monkeypatch.setattr("engine.weight_placer.LOG_EVERY_BYTES", 64 * 1024)
     with caplog.at_level(logging.INFO, logger="engine.loader"):
         load_checkpoint(tiny_checkpoint("qwen3_next"), progress=True)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]

@@ -19,7 +19,6 @@ from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.identity import checkpoint_files
 from engine.llm_engine import LLMEngine
-from engine.loader import _Placer
 from engine.model_config import ModelConfig
 from engine.parallel.comm import close_comm, init_comm
 from engine.parallel.config import ParallelConfig
@@ -28,6 +27,7 @@ from engine.parallel.shard import shard_weights, vocab_rows
 from engine.parallel.step_sync import watch_key
 from engine.safetensors_stream import read_header
 from engine.sampling_params import SamplingParams
+from engine.weight_placer import WeightPlacer
 from tests.engine.spec_helpers import use_oracle
 from tests.helpers.checkpoints import tiny_checkpoint
 from tests.helpers.engine_runs import run_recording_logits
@@ -213,7 +213,7 @@ def test_baton_size_per_gpu_equals_a_real_shard(tp: int, ep: int) -> None:
     """`baton size --tp --ep` per-GPU weights = the elements rank 0's shard holds, MTP head included."""
     model_dir = tiny_checkpoint("qwen3_5_moe_text")
     cfg = ModelConfig.from_json(model_dir)
-    placer = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+    placer = WeightPlacer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
     placer.run(None, False)
     weights, extra = placer.finish()
     assert extra, "the checkpoint has an MTP head"
@@ -314,14 +314,14 @@ def test_the_loader_cuts_each_tensor_as_it_arrives_into_the_same_shard(
 ) -> None:
     model_dir = tiny_checkpoint(model_type)
     cfg = ModelConfig.from_json(model_dir)
-    whole = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+    whole = WeightPlacer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
     whole.run(None, False)
     weights, whole_extra = whole.finish()
     assert whole_extra, "the tiny checkpoints carry an MTP head"
     for rank in range(2):
         expected = shard_weights(cfg, dict(weights), ParallelConfig(tp, ep), rank)
         expected_extra = shard_weights(cfg, dict(whole_extra), ParallelConfig(tp, ep), rank)  # the MTP head
-        streaming = _Placer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
+        streaming = WeightPlacer(model_dir, cfg, torch.float32, torch.device("cpu"), _headers(model_dir))
         streaming.shard_for(ParallelConfig(tp, ep), rank)
         streaming.run(None, False)
         shard, extra = streaming.finish()
