@@ -18,6 +18,7 @@ from engine.llm_engine import LLMEngine
 from engine.model_runner import SeqChunk
 from engine.sampling_params import SamplingParams
 from tests.helpers.checkpoints import tiny_checkpoint
+from tests.helpers.graphs import attach_capture_free_graphs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -159,20 +160,7 @@ def test_engine_routes_decode_and_verify_steps_through_the_graph_runner(num_spec
     prompts = [prompt(n, seed=20 + n) for n in (5, 23, 40)]
     expected = run_to_end(LLMEngine(model_dir, config), prompts)
     engine = LLMEngine(model_dir, config)
-    graphs = DecodeGraphs(
-        engine.model,
-        engine.cache,
-        max_batch=4,
-        max_model_len=256,
-        scratch_page=engine.memory.pages.allocate(1)[0],
-        scratch_slot=engine.memory.live_slots.allocate(),
-        verify_steps=num_speculative_tokens + 1 if num_speculative_tokens else 0,
-        capture=False,
-    )
-    engine.runner.graphs = graphs
-    kinds: list[int | None] = []
-    run = graphs.run
-    graphs.run = lambda chunks: (kinds.append(graphs.steps_of(chunks)), run(chunks))[1]
+    graphs, kinds = attach_capture_free_graphs(engine)
     assert run_to_end(engine, prompts) == expected
     assert len(kinds) == graphs.replays >= 8
     if num_speculative_tokens:

@@ -15,7 +15,6 @@ import torch
 
 from baton import sizing
 from engine.cache.tensors import CacheTensors
-from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.identity import checkpoint_files
 from engine.llm_engine import LLMEngine
@@ -32,6 +31,7 @@ from tests.engine.spec_helpers import use_oracle
 from tests.helpers.checkpoints import tiny_checkpoint
 from tests.helpers.engine_runs import run_recording_logits
 from tests.helpers.follower_hooks import RecordingHooks
+from tests.helpers.graphs import attach_capture_free_graphs
 from tests.helpers.rank_group import leader_engine
 
 pytestmark = pytest.mark.timeout(300)
@@ -262,19 +262,7 @@ def test_a_one_rank_group_runs_decode_and_verify_steps_through_the_graph_runner(
     try:
         engine = LLMEngine(tiny_checkpoint("qwen3_next"), EngineConfig(**options), comm=comm)
         k = engine.config.num_speculative_tokens
-        engine.runner.graphs = graphs = DecodeGraphs(
-            engine.model,
-            engine.cache,
-            max_batch=4,
-            max_model_len=256,
-            scratch_page=engine.memory.pages.allocate(1)[0],
-            scratch_slot=engine.memory.live_slots.allocate(),
-            verify_steps=k + 1 if k else 0,
-            capture=False,
-        )
-        kinds: list[int | None] = []
-        run = graphs.run
-        graphs.run = lambda chunks: (kinds.append(graphs.steps_of(chunks)), run(chunks))[1]
+        graphs, kinds = attach_capture_free_graphs(engine)
         tokens = scenario(engine)[0]
         all_reduces = comm.all_reduces
     finally:
