@@ -12,9 +12,14 @@ side by side in one run, at batch 1 and 8.
 The model is the benchmark model (`engine/training/bench_model.py`: narrow and deep, so a decode
 step is bound by per-op overhead as real models' steps on GPUs are, not by arithmetic; trained on
 first use, ~15 min, and cached under the user's cache folder) unless `--model` is given (e.g. the
-demo's `assets/trained-qwen3_next`); prompts are held-out stdlib code. Prints a
-table (tok/s over the decode phase, acceptance per draft position, mean tokens per verify) and
-writes bench/results/decode_spec.json. `spec(...)` is the section a GPU script calls (device=cuda).
+demo's `assets/trained-qwen3_next`); prompts are held-out stdlib code.
+
+"Batch B" is served as a server serves it: each round is a stream of B x WAVES requests at
+concurrency B (continuous batching: a finished request's slot goes to the next), timed over the
+whole stream. A closed batch of B requests would instead end every B requests in a drain, which
+speculation pays and plain decoding does not (its requests all finish at the same step); the
+stream pays it once, and the `steady` columns leave it out. Prints a table (tok/s, acceptance
+per draft position, mean tokens per verify) and writes bench/results/decode_spec.json. `spec(...)` is the section a GPU script calls (device=cuda).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from engine.training.evaluate import held_out_prompts
 
 RESULTS = Path(__file__).parent / "results" / "decode_spec.json"
 PROMPT_TOKENS = 32
+WAVES = 4  # a round is a stream of batch x WAVES requests at concurrency `batch`
 
 
 def default_model() -> Path:
@@ -65,47 +71,57 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 @dataclass(frozen=True, slots=True)
 class DecodeRun:
-    tok_s: float  # over the decode phase (after every request's first token)
+    tok_s: float  # over the whole stream: every step, prefills and the final drain included
     outputs: dict[str, list[int]]
-    step_s: float  # seconds per engine step over that phase
-    full_tok_s: float  # over the steps that began with every request still running
+    step_s: float  # seconds per engine step over the whole stream
+    steady_tok_s: float  # over the steps that began with a full batch (requests still queued)
 
 
-def decode(engine: LLMEngine, prompts: dict[str, list[int]], tokens: int, clock: str = "wall") -> DecodeRun:
-    """All prompts at once, `tokens` decode tokens each. `clock`: "wall", or "cpu" (this process's
-    CPU time: what other processes on a shared machine take is not counted).
+def decode(
+    engine: LLMEngine,
+    prompts: dict[str, list[int]],
+    tokens: int,
+    clock: str = "wall",
+    batch: int | None = None,
+) -> DecodeRun:
+    """A stream of requests at concurrency `batch` (default: all of them): every prompt is queued
+    at once and the engine (max_num_seqs = batch) admits the next as one finishes — continuous
+    batching, as a serving engine runs. Each request decodes `tokens` + 1 tokens. `clock`: "wall",
+    or "cpu" (this process's CPU time: what other processes on a shared machine take is not
+    counted).
 
-    `full_tok_s` leaves out the drain at the end of a closed batch: with speculation, requests
-    accept at different rates and finish at different steps, so the last steps run a shrinking
-    batch; a serving engine with continuous batching refills those slots instead."""
+    `tok_s` counts every token over every step. With speculation, requests accept at different
+    rates and finish at different steps, so a stream ends in a drain: its last steps run a
+    shrinking batch (a closed batch of `batch` requests would drain every `batch` requests).
+    `steady_tok_s` leaves the drain out: only the steps that began with at least `batch`
+    requests unfinished, which is what a loaded server runs."""
+    batch = batch or len(prompts)
     params = SamplingParams(temperature=0.0, max_tokens=tokens + 1, ignore_eos=True)
     for request_id, prompt in prompts.items():
         engine.add_request(request_id, prompt, params)
     out: dict[str, list[int]] = {r: [] for r in prompts}
-    while any(not o for o in out.values()):
-        for o in engine.step():
-            out[o.request_id].extend(o.new_token_ids)
     now = CLOCKS[clock]
-    start, steps = now(), 0
-    before = sum(map(len, out.values()))
-    full_s, full_tokens = 0.0, 0
+    start, steps, finished = now(), 0, 0
+    steady_s, steady_tokens = 0.0, 0
     while engine.has_unfinished_requests():
         steps += 1
-        full = all(len(o) < tokens + 1 for o in out.values())
+        steady = len(prompts) - finished >= batch
         step_start, made = now(), 0
         for o in engine.step():
             out[o.request_id].extend(o.new_token_ids)
             made += len(o.new_token_ids)
-        if full:
-            full_s += now() - step_start
-            full_tokens += made
+            finished += o.finished
+        if steady:
+            steady_s += now() - step_start
+            steady_tokens += made
     elapsed = now() - start
-    tok_s = (sum(map(len, out.values())) - before) / elapsed
-    return DecodeRun(tok_s, out, elapsed / max(steps, 1), full_tokens / full_s if full_s else tok_s)
+    tok_s = sum(map(len, out.values())) / elapsed
+    return DecodeRun(tok_s, out, elapsed / max(steps, 1), steady_tokens / steady_s if steady_s else tok_s)
 
 
 def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, device: str, clock: str) -> dict:
-    prompts = held_out_prompts(model_dir, batch * rounds, PROMPT_TOKENS)
+    per_round = batch * WAVES
+    prompts = held_out_prompts(model_dir, per_round * rounds, PROMPT_TOKENS)
     config = EngineConfig(enable_prefix_cache=False, max_num_seqs=batch, device=device)
     speculating = EngineConfig(**{**_fields(config), "num_speculative_tokens": k})
     engines = {
@@ -120,22 +136,22 @@ def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, devic
         raise SystemExit(f"{model_dir} has no MTP head: nothing to speculate with")
     warm = {"warm": prompts[0]}
     for engine in engines.values():
-        decode(engine, warm, 4)
+        decode(engine, warm, 4, clock)
     for name in ("spec", "adaptive"):
         engines[name].spec.metrics.__init__()
     rows: dict[str, list] = {name: [] for name in engines}
-    full_rows: dict[str, list] = {name: [] for name in engines}
+    steady_rows: dict[str, list] = {name: [] for name in engines}
     step_s: dict[str, list] = {name: [] for name in engines}
     outputs: dict[str, dict] = {name: {} for name in engines}
     for r in range(rounds):
-        group = {f"b{batch}-r{r}-{i}": prompts[r * batch + i] for i in range(batch)}
+        group = {f"b{batch}-r{r}-{i}": prompts[r * per_round + i] for i in range(per_round)}
         for name, engine in engines.items():
             if name == "ceiling":
                 reference = {rid: group[rid] + outputs["plain"][rid] for rid in group}
                 engine.spec.drafter = AlwaysRightDrafter(engine.spec.drafter, reference)
-            run = decode(engine, group, tokens, clock)
+            run = decode(engine, group, tokens, clock, batch)
             rows[name].append(run.tok_s)
-            full_rows[name].append(run.full_tok_s)
+            steady_rows[name].append(run.steady_tok_s)
             step_s[name].append(run.step_s)
             outputs[name].update(run.outputs)
     m = engines["spec"].metrics()
@@ -146,14 +162,15 @@ def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, devic
     speedup, ceiling_speedup = tok_s["spec"] / tok_s["plain"], tok_s["ceiling"] / tok_s["plain"]
     adaptive_speedup = tok_s["adaptive"] / tok_s["plain"]
     target = 1 + 0.5 * (ceiling_speedup - 1)
-    full_tok_s = {name: statistics.median(full_rows[name]) for name in engines}
-    full_speedup, full_ceiling = (
-        full_tok_s["spec"] / full_tok_s["plain"],
-        full_tok_s["ceiling"] / full_tok_s["plain"],
+    steady_tok_s = {name: statistics.median(steady_rows[name]) for name in engines}
+    steady_speedup, steady_ceiling = (
+        steady_tok_s["spec"] / steady_tok_s["plain"],
+        steady_tok_s["ceiling"] / steady_tok_s["plain"],
     )
-    full_target = 1 + 0.5 * (full_ceiling - 1)
+    steady_target = 1 + 0.5 * (steady_ceiling - 1)
     return {
         "batch": batch,
+        "requests": per_round * rounds,
         "plain_tok_s": tok_s["plain"],
         "spec_tok_s": tok_s["spec"],
         "ceiling_tok_s": tok_s["ceiling"],
@@ -164,14 +181,14 @@ def measure(model_dir: Path, k: int, batch: int, tokens: int, rounds: int, devic
         "target_speedup": target,
         "meets_target": speedup >= target,
         "adaptive_meets_target": adaptive_speedup >= target,
-        # the same over the steps that began with the whole batch running (no drain; see `decode`)
-        "full_batch_plain_tok_s": full_tok_s["plain"],
-        "full_batch_spec_tok_s": full_tok_s["spec"],
-        "full_batch_ceiling_tok_s": full_tok_s["ceiling"],
-        "full_batch_speedup": full_speedup,
-        "full_batch_ceiling_speedup": full_ceiling,
-        "full_batch_target_speedup": full_target,
-        "full_batch_meets_target": full_speedup >= full_target,
+        # the same over the steps that began with a full batch, i.e. without the drain (see `decode`)
+        "steady_plain_tok_s": steady_tok_s["plain"],
+        "steady_spec_tok_s": steady_tok_s["spec"],
+        "steady_ceiling_tok_s": steady_tok_s["ceiling"],
+        "steady_speedup": steady_speedup,
+        "steady_ceiling_speedup": steady_ceiling,
+        "steady_target_speedup": steady_target,
+        "steady_meets_target": steady_speedup >= steady_target,
         "same_tokens": all(out == outputs["plain"] for out in outputs.values()),
         # ms per engine step: a speculative step (draft + verify + accept) against a plain decode step
         "plain_step_ms": step_ms["plain"],
@@ -230,7 +247,8 @@ def print_table(result: dict) -> None:
     )
     print(
         f"{'batch':>5} {'plain':>8} {'MTP':>8} {'ceiling':>8} {'speedup':>8} {'ceiling':>8} {'target':>7} "
-        f"{'accept/position':>18} {'tok/verify':>10} {'step cost':>9} {'adaptive':>9} {'steps by drafts':>15} {'full batch: MTP/ceil/target':>27} same"
+        f"{'accept/position':>18} {'tok/verify':>10} {'step cost':>9} {'adaptive':>9} {'steps by drafts':>15} "
+        f"{'steady: MTP/ceil/target':>24} same"
     )
     for r in result["rows"]:
         per_position = " ".join(f"{a:.0%}" for a in r["acceptance_per_position"])
@@ -240,22 +258,22 @@ def print_table(result: dict) -> None:
             f"{r['speedup']:>7.2f}x {r['ceiling_speedup']:>7.2f}x {r['target_speedup']:>6.2f}x "
             f"{per_position:>18} {r['mean_acceptance_length']:>10.2f} {cost:>8.2f}x "
             f"{r['adaptive_speedup']:>8.2f}x {'/'.join(map(str, r['adaptive_steps_by_drafts'])):>15} "
-            f"{_full_batch(r):>27} {r['same_tokens']}"
+            f"{_steady(r):>24} {r['same_tokens']}"
         )
     print(
-        "(tok/s over the decode phase; speedups vs plain; target = 1 + 0.5 x (ceiling - 1); step cost = ms "
-        "per speculative step / ms per plain step; adaptive: --adaptive-speculation, its decode steps "
-        "by drafts per sequence 0/1/..; full batch: the speedups over the steps that began with every "
-        "request running, i.e. without the closed batch's drain, which continuous batching refills)"
+        f"(each batch size: streams of batch x {WAVES} requests at concurrency `batch`, continuous batching; "
+        "tok/s over the whole stream, prefills and drain included; speedups vs plain; target = 1 + 0.5 x "
+        "(ceiling - 1); step cost = ms per speculative step / ms per plain step; adaptive: "
+        "--adaptive-speculation, its decode steps by drafts per sequence 0/1/..; steady: the speedups over "
+        "the steps that began with a full batch, i.e. without the stream's final drain)"
     )
 
 
-def _full_batch(row: dict) -> str:
-    if "full_batch_speedup" not in row:  # results written before the column existed
+def _steady(row: dict) -> str:
+    if "steady_speedup" not in row:  # results written before the column existed
         return "-"
     return (
-        f"{row['full_batch_speedup']:.2f}/{row['full_batch_ceiling_speedup']:.2f}/"
-        f"{row['full_batch_target_speedup']:.2f}x"
+        f"{row['steady_speedup']:.2f}/{row['steady_ceiling_speedup']:.2f}/{row['steady_target_speedup']:.2f}x"
     )
 
 
