@@ -243,7 +243,7 @@ class MtpHead:
             every = torch.arange(size, device=positions.device)
             table = torch.cat(rope_cos_sin(every, cfg.rotary_dim, cfg.rope_theta, dtype), dim=-1)
             self._rope_table = table
-        return torch.chunk(table[positions], 2, dim=-1)
+        return torch.chunk(table.index_select(0, positions), 2, dim=-1)
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """`rms_norm_zero_centered` with weight `name`. Inference: one fused `F.rms_norm` with

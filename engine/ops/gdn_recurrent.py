@@ -5,11 +5,11 @@ for one new token per sequence (and the T = k + 1 rows of a speculative verify).
 module for the update rule and shapes.
 
 At decode sizes every op costs its dispatch more than its arithmetic, so the loop runs on
-time-major operands (step t's q, k, v, decay, beta are contiguous [B, H, ...] blocks, no per-step
-copies), writes each step's state straight into its slot of the kept states, forms the outer
-product k err^T by broadcasting, and computes every step's output in one batched matmul after the
-loop. A decode (T = 1) and each row of a verify run
-the very same ops on the same values, so speculation reproduces plain decoding bit for bit.
+time-major operands (step t's q and k are contiguous [B, H, Dk] blocks, no per-step copies),
+writes each step's state straight into its slot of the kept states, forms the outer product
+k err^T by broadcasting, and computes every step's output in one batched matmul after the loop. A
+decode (T = 1) and each row of a verify run the very same ops on the same values, so speculation
+reproduces plain decoding bit for bit.
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ def recurrent_gated_delta_rule_steps(
 
 
 def _time_major(q, k, v, g, beta):
-    """fp32 [T, B, H, ...] contiguous operands: q scaled by Dk**-0.5, decay = exp(g) shaped to
-    scale a state, beta shaped to scale a row."""
+    """fp32 [T, B, H, ...] operands: q scaled by Dk**-0.5, decay = exp(g) shaped to scale a
+    state, beta shaped to scale a row. q and k feed matmuls, so they are made contiguous (once,
+    not per step); v, decay and beta only feed elementwise ops and stay strided views."""
     scale = q.shape[-1] ** -0.5
     q = (q.float().transpose(0, 1) * scale).contiguous()
-    k, v = (x.float().transpose(0, 1).contiguous() for x in (k, v))
-    decay = g.float().exp().transpose(0, 1).contiguous()[..., None, None]
-    return q, k, v, decay, beta.float().transpose(0, 1).contiguous()[..., None]
+    k = k.float().transpose(0, 1).contiguous()
+    decay = g.float().exp().transpose(0, 1)[..., None, None]
+    return q, k, v.float().transpose(0, 1), decay, beta.float().transpose(0, 1)[..., None]
 
 
 def _start(initial_state, q: torch.Tensor, v_dim: int) -> torch.Tensor:
