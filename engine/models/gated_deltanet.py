@@ -34,7 +34,7 @@ class GatedDeltaNet:
         block = fp8_block(cfg)
         self.in_proj = build_linear(weights, [f"in_proj_{p}.weight" for p in ("qkv", "z", "b", "a")], block)
         self.conv_weight = weights["conv1d.weight"].squeeze(1).contiguous()  # [C, K]
-        self.conv_weight_t = self.conv_weight.t().contiguous()  # [K, C]: per-tap rows (verify)
+        self.conv_taps = self.conv_weight.t().contiguous().unbind(0)  # K rows [C]: per-tap (verify)
         self.neg_a = -weights["A_log"].float().exp()
         self.dt_bias = weights["dt_bias"].float()
         self.norm_weight = weights["norm.weight"]
@@ -153,9 +153,9 @@ class GatedDeltaNet:
         rows = mixed[group.row_start : group.row_start + num * steps].view(num, steps, -1)
         state = conv_pool[group.step_slots[:, 0]]  # [V, C, K-1]
         window = torch.cat([state.transpose(1, 2).to(rows.dtype), rows], dim=1)  # [V, K-1+T, C]
-        taps = self.conv_weight_t
+        taps = self.conv_taps
         out = window[:, :steps] * taps[0]
-        for j in range(1, taps.shape[0]):
+        for j in range(1, len(taps)):
             out = out + window[:, j : j + steps] * taps[j]
         states = window.unfold(1, state.shape[-1], 1)[:, 1:]  # [V, T, C, K-1]: after row t
         conv_pool.index_copy_(0, group.step_slots.reshape(-1), states.flatten(0, 1).to(conv_pool.dtype))
