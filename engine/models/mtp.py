@@ -33,7 +33,7 @@ from engine.models.mtp_attention import CachedGroup, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.moe_autograd import MoeWeights, sparse_moe, swiglu
 from engine.ops.norms import rms_norm_zero_centered
-from engine.ops.rope import apply_rope, rope_cos_sin
+from engine.ops.rope import RopeTable, apply_rope, rope_cos_sin
 from engine.parallel.comm import SINGLE
 from engine.parallel.config import ParallelConfig
 
@@ -151,7 +151,7 @@ class MtpHead:
         self.with_shared = parallel.tp > 1 or comm.rank == 0
         self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
         self._plus_one: dict[str, tuple] = {}  # norm weight name -> (version, 1 + w) (inference only)
-        self._rope_table: torch.Tensor | None = None  # [n, 2 * rotary_dim]: cos | sin of positions < n
+        self._rope_table = RopeTable(cfg.rotary_dim, cfg.head_dim, cfg.rope_theta)  # drafting's rope
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
@@ -216,9 +216,9 @@ class MtpHead:
         q = self._norm(q, p + "q_norm.weight")
         k = self._norm(k.view(rows, kv_heads, dim), p + "k_norm.weight")
         if torch.is_grad_enabled():
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = rope(q), rope(k)
         else:  # one rope over q and k side by side: half the ops
-            q, k = torch.split(apply_rope(torch.cat([q, k], dim=1), *rope), [heads, kv_heads], dim=1)
+            q, k = torch.split(rope(torch.cat([q, k], dim=1)), [heads, kv_heads], dim=1)
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
         if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
@@ -229,21 +229,15 @@ class MtpHead:
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
         return self._proj(out, p + "o_proj")
 
-    def _rope(self, positions: torch.Tensor, groups, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin at `positions`. Drafting (the groups name every row's position on the host):
-        rows of a table computed once for positions [0, n) and doubled as sequences grow, one
-        index op instead of ~10."""
+    def _rope(self, positions: torch.Tensor, groups, dtype: torch.dtype):
+        """A function rotating [N, H, head_dim] rows to `positions`. Drafting (the groups name
+        every row's position on the host): the head's `RopeTable`, a few ops per call."""
         cfg = self.cfg
         if not groups or not isinstance(groups[0], CachedGroup):
-            return rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, dtype)
+            cos, sin = rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, dtype)
+            return lambda x: apply_rope(x, cos, sin)
         end = max(g.first_pos + g.row_end - g.row_start for g in groups)
-        table = self._rope_table
-        if table is None or table.shape[0] < end or table.dtype != dtype or table.device != positions.device:
-            size = max(end, 2 * table.shape[0] if table is not None else 256)
-            every = torch.arange(size, device=positions.device)
-            table = torch.cat(rope_cos_sin(every, cfg.rotary_dim, cfg.rope_theta, dtype), dim=-1)
-            self._rope_table = table
-        return torch.chunk(table.index_select(0, positions), 2, dim=-1)
+        return self._rope_table.rotation(positions, end, dtype)
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """`rms_norm_zero_centered` with weight `name`. Inference: one fused `F.rms_norm` with
