@@ -34,7 +34,6 @@ class GatedDeltaNet:
         block = fp8_block(cfg)
         self.in_proj = build_linear(weights, [f"in_proj_{p}.weight" for p in ("qkv", "z", "b", "a")], block)
         self.conv_weight = weights["conv1d.weight"].squeeze(1).contiguous()  # [C, K]
-        self.conv_taps = self.conv_weight.t().contiguous().unbind(0)  # K rows [C]: per-tap (verify)
         self.neg_a = -weights["A_log"].float().exp()
         self.dt_bias = weights["dt_bias"].float()
         self.norm_weight = weights["norm.weight"]
@@ -146,17 +145,16 @@ class GatedDeltaNet:
     def _verify_conv(self, mixed: torch.Tensor, group: VerifyGroup, conv_pool: torch.Tensor) -> torch.Tensor:
         """Conv over T rows per chunk from its live slot; the state after row t goes to slot t.
 
-        Time-major ([V, K-1+T, C], channels contiguous): each tap is one multiply-add over every
-        row at once, summed in tap order as `causal_conv1d_step` sums them, so row t equals a
-        decode step bit for bit (an unfold-multiply-sum over the channel-major window cost ~2x)."""
+        Time-major ([V, K-1+T, C], channels contiguous): the windows of every row are one
+        unfold, multiplied by the taps and summed in tap order as `causal_conv1d_step` sums them,
+        so row t equals a decode step bit for bit (over the channel-major window, where the
+        unfolded taps are not the innermost stride, the same ops cost ~3x)."""
         num, steps = group.step_slots.shape
         rows = mixed[group.row_start : group.row_start + num * steps].view(num, steps, -1)
         state = conv_pool[group.step_slots[:, 0]]  # [V, C, K-1]
         window = torch.cat([state.transpose(1, 2).to(rows.dtype), rows], dim=1)  # [V, K-1+T, C]
-        taps = self.conv_taps
-        out = window[:, :steps] * taps[0]
-        for j in range(1, len(taps)):
-            out = out + window[:, j : j + steps] * taps[j]
+        kernel = self.conv_weight.shape[-1]
+        out = (window.unfold(1, kernel, 1) * self.conv_weight).sum(-1)  # [V, T, C]
         states = window.unfold(1, state.shape[-1], 1)[:, 1:]  # [V, T, C, K-1]: after row t
         conv_pool.index_copy_(0, group.step_slots.reshape(-1), states.flatten(0, 1).to(conv_pool.dtype))
         return F.silu(out).view(num * steps, -1)
