@@ -43,9 +43,14 @@ def cached_attention(
     lows = [g.first_pos - g.kv.valid_from for g in groups]
     counts = [g.row_end - g.row_start for g in groups]
     length = max(lo + c for lo, c in zip(lows, counts, strict=True))
-    for g, lo, count in zip(groups, lows, counts, strict=True):
-        g.kv.ensure(g.kv.valid_from + length)  # room to slice every cache to `length` (grows rarely)
-        g.kv.data[layer].narrow(0, lo, count).copy_(new_kv.narrow(0, g.row_start, count))
+    for g in groups:
+        if g.kv.data.shape[1] < length:  # room to slice every cache to `length` (grows rarely)
+            g.kv.ensure(g.kv.valid_from + length)
+    # Each sequence's new entries into its cache, in one multi-tensor copy.
+    torch._foreach_copy_(
+        [g.kv.data[layer].narrow(0, lo, count) for g, lo, count in zip(groups, lows, counts, strict=True)],
+        list(new_kv.split(counts)),
+    )
     # Every cache sliced to the longest one's entries, in one stack (entries past a sequence's
     # own are stale or zero, and masked below): no padding fill, no per-sequence copy.
     cache = torch.stack([g.kv.data[layer, :length] for g in groups]).to(q.dtype)  # [B, L, 2, Hkv, D]
