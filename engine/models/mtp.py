@@ -150,7 +150,7 @@ class MtpHead:
         # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
         self.with_shared = parallel.tp > 1 or comm.rank == 0
         self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
-        self._plus_one: dict[str, tuple] = {}  # norm weight name -> (version, 1 + w) (inference only)
+        self._plus_one: dict[str, tuple] = {}  # norm weight name -> (w, version, 1 + w, shape) (inference)
         self._rope_table = RopeTable(cfg.rotary_dim, cfg.head_dim, cfg.rope_theta)  # drafting's rope
 
     @classmethod
@@ -240,17 +240,19 @@ class MtpHead:
         return self._rope_table.rotation(positions, end, dtype)
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """`rms_norm_zero_centered` with weight `name`. Inference: one fused `F.rms_norm` with
-        1 + w computed once (rebuilt when the weight changes in place) instead of ~8 ops; the head
-        only drafts, so rounding differences cannot change what a verify emits."""
+        """`rms_norm_zero_centered` with weight `name`. Inference: one fused `torch.rms_norm` with
+        1 + w computed once (rebuilt when the weight is replaced or changes in place) instead of
+        ~8 ops; the head only drafts, so rounding differences cannot change what a verify emits."""
         weight = self.w[name]
         if torch.is_grad_enabled():
             return rms_norm_zero_centered(x, weight, self.cfg.rms_norm_eps)
         cached = self._plus_one.get(name)
-        if cached is None or cached[0] != weight._version:
-            cached = (weight._version, 1.0 + weight.float())
+        if cached is None or cached[0] is not weight or cached[1] != weight._version:
+            cached = (weight, weight._version, 1.0 + weight.float(), (weight.shape[-1],))
             self._plus_one[name] = cached
-        return F.rms_norm(x.float(), (x.shape[-1],), cached[1], self.cfg.rms_norm_eps).to(x.dtype)
+        if x.dtype == torch.float32:
+            return torch.rms_norm(x, cached[3], cached[2], self.cfg.rms_norm_eps)
+        return torch.rms_norm(x.float(), cached[3], cached[2], self.cfg.rms_norm_eps).to(x.dtype)
 
     def _qkv(self, x: torch.Tensor, p: str) -> tuple[torch.Tensor, ...]:
         """q (with its gate), k, v. Inference: one matmul over the three weights concatenated (the
