@@ -46,14 +46,15 @@ def cached_attention(
     for g in groups:
         if g.kv.data.shape[1] < length:  # room to slice every cache to `length` (grows rarely)
             g.kv.ensure(g.kv.valid_from + length)
+    caches = [g.kv.data[layer] for g in groups]
     # Each sequence's new entries into its cache, in one multi-tensor copy.
     torch._foreach_copy_(
-        [g.kv.data[layer].narrow(0, lo, count) for g, lo, count in zip(groups, lows, counts, strict=True)],
+        [c.narrow(0, lo, count) for c, lo, count in zip(caches, lows, counts, strict=True)],
         list(new_kv.split(counts)),
     )
     # Every cache sliced to the longest one's entries, in one stack (entries past a sequence's
     # own are stale or zero, and masked below): no padding fill, no per-sequence copy.
-    cache = torch.stack([g.kv.data[layer, :length] for g in groups]).to(q.dtype)  # [B, L, 2, Hkv, D]
+    cache = torch.stack([c[:length] for c in caches]).to(q.dtype)  # [B, L, 2, Hkv, D]
     num, steps = len(groups), max(counts)
     uniform = all(c == steps for c in counts)
     if uniform:
