@@ -143,20 +143,21 @@ class GatedDeltaNet:
         return out[0]
 
     def _verify_conv(self, mixed: torch.Tensor, group: VerifyGroup, conv_pool: torch.Tensor) -> torch.Tensor:
-        """Conv over T rows per chunk from its live slot; the state after row t goes to slot t."""
+        """Conv over T rows per chunk from its live slot; the state after row t goes to slot t.
+
+        Time-major ([V, K-1+T, C], channels contiguous): the windows of every row are one
+        unfold, multiplied by the taps and summed in tap order as `causal_conv1d_step` sums them,
+        so row t equals a decode step bit for bit (over the channel-major window, where the
+        unfolded taps are not the innermost stride, the same ops cost ~3x)."""
         num, steps = group.step_slots.shape
         rows = mixed[group.row_start : group.row_start + num * steps].view(num, steps, -1)
-        state = conv_pool[group.step_slots[:, 0]].to(rows.dtype)  # [V, C, K-1]
-        window = torch.cat([state, rows.transpose(1, 2)], dim=-1)  # [V, C, K-1+T]
-        width = state.shape[-1]
+        state = conv_pool[group.step_slots[:, 0]]  # [V, C, K-1]
+        window = torch.cat([state.transpose(1, 2).to(rows.dtype), rows], dim=1)  # [V, K-1+T, C]
         kernel = self.conv_weight.shape[-1]
-        # depthwise conv as multiply + sum over the unfolded window (an einsum or a grouped conv1d
-        # cost ~5x more at these sizes)
-        out = (window.unfold(-1, kernel, 1) * self.conv_weight[:, None, :]).sum(-1)  # [V, C, T]
-        out = F.silu(out.transpose(1, 2))  # [V, T, C]
-        states = window.unfold(-1, width, 1)[:, :, 1 : steps + 1]  # [V, C, T, K-1]: after row t
-        conv_pool[group.step_slots.reshape(-1)] = states.transpose(1, 2).flatten(0, 1).to(conv_pool.dtype)
-        return out.reshape(num * steps, -1)
+        out = (window.unfold(1, kernel, 1) * self.conv_weight).sum(-1)  # [V, T, C]
+        states = window.unfold(1, state.shape[-1], 1)[:, 1:]  # [V, T, C, K-1]: after row t
+        conv_pool.index_copy_(0, group.step_slots.reshape(-1), states.flatten(0, 1).to(conv_pool.dtype))
+        return F.silu(out).view(num * steps, -1)
 
     @staticmethod
     def _verify_delta_rule(q, k, v, g, beta, group: VerifyGroup, ssm_pool: torch.Tensor) -> torch.Tensor:
@@ -165,12 +166,14 @@ class GatedDeltaNet:
         num, steps = group.step_slots.shape
         s, e = group.row_start, group.row_start + num * steps
 
-        def per_chunk(x: torch.Tensor) -> torch.Tensor:
-            return x[s:e].reshape(num, steps, *x.shape[1:])
+        def per_chunk(x: torch.Tensor) -> torch.Tensor:  # (a step of verifies only: no slice)
+            return (x if s == 0 and e == x.shape[0] else x[s:e]).unflatten(0, (num, steps))
 
         q, k, v, g, beta = (per_chunk(x) for x in (q, k, v, g, beta))
         out, states = recurrent_gated_delta_rule_steps(q, k, v, g, beta, ssm_pool[group.step_slots[:, 0]])
-        ssm_pool[group.step_slots.reshape(-1)] = states.flatten(0, 1).to(ssm_pool.dtype)
+        # states [V, T, ...] views a time-major buffer: written time-major, it needs no copy.
+        slots = group.step_slots.t().reshape(-1)
+        ssm_pool.index_copy_(0, slots, states.transpose(0, 1).flatten(0, 1).to(ssm_pool.dtype))
         return out.reshape(num * steps, *v.shape[2:])
 
     @staticmethod

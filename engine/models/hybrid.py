@@ -80,7 +80,11 @@ class DecoderLayer:
         else:
             mixed = self.mixer.forward(h, batch, cache)
         x = x + (self.comm.all_reduce(mixed) if self.reduce_mixer else mixed)
-        ffn = self.ffn.forward(rms_norm_zero_centered(x, self.post_norm, eps))
+        h = rms_norm_zero_centered(x, self.post_norm, eps)
+        if isinstance(self.ffn, SparseMoe):
+            ffn = self.ffn.forward(h, verify=batch.num_verify_rows > 0)
+        else:
+            ffn = self.ffn.forward(h)
         return x + (self.comm.all_reduce(ffn) if self.reduce_ffn else ffn)
 
 

@@ -33,7 +33,7 @@ from engine.models.mtp_attention import CachedGroup, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.moe_autograd import MoeWeights, sparse_moe, swiglu
 from engine.ops.norms import rms_norm_zero_centered
-from engine.ops.rope import apply_rope, rope_cos_sin
+from engine.ops.rope import RopeTable, apply_rope, rope_cos_sin
 from engine.parallel.comm import SINGLE
 from engine.parallel.config import ParallelConfig
 
@@ -150,6 +150,8 @@ class MtpHead:
         # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
         self.with_shared = parallel.tp > 1 or comm.rank == 0
         self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
+        self._plus_one: dict[str, tuple] = {}  # norm weight name -> (w, version, 1 + w, shape) (inference)
+        self._rope_table = RopeTable(cfg.rotary_dim, cfg.head_dim, cfg.rope_theta)  # drafting's rope
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
@@ -175,18 +177,17 @@ class MtpHead:
         [N]; `groups`: one `CachedGroup` per drafting sequence (its rows at consecutive positions,
         attending to its MtpKv), or (None, row_start, row_end) for training (dense causal attention
         over the rows alone). Returns the normed output."""
-        cfg, w = self.cfg, self.w
-        eps = cfg.rms_norm_eps
+        w = self.w
         embedded = (
             self.model.embed(next_tokens) if self.model is not None else F.embedding(next_tokens, self.embed)
         )
-        e = rms_norm_zero_centered(embedded, w["pre_fc_norm_embedding.weight"], eps)
-        h = rms_norm_zero_centered(hidden.to(e.dtype), w["pre_fc_norm_hidden.weight"], eps)
+        e = self._norm(embedded, "pre_fc_norm_embedding.weight")
+        h = self._norm(hidden.to(e.dtype), "pre_fc_norm_hidden.weight")
         x = torch.cat([e, h], dim=-1) @ w["fc.weight"]
-        rope = rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, x.dtype)
+        rope = self._rope(positions, groups, x.dtype)
         for i in range(self.num_layers):
             x = self._layer(i, x, rope, positions, groups)
-        return rms_norm_zero_centered(x, w["norm.weight"], eps)
+        return self._norm(x, "norm.weight")
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         if self.model is not None:  # vocab-parallel under tp: every rank's part, gathered
@@ -194,16 +195,16 @@ class MtpHead:
         return (out @ self.lm_head_t).float()
 
     def _layer(self, i: int, x, rope, positions, groups) -> torch.Tensor:
-        p, eps = f"layers.{i}.", self.cfg.rms_norm_eps
-        h = rms_norm_zero_centered(x, self.w[p + "input_layernorm.weight"], eps)
+        p = f"layers.{i}."
+        h = self._norm(x, p + "input_layernorm.weight")
         mixed = self._attention(i, h, rope, positions, groups)
         x = x + (self.comm.all_reduce(mixed) if self.reduce_attention else mixed)
-        h = rms_norm_zero_centered(x, self.w[p + "post_attention_layernorm.weight"], eps)
+        h = self._norm(x, p + "post_attention_layernorm.weight")
         ffn = self._ffn(i, h)
         return x + (self.comm.all_reduce(ffn) if self.reduce_ffn[i] else ffn)
 
     def _attention(self, i: int, x, rope, positions, groups) -> torch.Tensor:
-        cfg, w, p = self.cfg, self.w, f"layers.{i}.self_attn."
+        cfg, p = self.cfg, f"layers.{i}.self_attn."
         rows, heads, kv_heads, dim = (
             x.shape[0],
             cfg.num_attention_heads,
@@ -212,11 +213,12 @@ class MtpHead:
         )
         q_gate, k, v = self._qkv(x, p)
         q, gate = torch.chunk(q_gate.view(rows, heads, 2 * dim), 2, dim=-1)
-        q = apply_rope(rms_norm_zero_centered(q, w[p + "q_norm.weight"], cfg.rms_norm_eps), *rope)
-        k = apply_rope(
-            rms_norm_zero_centered(k.view(rows, kv_heads, dim), w[p + "k_norm.weight"], cfg.rms_norm_eps),
-            *rope,
-        )
+        q = self._norm(q, p + "q_norm.weight")
+        k = self._norm(k.view(rows, kv_heads, dim), p + "k_norm.weight")
+        if torch.is_grad_enabled():
+            q, k = rope(q), rope(k)
+        else:  # one rope over q and k side by side: half the ops
+            q, k = torch.split(rope(torch.cat([q, k], dim=1)), [heads, kv_heads], dim=1)
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
         if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
@@ -226,6 +228,31 @@ class MtpHead:
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
         out = out.reshape(rows, heads * dim) * torch.sigmoid(gate.reshape(rows, heads * dim))
         return self._proj(out, p + "o_proj")
+
+    def _rope(self, positions: torch.Tensor, groups, dtype: torch.dtype):
+        """A function rotating [N, H, head_dim] rows to `positions`. Drafting (the groups name
+        every row's position on the host): the head's `RopeTable`, a few ops per call."""
+        cfg = self.cfg
+        if not groups or not isinstance(groups[0], CachedGroup):
+            cos, sin = rope_cos_sin(positions, cfg.rotary_dim, cfg.rope_theta, dtype)
+            return lambda x: apply_rope(x, cos, sin)
+        end = max(g.first_pos + g.row_end - g.row_start for g in groups)
+        return self._rope_table.rotation(positions, end, dtype)
+
+    def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """`rms_norm_zero_centered` with weight `name`. Inference: one fused `torch.rms_norm` with
+        1 + w computed once (rebuilt when the weight is replaced or changes in place) instead of
+        ~8 ops; the head only drafts, so rounding differences cannot change what a verify emits."""
+        weight = self.w[name]
+        if torch.is_grad_enabled():
+            return rms_norm_zero_centered(x, weight, self.cfg.rms_norm_eps)
+        cached = self._plus_one.get(name)
+        if cached is None or cached[0] is not weight or cached[1] != weight._version:
+            cached = (weight, weight._version, 1.0 + weight.float(), (weight.shape[-1],))
+            self._plus_one[name] = cached
+        if x.dtype == torch.float32:
+            return torch.rms_norm(x, cached[3], cached[2], self.cfg.rms_norm_eps)
+        return torch.rms_norm(x.float(), cached[3], cached[2], self.cfg.rms_norm_eps).to(x.dtype)
 
     def _qkv(self, x: torch.Tensor, p: str) -> tuple[torch.Tensor, ...]:
         """q (with its gate), k, v. Inference: one matmul over the three weights concatenated (the

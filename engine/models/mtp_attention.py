@@ -6,7 +6,8 @@ each sequence's cache (one slice write per sequence), then all sequences attend 
 product call over their caches padded to the longest one, with a mask that lets query t of a group
 see its cache entries [0, lo + t] (lo: the group's first entry). The per-sequence form it replaces
 (`chunk_causal_attention` per group) cost a dozen ops per sequence per draft step; this is a fixed
-handful plus one write and one view per sequence. `cached_attention_reference` is that per-group
+handful plus one write and one view per sequence. The caches are sliced to a common length and
+stacked (a cache shorter than that grows first, as `MtpKv.ensure` grows it anyway). `cached_attention_reference` is that per-group
 form, kept as the reference the tests hold this one to.
 
 Group boundaries and first positions come from the host (`CachedGroup.first_pos`), so nothing
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pad_sequence
 
 from engine.ops.attention import chunk_causal_attention
 
@@ -40,16 +40,22 @@ def cached_attention(
     if len(groups) == 1:  # one sequence: its cache as is, no padding
         return _one_sequence(layer, q, k, v, groups[0], scale)
     new_kv = torch.stack([k, v], dim=1)  # [N, 2, Hkv, D]
-    caches, lows, counts = [], [], []
+    lows = [g.first_pos - g.kv.valid_from for g in groups]
+    counts = [g.row_end - g.row_start for g in groups]
+    length = max(lo + c for lo, c in zip(lows, counts, strict=True))
     for g in groups:
-        lo = g.first_pos - g.kv.valid_from
-        hi = lo + g.row_end - g.row_start
-        g.kv.data[layer, lo:hi] = new_kv[g.row_start : g.row_end].to(g.kv.data.dtype)
-        caches.append(g.kv.data[layer, :hi])
-        lows.append(lo)
-        counts.append(g.row_end - g.row_start)
-    cache = pad_sequence(caches, batch_first=True).to(q.dtype)  # [B, L, 2, Hkv, D]
-    num, steps, length = len(groups), max(counts), cache.shape[1]
+        if g.kv.data.shape[1] < length:  # room to slice every cache to `length` (grows rarely)
+            g.kv.ensure(g.kv.valid_from + length)
+    caches = [g.kv.data[layer] for g in groups]
+    # Each sequence's new entries into its cache, in one multi-tensor copy.
+    torch._foreach_copy_(
+        [c.narrow(0, lo, count) for c, lo, count in zip(caches, lows, counts, strict=True)],
+        list(new_kv.split(counts)),
+    )
+    # Every cache sliced to the longest one's entries, in one stack (entries past a sequence's
+    # own are stale or zero, and masked below): no padding fill, no per-sequence copy.
+    cache = torch.stack([c[:length] for c in caches]).to(q.dtype)  # [B, L, 2, Hkv, D]
+    num, steps = len(groups), max(counts)
     uniform = all(c == steps for c in counts)
     if uniform:
         q_pad = q.view(num, steps, heads, dim)

@@ -29,3 +29,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = rotary_dim // 2
     rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
     return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+
+
+class RopeTable:
+    """cos / sin of positions [0, n) computed once, grown by doubling, laid out for a rotation
+    in 4 ops instead of `apply_rope`'s ~10: over the whole head width, cos padded with 1 and sin
+    with 0 on the channels RoPE leaves alone, and the sign of `rotate_half` folded into sin, so
+    x' = x * cos + x[..., perm] * sin; perm swaps the rotary halves. The same products summed in
+    the same order as `apply_rope`, bit for bit. For callers that know the positions' bound on the
+    host (the MTP head's drafting: its groups name them)."""
+
+    def __init__(self, rotary_dim: int, head_dim: int, theta: float) -> None:
+        self.rotary_dim, self.head_dim, self.theta = rotary_dim, head_dim, theta
+        self.table: torch.Tensor | None = None  # [n, 2, head_dim]: cos | signed sin
+
+    def rotation(self, positions: torch.Tensor, end: int, dtype: torch.dtype):
+        """A function x [N, H, head_dim] → x rotated to `positions` [N] (all < end)."""
+        table = self.table
+        if table is None or table.shape[0] < end or table.dtype != dtype or table.device != positions.device:
+            size = max(end, 2 * table.shape[0] if table is not None else 256)
+            table = self.table = self._build(size, dtype, positions.device)
+        cos, sin = table.index_select(0, positions).unsqueeze(1).unbind(2)  # [N, 1, head_dim] each
+        perm = self.perm
+        return lambda x: x * cos + x.index_select(-1, perm) * sin
+
+    def _build(self, size: int, dtype: torch.dtype, device) -> torch.Tensor:
+        rotary, half, rest = self.rotary_dim, self.rotary_dim // 2, self.head_dim - self.rotary_dim
+        cos, sin = rope_cos_sin(torch.arange(size, device=device), rotary, self.theta, dtype)
+        ones, zeros = cos.new_ones(size, rest), cos.new_zeros(size, rest)
+        signed = torch.cat((-sin[:, :half], sin[:, half:], zeros), dim=-1)
+        swap = [*range(half, rotary), *range(half), *range(rotary, self.head_dim)]
+        self.perm = torch.tensor(swap, device=device)
+        return torch.stack((torch.cat((cos, ones), dim=-1), signed), dim=1)

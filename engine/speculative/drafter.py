@@ -83,8 +83,11 @@ class Drafter:
             keep = [row for row, index in enumerate(active) if requests[index].num_drafts > step]
             if not keep:
                 break
+            if len(keep) < len(active):  # (greedy batches usually keep every row: no gather)
+                index = torch.tensor(keep, device=out.device)
+                out, positions = out.index_select(0, index), positions.index_select(0, index)
             active = [active[row] for row in keep]
-            out, positions = out[keep], positions[keep] + 1
+            positions = positions + 1
             tokens = torch.tensor([drafts[i].tokens[-1] for i in active], device=out.device)
             groups = [
                 CachedGroup(requests[i].state.kv, row, row + 1, requests[i].state.mtp_pos + step - 1)
@@ -114,9 +117,12 @@ class Drafter:
             state.mtp_pos, state.hidden, state.pending = end, [], 0
         device = hidden[0].device
         pos = torch.tensor(positions, device=device)
-        out = self.head.forward(torch.cat(hidden), torch.tensor(tokens, device=device), pos, groups)
+        rows = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
+        out = self.head.forward(rows, torch.tensor(tokens, device=device), pos, groups)
+        if row == len(requests):  # one row each: every row is a last row
+            return out, pos
         index = torch.tensor(last, device=device)
-        return out[index], pos[index]
+        return out.index_select(0, index), pos.index_select(0, index)
 
     @staticmethod
     def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, best: int) -> None:

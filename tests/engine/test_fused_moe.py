@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.ops.moe import moe_dense_reference, moe_grouped_torch, routed_experts
+from engine.ops.moe import (
+    DENSE_MAX_ROW_EXPERTS,
+    moe_dense_reference,
+    moe_dense_torch,
+    moe_grouped_torch,
+    routed_experts,
+)
 from engine.ops.triton.fused_moe import align_pairs, fused_moe_triton, max_padded_rows
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,6 +52,23 @@ def test_grouped_torch_matches_dense_reference(tokens: int, top_k: int) -> None:
 
     torch.testing.assert_close(moe_grouped_torch(*args), moe_dense_reference(*args), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(routed_experts(*args), moe_dense_reference(*args), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("tokens", "top_k"), [(1, 1), (5, 2), (24, 3)])
+@pytest.mark.parametrize("foreign", [False, True])
+def test_dense_torch_matches_dense_reference(tokens: int, top_k: int, foreign: bool) -> None:
+    """The verify form: every expert over every row, each row's k outputs picked; with `foreign`
+    some pairs carry ids >= E (another rank's experts) and add nothing."""
+    x, top_e, top_w, gate_up_t, down_t = random_moe(tokens, 32, 24, experts=8, top_k=top_k, seed=tokens)
+    if foreign:  # this rank holds experts [0, 4): ids 4..7 are foreign, as local_expert_ids marks them
+        top_e = torch.where(top_e < 4, top_e, 4)
+        gate_up_t, down_t = gate_up_t[:4], down_t[:4]
+    args = (x, top_e, top_w, gate_up_t, down_t)
+
+    expected = moe_dense_reference(*args)
+    torch.testing.assert_close(moe_dense_torch(*args, foreign=foreign), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(routed_experts(*args, foreign, dense=True), expected, atol=1e-5, rtol=1e-5)
+    assert tokens * 8 <= DENSE_MAX_ROW_EXPERTS  # so routed_experts took the dense form
 
 
 @pytest.mark.triton

@@ -11,7 +11,8 @@ from engine.cache.state_pool import OutOfSlots
 from engine.cache.tensors import CacheTensors
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, SeqChunk
-from engine.models.mtp import MtpCheckpointError, MtpHead, mtp_canonical
+from engine.models.mtp import MtpCheckpointError, MtpHead, MtpKv, mtp_canonical
+from engine.models.mtp_attention import CachedGroup
 from engine.speculative.acceptance import accept_greedy, accept_sampled
 from engine.speculative.decoder import SpecMetrics
 from engine.speculative.slots import SpecSlotPool
@@ -123,6 +124,51 @@ def test_mtp_head_loads_and_reports_bad_weights() -> None:
     broken = dict(model.extra_weights, **{"mtp.norm.weight": torch.zeros(3)})
     with pytest.raises(MtpCheckpointError, match="shape"):
         mtp_canonical(cfg, broken)
+
+
+def test_mtp_drafting_form_equals_training_form() -> None:
+    """The head's drafting path (inference: cached attention over each sequence's MtpKv, fused
+    norms, the rope table, one rope over q and k) gives the training path's outputs (autograd
+    ops, dense causal attention over the rows): a catch-up over several rows per sequence, then a
+    one-row draft step, at positions past the rope table's first size."""
+    cfg, model = load_model(tiny_checkpoint("qwen3_next"))
+    head = MtpHead.from_model(model)
+    gen = torch.Generator().manual_seed(3)
+    starts, lengths = [300, 10], [5, 3]
+    total = [n + 1 for n in lengths]  # the catch-up rows, then one draft row each
+    hidden = [torch.randn(n, cfg.hidden_size, generator=gen) for n in total]
+    tokens = [torch.randint(0, cfg.vocab_size, (n,), generator=gen) for n in total]
+    reference = []
+    for h, t, start, n in zip(hidden, tokens, starts, total, strict=True):
+        with torch.enable_grad():  # the training path
+            out = head.forward(h, t, torch.arange(start, start + n), [(None, 0, n)])
+        reference.append(out.detach())
+    kvs = [MtpKv(cfg, start, torch.float32, torch.device("cpu")) for start in starts]
+    for kv, start, n in zip(kvs, starts, total, strict=True):
+        kv.ensure(start + n)
+
+    def drafting(first: list[int], count: list[int]) -> torch.Tensor:
+        rows = [slice(f, f + c) for f, c in zip(first, count, strict=True)]
+        groups, row = [], 0
+        for kv, start, f, c in zip(kvs, starts, first, count, strict=True):
+            groups.append(CachedGroup(kv, row, row + c, start + f))
+            row += c
+        positions = torch.cat(
+            [torch.arange(s + r.start, s + r.stop) for s, r in zip(starts, rows, strict=True)]
+        )
+        with torch.inference_mode():
+            return head.forward(
+                torch.cat([h[r] for h, r in zip(hidden, rows, strict=True)]),
+                torch.cat([t[r] for t, r in zip(tokens, rows, strict=True)]),
+                positions,
+                groups,
+            )
+
+    catch_up = drafting([0, 0], lengths)
+    step = drafting(lengths, [1, 1])
+    expected_catch_up = torch.cat([ref[:n] for ref, n in zip(reference, lengths, strict=True)])
+    torch.testing.assert_close(catch_up, expected_catch_up, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step, torch.stack([ref[-1] for ref in reference]), atol=1e-5, rtol=1e-5)
 
 
 def test_engine_option_range() -> None:
