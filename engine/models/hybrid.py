@@ -82,7 +82,7 @@ class DecoderLayer:
         x = x + (self.comm.all_reduce(mixed) if self.reduce_mixer else mixed)
         h = rms_norm_zero_centered(x, self.post_norm, eps)
         if isinstance(self.ffn, SparseMoe):
-            ffn = self.ffn.forward(h, verify=batch.num_verify_rows > 0)
+            ffn = self.ffn.forward(h)
         else:
             ffn = self.ffn.forward(h)
         return x + (self.comm.all_reduce(ffn) if self.reduce_ffn else ffn)

@@ -59,24 +59,21 @@ class SparseMoe:
         # Probe (once per device kind and dtype) now, so no step pays for it or records its ops.
         grouped_mm_supported(self.gate_up_t.device.type, self.gate_up_t.dtype)
 
-    def forward(self, x: torch.Tensor, verify: bool = False) -> torch.Tensor:
-        """`verify`: the batch holds speculative verify rows (see `routed_experts`' `dense`)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         top_w, top_e = route(x, self.router_t, self.top_k, self.norm_topk_prob)
-        out = self._experts(x, top_e, top_w.to(x.dtype), verify)
+        out = self._experts(x, top_e, top_w.to(x.dtype))
         if not self.with_shared:
             return out
         shared = self.shared.forward(x) * torch.sigmoid(x @ self.shared_gate_t)
         return out + shared
 
-    def _experts(
-        self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor, verify: bool
-    ) -> torch.Tensor:
+    def _experts(self, x: torch.Tensor, top_e: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
         """The routed experts this rank holds (all of them without expert parallelism). Under EP a
         pair routed to another rank's expert is foreign here (id `held`): not computed, and the
         layer's all-reduce adds it from its own rank, so each pair counts exactly once. Shapes
         stay fixed (no host read-back, graph-safe)."""
         held = self.gate_up_t.shape[0]
         if self.first_expert == 0 and held == self.num_experts:
-            return routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t, dense=verify)
+            return routed_experts(x, top_e, top_w, self.gate_up_t, self.down_t)
         local = local_expert_ids(top_e, self.first_expert, held)
-        return routed_experts(x, local, top_w, self.gate_up_t, self.down_t, foreign=True, dense=verify)
+        return routed_experts(x, local, top_w, self.gate_up_t, self.down_t, foreign=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.ops.moe import (
-    DENSE_MAX_ROW_EXPERTS,
+    dense_wins,
     moe_dense_reference,
     moe_dense_torch,
     moe_grouped_torch,
@@ -57,7 +57,7 @@ def test_grouped_torch_matches_dense_reference(tokens: int, top_k: int) -> None:
 @pytest.mark.parametrize(("tokens", "top_k"), [(1, 1), (5, 2), (24, 3)])
 @pytest.mark.parametrize("foreign", [False, True])
 def test_dense_torch_matches_dense_reference(tokens: int, top_k: int, foreign: bool) -> None:
-    """The verify form: every expert over every row, each row's k outputs picked; with `foreign`
+    """The small-step form: every expert over every row, each row's k outputs picked; with `foreign`
     some pairs carry ids >= E (another rank's experts) and add nothing."""
     x, top_e, top_w, gate_up_t, down_t = random_moe(tokens, 32, 24, experts=8, top_k=top_k, seed=tokens)
     if foreign:  # this rank holds experts [0, 4): ids 4..7 are foreign, as local_expert_ids marks them
@@ -67,8 +67,8 @@ def test_dense_torch_matches_dense_reference(tokens: int, top_k: int, foreign: b
 
     expected = moe_dense_reference(*args)
     torch.testing.assert_close(moe_dense_torch(*args, foreign=foreign), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(routed_experts(*args, foreign, dense=True), expected, atol=1e-5, rtol=1e-5)
-    assert tokens * 8 <= DENSE_MAX_ROW_EXPERTS  # so routed_experts took the dense form
+    torch.testing.assert_close(routed_experts(*args, foreign), expected, atol=1e-5, rtol=1e-5)
+    assert dense_wins(tokens, down_t.shape[0], top_k)  # so routed_experts took the dense form
 
 
 @pytest.mark.triton

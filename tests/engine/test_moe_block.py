@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from engine.make_model import preset_config
 from engine.model_config import ModelConfig
 from engine.models.moe import SparseMoe
-from engine.ops.moe import moe_dense_reference
+from engine.ops.moe import dense_wins, moe_dense_reference
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,8 +56,10 @@ def recorded_ops(block: SparseMoe, tokens: int) -> list[str]:
 
 
 @pytest.mark.parametrize("tokens", [1, 16])
-def test_ops_per_step_do_not_depend_on_the_expert_count(tokens: int) -> None:
-    few, many = recorded_ops(moe_block(8), tokens), recorded_ops(moe_block(64), tokens)
+@pytest.mark.parametrize("experts", [(4, 8), (64, 128)])  # the dense form (dense_wins), the grouped one
+def test_ops_per_step_do_not_depend_on_the_expert_count(tokens: int, experts: tuple[int, int]) -> None:
+    few, many = (recorded_ops(moe_block(n), tokens) for n in experts)
+    assert dense_wins(tokens, experts[0], 2) == dense_wins(tokens, experts[1], 2)
 
     assert few == many
     assert "aten._local_scalar_dense" not in few  # nothing read back to the host
