@@ -41,10 +41,20 @@ BENCH_TRAIN = TrainConfig(
     moe_intermediate_size=64,
 )
 # The head is distilled twice: on corpus text, then on the main model's own greedy continuations of
-# train-split prompts (on-policy: what serving verifies drafts on; see self_distill_data.py).
+# train-split prompts (on-policy: what serving verifies drafts on; see self_distill_data.py), with
+# hard targets (the main model's argmax, what greedy verification compares with) and 30% of the
+# steps still on corpus text. Measured on a copy of the 1,200-step model (own greedy output of
+# held-out prompts, k = 2): first / second draft accepted 71% / 48% -> 92% / 86%, tokens per
+# verify 2.19 -> 2.79; first-draft acceptance teacher-forced on held-out text 50% -> 52% (42%
+# without the corpus share); 600 steps on 1024 prompts gave 2.65 with soft targets, 2.76 hard.
 BENCH_DISTILL = (
     DistillConfig(steps=300),
-    DistillConfig(steps=600, self_generated=SelfGenConfig(prompts=1024), hard_targets=True),
+    DistillConfig(
+        steps=1200,
+        self_generated=SelfGenConfig(prompts=2048),
+        corpus_share=0.3,
+        hard_targets=True,
+    ),
 )
 
 
