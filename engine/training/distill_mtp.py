@@ -123,6 +123,8 @@ def distill(model_dir: Path, config: DistillConfig, progress: bool = True, log=p
         raise SystemExit(f"{model_dir} has no MTP head to distill")
     optimizer = torch.optim.AdamW(mtp, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     started = time.perf_counter()
+    if gen := config.self_generated:
+        log(f"generating {gen.prompts} greedy continuations of {gen.new_tokens} tokens to distill on")
     batches = _Batches(model_dir, config, tokenizer)  # self-generated data first, with the frozen model
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
