@@ -94,7 +94,7 @@ def bench_checkpoint(
     log=print,
     progress: bool = True,
 ) -> Path:
-    """The cached benchmark model (built on first use: ~15 min on a loaded 2-core machine)."""
+    """The cached benchmark model (built on first use: ~20 min on a loaded 2-core machine)."""
     corpus = load_corpus()
     final = cache_dir() / bench_key(train, distill_configs, corpus)
     if build_once(
