@@ -11,7 +11,7 @@ side by side in one run, at batch 1 and 8.
 
 The model is the benchmark model (`engine/training/bench_model.py`: narrow and deep, so a decode
 step is bound by per-op overhead as real models' steps on GPUs are, not by arithmetic; trained on
-first use, ~15 min, and cached under the user's cache folder) unless `--model` is given (e.g. the
+first use, ~20 min, and cached under the user's cache folder) unless `--model` is given (e.g. the
 demo's `assets/trained-qwen3_next`); prompts are held-out stdlib code.
 
 "Batch B" is served as a server serves it: each round is a stream of B x WAVES requests at
@@ -19,7 +19,8 @@ concurrency B (continuous batching: a finished request's slot goes to the next),
 whole stream. A closed batch of B requests would instead end every B requests in a drain, which
 speculation pays and plain decoding does not (its requests all finish at the same step); the
 stream pays it once, and the `steady` columns leave it out. Prints a table (tok/s, acceptance
-per draft position, mean tokens per verify) and writes bench/results/decode_spec.json. `spec(...)` is the section a GPU script calls (device=cuda).
+per draft position, mean tokens per verify) and writes bench/results/decode_spec.json.
+`spec(...)` is the section a GPU script calls (device=cuda).
 """
 
 from __future__ import annotations

@@ -94,6 +94,16 @@ def evaluate(
     )
 
 
+def draft_acceptance(model_dir: str | Path, sequences: list[list[int]], draft_from: list[int]) -> float:
+    """First-draft acceptance through the engine's forward and MTP head, teacher-forced over
+    `sequences`, counting drafts from row `draft_from[i]` of sequence i."""
+    _, model = load_model(Path(model_dir))
+    head = MtpHead.from_model(model)
+    if head is None:
+        raise ValueError(f"{model_dir} has no MTP head")
+    return _teacher_forced(model, head, windows=sequences, draft_from=draft_from)[1]
+
+
 def held_out_prompts(model_dir: str | Path, count: int, length: int) -> list[list[int]]:
     """`count` token-id prompts of `length` tokens of held-out source, evenly spaced."""
     tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))

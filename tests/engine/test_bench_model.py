@@ -1,7 +1,8 @@
 """The benchmark model (engine/training/bench_model.py) on a tiny budget: it is built once into the
 user's cache folder as an HF-layout checkpoint of its shape (8 layers at 3:1 DeltaNet:attention,
-16 experts top-4) with a distilled MTP head that the engine speculates with, and a second call
-reuses the folder instead of training again."""
+16 experts top-4) with an MTP head distilled on corpus text and then on the model's own greedy
+output, that the engine speculates with, and a second call reuses the folder instead of training
+again."""
 
 from __future__ import annotations
 
@@ -17,11 +18,17 @@ from engine.sampling_params import SamplingParams
 from engine.training.bench_model import BENCH_TRAIN, bench_checkpoint, bench_key
 from engine.training.corpus import load_corpus
 from engine.training.distill_mtp import DistillConfig
+from engine.training.self_distill_data import SelfGenConfig
 
 pytestmark = pytest.mark.timeout(300)
 
 TINY_TRAIN = replace(BENCH_TRAIN, steps=2, warmup_steps=1, batch_size=2, seq_len=32, vocab_size=512)
-TINY_DISTILL = DistillConfig(steps=1, batch_size=2, seq_len=32)
+TINY_DISTILL = (
+    DistillConfig(steps=1, batch_size=2, seq_len=32),
+    DistillConfig(
+        steps=1, batch_size=2, self_generated=SelfGenConfig(prompts=2, prompt_tokens=8, new_tokens=8)
+    ),
+)
 
 
 def test_bench_model_is_built_once_into_the_cache_and_speculates(tmp_path: Path, monkeypatch) -> None:
@@ -41,7 +48,8 @@ def test_bench_model_is_built_once_into_the_cache_and_speculates(tmp_path: Path,
     index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
     assert any(name.startswith("mtp.") for name in index)
     training = json.loads((path / "training.json").read_text())
-    assert training["train_config"]["steps"] == 2 and len(training["mtp_distill"]) == 1
+    assert training["train_config"]["steps"] == 2 and len(training["mtp_distill"]) == 2
+    assert training["mtp_distill"][1]["self_generated"]["prompts"] == 2  # the on-policy pass ran
 
     engine = LLMEngine(path, EngineConfig(enable_prefix_cache=False, num_speculative_tokens=2))
     assert engine.spec is not None
@@ -57,3 +65,4 @@ def test_bench_model_is_built_once_into_the_cache_and_speculates(tmp_path: Path,
     assert (path / "model.safetensors.index.json").stat().st_mtime_ns == stamp
     assert any("using the cached benchmark model" in line for line in logs)
     assert bench_key(replace(TINY_TRAIN, steps=3), TINY_DISTILL, load_corpus()) != path.name
+    assert bench_key(TINY_TRAIN, TINY_DISTILL[:1], load_corpus()) != path.name
