@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
-from engine.models.mtp_attention import CachedGroup, cached_attention
+from engine.models.mtp_attention import CachedGroup, StackedCaches, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.moe_autograd import MoeWeights, sparse_moe, swiglu
 from engine.ops.norms import rms_norm_zero_centered
@@ -152,6 +152,7 @@ class MtpHead:
         self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
         self._plus_one: dict[str, tuple] = {}  # norm weight name -> (w, version, 1 + w, shape) (inference)
         self._rope_table = RopeTable(cfg.rotary_dim, cfg.head_dim, cfg.rope_theta)  # drafting's rope
+        self._stacked = StackedCaches()  # the drafting sequences' caches, kept stacked between calls
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
@@ -222,7 +223,7 @@ class MtpHead:
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
         if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
-            out = cached_attention(i, q, k, v, groups, scale)
+            out = cached_attention(i, q, k, v, groups, scale, self._stacked)
         else:  # training: dense causal attention over each group's rows alone
             outs = [chunk_causal_attention(q[s:e], k[s:e], v[s:e], 0, scale) for _, s, e in groups]
             out = torch.cat(outs) if len(outs) > 1 else outs[0]

@@ -7,8 +7,11 @@ product call over their caches padded to the longest one, with a mask that lets 
 see its cache entries [0, lo + t] (lo: the group's first entry). The per-sequence form it replaces
 (`chunk_causal_attention` per group) cost a dozen ops per sequence per draft step; this is a fixed
 handful plus one write and one view per sequence. The caches are sliced to a common length and
-stacked (a cache shorter than that grows first, as `MtpKv.ensure` grows it anyway). `cached_attention_reference` is that per-group
-form, kept as the reference the tests hold this one to.
+stacked (a cache shorter than that grows first, as `MtpKv.ensure` grows it anyway). With a
+`StackedCaches` (the head keeps one) the stack is kept between calls and each sequence's cache
+becomes a view of its row, so the calls of the same sequences (every draft step, and steps until
+a sequence joins, leaves or grows) attend to it as is, without copying every cache each call.
+`cached_attention_reference` is that per-group form, kept as the reference the tests hold this one to.
 
 Group boundaries and first positions come from the host (`CachedGroup.first_pos`), so nothing
 here reads a device value back.
@@ -32,10 +35,47 @@ class CachedGroup:
     first_pos: int  # position of row_start (rows are at consecutive positions)
 
 
+class StackedCaches:
+    """The caches of the last drafting sequences as rows of one tensor [B, layers, capacity, 2,
+    Hkv, D]; each sequence's `MtpKv.data` is a view of its row, so writes through either are seen
+    by both. Rebuilt (one copy of every cache, as an unkept stack costs every call) when the
+    sequences or their order change or a cache grew (`MtpKv.ensure` replaced its data)."""
+
+    def __init__(self) -> None:
+        self.data: torch.Tensor | None = None
+        self.kvs: list = []
+        self.views: list[torch.Tensor] = []
+
+    def rows(self, groups: list[CachedGroup]) -> torch.Tensor:
+        kvs = [g.kv for g in groups]
+        kept = len(kvs) == len(self.kvs) and all(
+            kv is old and kv.data is view for kv, old, view in zip(kvs, self.kvs, self.views, strict=True)
+        )
+        if not kept:
+            self._rebuild(kvs)
+        return self.data
+
+    def _rebuild(self, kvs: list) -> None:
+        capacity = max(kv.data.shape[1] for kv in kvs)
+        first = kvs[0].data
+        data = first.new_zeros((len(kvs), first.shape[0], capacity, *first.shape[2:]))
+        for row, kv in enumerate(kvs):
+            data[row, :, : kv.data.shape[1]] = kv.data
+            kv.data = data[row]
+        self.data, self.kvs, self.views = data, kvs, [kv.data for kv in kvs]
+
+
 def cached_attention(
-    layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: list[CachedGroup], scale: float
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: list[CachedGroup],
+    scale: float,
+    stacked: StackedCaches | None = None,
 ) -> torch.Tensor:
-    """q [N, Hq, D], k, v [N, Hkv, D] (rows of `groups`, in order, covering [0, N)) → [N, Hq, D]."""
+    """q [N, Hq, D], k, v [N, Hkv, D] (rows of `groups`, in order, covering [0, N)) → [N, Hq, D].
+    `stacked`: the stack kept between calls (see `StackedCaches`)."""
     rows, heads, dim = q.shape
     if len(groups) == 1:  # one sequence: its cache as is, no padding
         return _one_sequence(layer, q, k, v, groups[0], scale)
@@ -46,6 +86,7 @@ def cached_attention(
     for g in groups:
         if g.kv.data.shape[1] < length:  # room to slice every cache to `length` (grows rarely)
             g.kv.ensure(g.kv.valid_from + length)
+    kept = stacked.rows(groups) if stacked is not None else None
     caches = [g.kv.data[layer] for g in groups]
     # Each sequence's new entries into its cache, in one multi-tensor copy.
     torch._foreach_copy_(
@@ -54,7 +95,10 @@ def cached_attention(
     )
     # Every cache sliced to the longest one's entries, in one stack (entries past a sequence's
     # own are stale or zero, and masked below): no padding fill, no per-sequence copy.
-    cache = torch.stack([c[:length] for c in caches]).to(q.dtype)  # [B, L, 2, Hkv, D]
+    if kept is not None:
+        cache = kept[:, layer, :length].to(q.dtype)  # [B, L, 2, Hkv, D]
+    else:
+        cache = torch.stack([c[:length] for c in caches]).to(q.dtype)
     num, steps = len(groups), max(counts)
     uniform = all(c == steps for c in counts)
     if uniform:
