@@ -177,7 +177,9 @@ class MtpHead:
         """hidden [N, H] (target final-normed, or a previous MTP output), next_tokens [N], positions
         [N]; `groups`: one `CachedGroup` per drafting sequence (its rows at consecutive positions,
         attending to its MtpKv), or (None, row_start, row_end) for training (dense causal attention
-        over the rows alone). Returns the normed output."""
+        over the rows alone). Returns the normed output: every row's in training; drafting, each
+        group's last row's ([len(groups), H]: the only row a draft reads), the last layer's
+        queries, attention output and ffn run for those rows only (every row's K/V is written)."""
         w = self.w
         embedded = (
             self.model.embed(next_tokens) if self.model is not None else F.embedding(next_tokens, self.embed)
@@ -186,25 +188,38 @@ class MtpHead:
         h = self._norm(hidden.to(e.dtype), "pre_fc_norm_hidden.weight")
         x = torch.cat([e, h], dim=-1) @ w["fc.weight"]
         rope = self._rope(positions, groups, x.dtype)
+        last = self._last_rows(groups, x.device)
         for i in range(self.num_layers):
-            x = self._layer(i, x, rope, positions, groups)
+            x = self._layer(i, x, rope, positions, groups, last if i == self.num_layers - 1 else None)
         return self._norm(x, "norm.weight")
+
+    @staticmethod
+    def _last_rows(groups, device: torch.device) -> torch.Tensor | None:
+        """Drafting with a group of several rows: each group's last row (a tensor of indices)."""
+        if not groups or not isinstance(groups[0], CachedGroup) or len(groups) == groups[-1].row_end:
+            return None
+        return torch.tensor([g.row_end - 1 for g in groups], device=device)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         if self.model is not None:  # vocab-parallel under tp: every rank's part, gathered
             return self.model.project(out)
         return (out @ self.lm_head_t).float()
 
-    def _layer(self, i: int, x, rope, positions, groups) -> torch.Tensor:
+    def _layer(self, i: int, x, rope, positions, groups, last: torch.Tensor | None = None) -> torch.Tensor:
+        """`last`: only these rows go on past the K/V (see `forward`)."""
         p = f"layers.{i}."
         h = self._norm(x, p + "input_layernorm.weight")
-        mixed = self._attention(i, h, rope, positions, groups)
+        mixed = self._attention(i, h, rope, positions, groups, last)
+        if last is not None:
+            x = x.index_select(0, last)
         x = x + (self.comm.all_reduce(mixed) if self.reduce_attention else mixed)
         h = self._norm(x, p + "post_attention_layernorm.weight")
         ffn = self._ffn(i, h)
         return x + (self.comm.all_reduce(ffn) if self.reduce_ffn[i] else ffn)
 
-    def _attention(self, i: int, x, rope, positions, groups) -> torch.Tensor:
+    def _attention(
+        self, i: int, x, rope, positions, groups, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
         cfg, p = self.cfg, f"layers.{i}.self_attn."
         rows, heads, kv_heads, dim = (
             x.shape[0],
@@ -222,8 +237,10 @@ class MtpHead:
             q, k = torch.split(rope(torch.cat([q, k], dim=1)), [heads, kv_heads], dim=1)
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
+        if last is not None:  # the queries of the rows that go on
+            q, gate, rows = q.index_select(0, last), gate.index_select(0, last), last.shape[0]
         if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
-            out = cached_attention(i, q, k, v, groups, scale, self._stacked)
+            out = cached_attention(i, q, k, v, groups, scale, self._stacked, last is not None)
         else:  # training: dense causal attention over each group's rows alone
             outs = [chunk_causal_attention(q[s:e], k[s:e], v[s:e], 0, scale) for _, s, e in groups]
             out = torch.cat(outs) if len(outs) > 1 else outs[0]

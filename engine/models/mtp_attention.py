@@ -73,15 +73,18 @@ def cached_attention(
     groups: list[CachedGroup],
     scale: float,
     stacked: StackedCaches | None = None,
+    last_only: bool = False,
 ) -> torch.Tensor:
     """q [N, Hq, D], k, v [N, Hkv, D] (rows of `groups`, in order, covering [0, N)) → [N, Hq, D].
-    `stacked`: the stack kept between calls (see `StackedCaches`)."""
+    `stacked`: the stack kept between calls (see `StackedCaches`). `last_only`: q holds only each
+    group's last row ([len(groups), Hq, D], the output's rows); every row's K/V is still written."""
     rows, heads, dim = q.shape
     if len(groups) == 1:  # one sequence: its cache as is, no padding
         return _one_sequence(layer, q, k, v, groups[0], scale)
     new_kv = torch.stack([k, v], dim=1)  # [N, 2, Hkv, D]
     lows = [g.first_pos - g.kv.valid_from for g in groups]
     counts = [g.row_end - g.row_start for g in groups]
+    queries = [1] * len(groups) if last_only else counts
     length = max(lo + c for lo, c in zip(lows, counts, strict=True))
     for g in groups:
         if g.kv.data.shape[1] < length:  # room to slice every cache to `length` (grows rarely)
@@ -99,17 +102,22 @@ def cached_attention(
         cache = kept[:, layer, :length].to(q.dtype)  # [B, L, 2, Hkv, D]
     else:
         cache = torch.stack([c[:length] for c in caches]).to(q.dtype)
-    num, steps = len(groups), max(counts)
-    uniform = all(c == steps for c in counts)
+    num, steps = len(groups), max(queries)
+    uniform = all(c == steps for c in queries)
     if uniform:
         q_pad = q.view(num, steps, heads, dim)
     else:  # scatter the rows into [B, T, ...]; padding rows attend to entry 0 and are dropped
-        index = torch.tensor([b * steps + t for b, c in enumerate(counts) for t in range(c)], device=q.device)
+        index = torch.tensor(
+            [b * steps + t for b, c in enumerate(queries) for t in range(c)], device=q.device
+        )
         q_pad = q.new_zeros(num * steps, heads, dim).index_copy_(0, index, q).view(num, steps, heads, dim)
     last_key = torch.tensor(
-        [[lo + min(t, c - 1) for t in range(steps)] for lo, c in zip(lows, counts, strict=True)],
+        [
+            [lo + c - n + min(t, n - 1) for t in range(steps)]
+            for lo, c, n in zip(lows, counts, queries, strict=True)
+        ],
         device=q.device,
-    )  # [B, T]: query t sees entries [0, lo + t]
+    )  # [B, T]: the group's query t (of n) sees entries [0, lo + c - n + t]
     mask = torch.arange(length, device=q.device)[None, None, :] <= last_key[:, :, None]  # [B, T, L]
     out = F.scaled_dot_product_attention(
         q_pad.transpose(1, 2),
@@ -130,8 +138,9 @@ def _one_sequence(layer: int, q, k, v, g: CachedGroup, scale: float) -> torch.Te
     g.kv.data[layer, lo:hi] = torch.stack([k, v], dim=1).to(g.kv.data.dtype)
     cache = g.kv.data[layer, :hi].to(q.dtype)
     mask = None
-    if hi - lo > 1:  # row t sees entries [0, lo + t]
-        mask = torch.ones(hi - lo, hi, dtype=torch.bool, device=q.device).tril(lo)
+    queries = q.shape[0]  # the group's last `queries` rows (all of them, or the last one)
+    if queries > 1:  # query t sees entries [0, hi - queries + t]
+        mask = torch.ones(queries, hi, dtype=torch.bool, device=q.device).tril(hi - queries)
     return F.scaled_dot_product_attention(
         q.transpose(0, 1),
         cache[:, 0].transpose(0, 1),

@@ -100,8 +100,8 @@ class Drafter:
         return drafts
 
     def _catch_up(self, requests: list[DraftRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """MTP over each sequence's pending positions; returns each one's last output row and its
-        position."""
+        """MTP over each sequence's pending positions (the head writes every row's K/V and returns
+        each sequence's last row, the one that drafts); returns those rows and their positions."""
         hidden, tokens, positions, groups, last = [], [], [], [], []
         row = 0
         for r in requests:
@@ -118,11 +118,10 @@ class Drafter:
         device = hidden[0].device
         pos = torch.tensor(positions, device=device)
         rows = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
-        out = self.head.forward(rows, torch.tensor(tokens, device=device), pos, groups)
+        out = self.head.forward(rows, torch.tensor(tokens, device=device), pos, groups)  # last rows
         if row == len(requests):  # one row each: every row is a last row
             return out, pos
-        index = torch.tensor(last, device=device)
-        return out.index_select(0, index), pos.index_select(0, index)
+        return out, pos.index_select(0, torch.tensor(last, device=device))
 
     @staticmethod
     def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, best: int) -> None:

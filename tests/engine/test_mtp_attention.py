@@ -112,3 +112,31 @@ def test_kept_stack_across_calls_equals_per_sequence() -> None:
         for kv, ref in zip(caches, reference, strict=True):
             used = ref.data.shape[1]
             torch.testing.assert_close(kv.data[:, :used], ref.data, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("counts", [[3, 1, 2], [2, 2, 2], [4]])
+def test_last_rows_only_equal_the_full_calls_last_rows(counts: list[int]) -> None:
+    """`last_only`: queries for each group's last row alone give the full call's last rows, and
+    every row's K/V lands in the caches as in the full call."""
+    valid_from, filled = [0, 5, 17][: len(counts)], [9, 3, 30][: len(counts)]
+    caches = _caches(valid_from, filled, seed=5)
+    reference = _clone(caches)
+    gen = torch.Generator().manual_seed(6)
+    rows = sum(counts)
+    q, k, v = (torch.randn(rows, h, DIM, generator=gen) for h in (HEADS, KV_HEADS, KV_HEADS))
+    ends = torch.tensor(counts).cumsum(0) - 1
+
+    def groups(kvs: list[MtpKv]) -> list[CachedGroup]:
+        out, row = [], 0
+        for kv, start, n, count in zip(kvs, valid_from, filled, counts, strict=False):
+            out.append(CachedGroup(kv, row, row + count, start + n))
+            row += count
+        return out
+
+    stacked = StackedCaches()
+    for layer in range(LAYERS):
+        got = cached_attention(layer, q[ends], k, v, groups(caches), DIM**-0.5, stacked, last_only=True)
+        expected = cached_attention_reference(layer, q, k, v, groups(reference), DIM**-0.5)[ends]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for kv, ref in zip(caches, reference, strict=True):
+        torch.testing.assert_close(kv.data[:, : ref.data.shape[1]], ref.data, atol=0, rtol=0)

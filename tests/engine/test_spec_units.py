@@ -166,7 +166,8 @@ def test_mtp_drafting_form_equals_training_form() -> None:
 
     catch_up = drafting([0, 0], lengths)
     step = drafting(lengths, [1, 1])
-    expected_catch_up = torch.cat([ref[:n] for ref, n in zip(reference, lengths, strict=True)])
+    # A catch-up returns each sequence's last row (its K/V of every row is what the step reads).
+    expected_catch_up = torch.stack([ref[n - 1] for ref, n in zip(reference, lengths, strict=True)])
     torch.testing.assert_close(catch_up, expected_catch_up, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(step, torch.stack([ref[-1] for ref in reference]), atol=1e-5, rtol=1e-5)
 
