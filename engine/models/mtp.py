@@ -22,6 +22,7 @@ the model's vocab-parallel ones, and one all-reduce follows the attention and th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -32,6 +33,7 @@ from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonica
 from engine.models.mtp_attention import CachedGroup, StackedCaches, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.moe_autograd import MoeWeights, sparse_moe, swiglu
+from engine.ops.moe_block import FusedMoeWeights, fused_moe_block
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import RopeTable, apply_rope, rope_cos_sin
 from engine.parallel.comm import SINGLE
@@ -149,7 +151,7 @@ class MtpHead:
         self.first_expert = cfg.num_experts // parallel.ep * comm.rank if parallel.ep > 1 else 0
         # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
         self.with_shared = parallel.tp > 1 or comm.rank == 0
-        self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
+        self._fused: dict[str, tuple] = {}  # prefix -> fused q/k/v or MoE weights (inference only)
         self._plus_one: dict[str, tuple] = {}  # norm weight name -> (w, version, 1 + w, shape) (inference)
         self._rope_table = RopeTable(cfg.rotary_dim, cfg.head_dim, cfg.rope_theta)  # drafting's rope
         self._stacked = StackedCaches()  # the drafting sequences' caches, kept stacked between calls
@@ -299,9 +301,14 @@ class MtpHead:
         if not self.cfg.is_moe_layer(i):
             return _swiglu(x, self.w, p)
         cfg = self.cfg
+        weights = MoeWeights.compute_layout(self.w, p)
+        if self._fusable(weights, x.shape[0]):  # drafting: the whole block in two matmuls
+            return fused_moe_block(
+                x, self._fused_moe(p, weights), cfg.num_experts_per_tok, cfg.norm_topk_prob
+            )
         return sparse_moe(
             x,
-            MoeWeights.compute_layout(self.w, p),
+            weights,
             cfg.num_experts_per_tok,
             cfg.norm_topk_prob,
             self.first_expert,
@@ -309,6 +316,26 @@ class MtpHead:
             self.with_shared,
             DENSE_MOE_MAX_ROWS,
         )
+
+    def _fusable(self, weights: MoeWeights, rows: int) -> bool:
+        """Inference over a few rows, every expert and the shared one held here."""
+        return (
+            not torch.is_grad_enabled()
+            and rows <= DENSE_MOE_MAX_ROWS
+            and self.with_shared
+            and weights.gate_up.shape[0] == self.cfg.num_experts
+        )
+
+    def _fused_moe(self, p: str, weights: MoeWeights) -> FusedMoeWeights:
+        """The block's fused weights, rebuilt when a weight is replaced or changes in place."""
+        key = tuple(
+            (id(t), t._version) for t in (getattr(weights, f.name) for f in dataclasses.fields(weights))
+        )
+        cached = self._fused.get(p)
+        if cached is None or cached[0] != key:
+            cached = (key, FusedMoeWeights.build(weights))
+            self._fused[p] = cached
+        return cached[1]
 
 
 def _swiglu(x: torch.Tensor, w: dict[str, torch.Tensor], p: str) -> torch.Tensor:
