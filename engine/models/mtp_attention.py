@@ -89,18 +89,22 @@ def cached_attention(
     for g in groups:
         if g.kv.data.shape[1] < length:  # room to slice every cache to `length` (grows rarely)
             g.kv.ensure(g.kv.valid_from + length)
-    kept = stacked.rows(groups) if stacked is not None else None
-    caches = [g.kv.data[layer] for g in groups]
-    # Each sequence's new entries into its cache, in one multi-tensor copy.
-    torch._foreach_copy_(
-        [c.narrow(0, lo, count) for c, lo, count in zip(caches, lows, counts, strict=True)],
-        list(new_kv.split(counts)),
-    )
-    # Every cache sliced to the longest one's entries, in one stack (entries past a sequence's
-    # own are stale or zero, and masked below): no padding fill, no per-sequence copy.
-    if kept is not None:
-        cache = kept[:, layer, :length].to(q.dtype)  # [B, L, 2, Hkv, D]
+    if stacked is not None:  # the kept stack: the new entries in one indexed write, no copy
+        layer_view = stacked.rows(groups)[:, layer]  # [B, capacity, 2, Hkv, D]
+        owners = [b for b, c in enumerate(counts) for _ in range(c)]
+        entries = [lo + t for lo, c in zip(lows, counts, strict=True) for t in range(c)]
+        index = torch.tensor([owners, entries], device=q.device)
+        layer_view.index_put_((index[0], index[1]), new_kv.to(layer_view.dtype))
+        cache = layer_view[:, :length].to(q.dtype)  # [B, L, 2, Hkv, D]
     else:
+        caches = [g.kv.data[layer] for g in groups]
+        # Each sequence's new entries into its cache, in one multi-tensor copy.
+        torch._foreach_copy_(
+            [c.narrow(0, lo, count) for c, lo, count in zip(caches, lows, counts, strict=True)],
+            list(new_kv.split(counts)),
+        )
+        # Every cache sliced to the longest one's entries, in one stack (entries past a
+        # sequence's own are stale or zero, and masked below): no padding fill.
         cache = torch.stack([c[:length] for c in caches]).to(q.dtype)
     num, steps = len(groups), max(queries)
     uniform = all(c == steps for c in queries)

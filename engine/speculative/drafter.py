@@ -78,7 +78,7 @@ class Drafter:
             logits = self.head.logits(out)
             best = greedy_tokens(logits).tolist()  # one read-back for every greedy row
             for row, index in enumerate(active):
-                self._choose(requests[index], drafts[index], logits[row], best[row])
+                self._choose(requests[index], drafts[index], logits, row, best[row])
             step += 1
             keep = [row for row, index in enumerate(active) if requests[index].num_drafts > step]
             if not keep:
@@ -124,10 +124,11 @@ class Drafter:
         return out, pos.index_select(0, torch.tensor(last, device=device))
 
     @staticmethod
-    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, best: int) -> None:
+    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, row: int, best: int) -> None:
+        """`logits`: every active row's; a greedy row reads only `best` (no per-row view)."""
         if request.params.greedy:
             draft.tokens.append(best)
             return
-        probs = processed_probs(logits[None], request.params)[0]
+        probs = processed_probs(logits[row : row + 1], request.params)[0]
         draft.tokens.append(draw(probs, request.generator))
         draft.probs.append(probs)
