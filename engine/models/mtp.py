@@ -22,6 +22,7 @@ the model's vocab-parallel ones, and one all-reduce follows the attention and th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -29,9 +30,10 @@ import torch.nn.functional as F
 
 from engine.model_config import ModelConfig
 from engine.models.checkpoint_format import _mixer_shapes, _mlp_shapes, canonicalize
-from engine.models.mtp_attention import CachedGroup, cached_attention
+from engine.models.mtp_attention import CachedGroup, StackedCaches, cached_attention
 from engine.ops.attention import chunk_causal_attention
 from engine.ops.moe_autograd import MoeWeights, sparse_moe, swiglu
+from engine.ops.moe_block import FusedMoeWeights, fused_moe_block
 from engine.ops.norms import rms_norm_zero_centered
 from engine.ops.rope import RopeTable, apply_rope, rope_cos_sin
 from engine.parallel.comm import SINGLE
@@ -149,9 +151,10 @@ class MtpHead:
         self.first_expert = cfg.num_experts // parallel.ep * comm.rank if parallel.ep > 1 else 0
         # Shared expert replicated (tp = 1, ep > 1): rank 0 adds it, the all-reduce counts it once.
         self.with_shared = parallel.tp > 1 or comm.rank == 0
-        self._fused: dict[str, tuple] = {}  # attention prefix -> fused q/k/v weight (inference only)
+        self._fused: dict[str, tuple] = {}  # prefix -> fused q/k/v or MoE weights (inference only)
         self._plus_one: dict[str, tuple] = {}  # norm weight name -> (w, version, 1 + w, shape) (inference)
         self._rope_table = RopeTable(cfg.rotary_dim, cfg.head_dim, cfg.rope_theta)  # drafting's rope
+        self._stacked = StackedCaches()  # the drafting sequences' caches, kept stacked between calls
 
     @classmethod
     def from_model(cls, model) -> MtpHead | None:
@@ -176,7 +179,9 @@ class MtpHead:
         """hidden [N, H] (target final-normed, or a previous MTP output), next_tokens [N], positions
         [N]; `groups`: one `CachedGroup` per drafting sequence (its rows at consecutive positions,
         attending to its MtpKv), or (None, row_start, row_end) for training (dense causal attention
-        over the rows alone). Returns the normed output."""
+        over the rows alone). Returns the normed output: every row's in training; drafting, each
+        group's last row's ([len(groups), H]: the only row a draft reads), the last layer's
+        queries, attention output and ffn run for those rows only (every row's K/V is written)."""
         w = self.w
         embedded = (
             self.model.embed(next_tokens) if self.model is not None else F.embedding(next_tokens, self.embed)
@@ -185,25 +190,38 @@ class MtpHead:
         h = self._norm(hidden.to(e.dtype), "pre_fc_norm_hidden.weight")
         x = torch.cat([e, h], dim=-1) @ w["fc.weight"]
         rope = self._rope(positions, groups, x.dtype)
+        last = self._last_rows(groups, x.device)
         for i in range(self.num_layers):
-            x = self._layer(i, x, rope, positions, groups)
+            x = self._layer(i, x, rope, positions, groups, last if i == self.num_layers - 1 else None)
         return self._norm(x, "norm.weight")
+
+    @staticmethod
+    def _last_rows(groups, device: torch.device) -> torch.Tensor | None:
+        """Drafting with a group of several rows: each group's last row (a tensor of indices)."""
+        if not groups or not isinstance(groups[0], CachedGroup) or len(groups) == groups[-1].row_end:
+            return None
+        return torch.tensor([g.row_end - 1 for g in groups], device=device)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         if self.model is not None:  # vocab-parallel under tp: every rank's part, gathered
             return self.model.project(out)
         return (out @ self.lm_head_t).float()
 
-    def _layer(self, i: int, x, rope, positions, groups) -> torch.Tensor:
+    def _layer(self, i: int, x, rope, positions, groups, last: torch.Tensor | None = None) -> torch.Tensor:
+        """`last`: only these rows go on past the K/V (see `forward`)."""
         p = f"layers.{i}."
         h = self._norm(x, p + "input_layernorm.weight")
-        mixed = self._attention(i, h, rope, positions, groups)
+        mixed = self._attention(i, h, rope, positions, groups, last)
+        if last is not None:
+            x = x.index_select(0, last)
         x = x + (self.comm.all_reduce(mixed) if self.reduce_attention else mixed)
         h = self._norm(x, p + "post_attention_layernorm.weight")
         ffn = self._ffn(i, h)
         return x + (self.comm.all_reduce(ffn) if self.reduce_ffn[i] else ffn)
 
-    def _attention(self, i: int, x, rope, positions, groups) -> torch.Tensor:
+    def _attention(
+        self, i: int, x, rope, positions, groups, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
         cfg, p = self.cfg, f"layers.{i}.self_attn."
         rows, heads, kv_heads, dim = (
             x.shape[0],
@@ -221,8 +239,10 @@ class MtpHead:
             q, k = torch.split(rope(torch.cat([q, k], dim=1)), [heads, kv_heads], dim=1)
         v = v.view(rows, kv_heads, dim)
         scale = dim**-0.5
+        if last is not None:  # the queries of the rows that go on
+            q, gate, rows = q.index_select(0, last), gate.index_select(0, last), last.shape[0]
         if groups and isinstance(groups[0], CachedGroup):  # drafting: every sequence in one call
-            out = cached_attention(i, q, k, v, groups, scale)
+            out = cached_attention(i, q, k, v, groups, scale, self._stacked, last is not None)
         else:  # training: dense causal attention over each group's rows alone
             outs = [chunk_causal_attention(q[s:e], k[s:e], v[s:e], 0, scale) for _, s, e in groups]
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -281,9 +301,14 @@ class MtpHead:
         if not self.cfg.is_moe_layer(i):
             return _swiglu(x, self.w, p)
         cfg = self.cfg
+        weights = MoeWeights.compute_layout(self.w, p)
+        if self._fusable(weights, x.shape[0]):  # drafting: the whole block in two matmuls
+            return fused_moe_block(
+                x, self._fused_moe(p, weights), cfg.num_experts_per_tok, cfg.norm_topk_prob
+            )
         return sparse_moe(
             x,
-            MoeWeights.compute_layout(self.w, p),
+            weights,
             cfg.num_experts_per_tok,
             cfg.norm_topk_prob,
             self.first_expert,
@@ -291,6 +316,26 @@ class MtpHead:
             self.with_shared,
             DENSE_MOE_MAX_ROWS,
         )
+
+    def _fusable(self, weights: MoeWeights, rows: int) -> bool:
+        """Inference over a few rows, every expert and the shared one held here."""
+        return (
+            not torch.is_grad_enabled()
+            and rows <= DENSE_MOE_MAX_ROWS
+            and self.with_shared
+            and weights.gate_up.shape[0] == self.cfg.num_experts
+        )
+
+    def _fused_moe(self, p: str, weights: MoeWeights) -> FusedMoeWeights:
+        """The block's fused weights, rebuilt when a weight is replaced or changes in place."""
+        key = tuple(
+            (id(t), t._version) for t in (getattr(weights, f.name) for f in dataclasses.fields(weights))
+        )
+        cached = self._fused.get(p)
+        if cached is None or cached[0] != key:
+            cached = (key, FusedMoeWeights.build(weights))
+            self._fused[p] = cached
+        return cached[1]
 
 
 def _swiglu(x: torch.Tensor, w: dict[str, torch.Tensor], p: str) -> torch.Tensor:

@@ -25,7 +25,12 @@ from engine.model_runner import SeqChunk
 from engine.sampler import make_generator
 from engine.scheduled_chunk import ScheduledChunk
 from engine.sequence import RequestOutput, Sequence
-from engine.speculative.acceptance import accept_greedy_tokens, accept_sampled, processed_probs
+from engine.speculative.acceptance import (
+    accept_greedy_tokens,
+    accept_sampled,
+    greedy_tokens,
+    processed_probs,
+)
 from engine.speculative.drafter import Draft, Drafter, DraftRequest, SeqSpecState
 from engine.speculative.metrics import SpecMetrics
 from engine.speculative.policy import AdaptivePolicy, FixedPolicy
@@ -130,7 +135,7 @@ class SpecDecoder:
         batch's acceptance)."""
         if not any(chunks[i].seq.params.greedy for i in verifies):
             return {}
-        flat = logits.argmax(dim=-1).tolist()
+        flat = greedy_tokens(logits).tolist()
         best, at = {}, 0
         for i in verifies:
             count = rows[i][1] - rows[i][0]

@@ -16,7 +16,7 @@ import torch
 from engine.models.mtp import MtpHead, MtpKv
 from engine.models.mtp_attention import CachedGroup
 from engine.sampling_params import SamplingParams
-from engine.speculative.acceptance import draw, processed_probs
+from engine.speculative.acceptance import draw, greedy_tokens, processed_probs
 
 
 @dataclass
@@ -76,9 +76,9 @@ class Drafter:
         step = 0
         while active:
             logits = self.head.logits(out)
-            best = logits.argmax(dim=-1).tolist()  # one read-back for every greedy row
+            best = greedy_tokens(logits).tolist()  # one read-back for every greedy row
             for row, index in enumerate(active):
-                self._choose(requests[index], drafts[index], logits[row], best[row])
+                self._choose(requests[index], drafts[index], logits, row, best[row])
             step += 1
             keep = [row for row, index in enumerate(active) if requests[index].num_drafts > step]
             if not keep:
@@ -100,8 +100,8 @@ class Drafter:
         return drafts
 
     def _catch_up(self, requests: list[DraftRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """MTP over each sequence's pending positions; returns each one's last output row and its
-        position."""
+        """MTP over each sequence's pending positions (the head writes every row's K/V and returns
+        each sequence's last row, the one that drafts); returns those rows and their positions."""
         hidden, tokens, positions, groups, last = [], [], [], [], []
         row = 0
         for r in requests:
@@ -118,17 +118,17 @@ class Drafter:
         device = hidden[0].device
         pos = torch.tensor(positions, device=device)
         rows = torch.cat(hidden) if len(hidden) > 1 else hidden[0]
-        out = self.head.forward(rows, torch.tensor(tokens, device=device), pos, groups)
+        out = self.head.forward(rows, torch.tensor(tokens, device=device), pos, groups)  # last rows
         if row == len(requests):  # one row each: every row is a last row
             return out, pos
-        index = torch.tensor(last, device=device)
-        return out.index_select(0, index), pos.index_select(0, index)
+        return out, pos.index_select(0, torch.tensor(last, device=device))
 
     @staticmethod
-    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, best: int) -> None:
+    def _choose(request: DraftRequest, draft: Draft, logits: torch.Tensor, row: int, best: int) -> None:
+        """`logits`: every active row's; a greedy row reads only `best` (no per-row view)."""
         if request.params.greedy:
             draft.tokens.append(best)
             return
-        probs = processed_probs(logits[None], request.params)[0]
+        probs = processed_probs(logits[row : row + 1], request.params)[0]
         draft.tokens.append(draw(probs, request.generator))
         draft.probs.append(probs)

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from engine.models.mtp import MtpKv
-from engine.models.mtp_attention import CachedGroup, cached_attention, cached_attention_reference
+from engine.models.mtp_attention import (
+    CachedGroup,
+    StackedCaches,
+    cached_attention,
+    cached_attention_reference,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,3 +80,63 @@ def test_rows_overwrite_stale_entries_and_see_only_earlier_ones() -> None:
     got = cached_attention(0, q, k, v, [CachedGroup(caches[0], 0, 2, 6)], scale=0.3)
     expected = cached_attention_reference(0, q, k, v, [CachedGroup(reference[0], 0, 2, 6)], scale=0.3)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_kept_stack_across_calls_equals_per_sequence() -> None:
+    """Calls sharing a `StackedCaches`: the same sequences (the stack is reused), a cache that
+    grows past its capacity and a changed set of sequences (rebuilt) — outputs and every cache's
+    contents as the per-sequence form's after each call."""
+    caches = _caches([0, 5, 17], [9, 3, 30], seed=3)
+    reference = _clone(caches)
+    stacked = StackedCaches()
+    gen = torch.Generator().manual_seed(4)
+    ends = [9, 8, 47]  # next position of each sequence
+    rounds = [([0, 1, 2], [2, 1, 3]), ([0, 1, 2], [1, 1, 1]), ([0, 1, 2], [40, 1, 1]), ([2, 0], [1, 2])]
+    for members, counts in rounds:
+        rows = sum(counts)
+        q = torch.randn(rows, HEADS, DIM, generator=gen)
+        k = torch.randn(rows, KV_HEADS, DIM, generator=gen)
+        v = torch.randn(rows, KV_HEADS, DIM, generator=gen)
+        got_groups, ref_groups, row = [], [], 0
+        for m, count in zip(members, counts, strict=True):
+            for kv in (caches[m], reference[m]):
+                kv.ensure(ends[m] + count)
+            got_groups.append(CachedGroup(caches[m], row, row + count, ends[m]))
+            ref_groups.append(CachedGroup(reference[m], row, row + count, ends[m]))
+            row += count
+            ends[m] += count
+        for layer in range(LAYERS):
+            got = cached_attention(layer, q, k, v, got_groups, DIM**-0.5, stacked)
+            expected = cached_attention_reference(layer, q, k, v, ref_groups, DIM**-0.5)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        for kv, ref in zip(caches, reference, strict=True):
+            used = ref.data.shape[1]
+            torch.testing.assert_close(kv.data[:, :used], ref.data, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("counts", [[3, 1, 2], [2, 2, 2], [4]])
+def test_last_rows_only_equal_the_full_calls_last_rows(counts: list[int]) -> None:
+    """`last_only`: queries for each group's last row alone give the full call's last rows, and
+    every row's K/V lands in the caches as in the full call."""
+    valid_from, filled = [0, 5, 17][: len(counts)], [9, 3, 30][: len(counts)]
+    caches = _caches(valid_from, filled, seed=5)
+    reference = _clone(caches)
+    gen = torch.Generator().manual_seed(6)
+    rows = sum(counts)
+    q, k, v = (torch.randn(rows, h, DIM, generator=gen) for h in (HEADS, KV_HEADS, KV_HEADS))
+    ends = torch.tensor(counts).cumsum(0) - 1
+
+    def groups(kvs: list[MtpKv]) -> list[CachedGroup]:
+        out, row = [], 0
+        for kv, start, n, count in zip(kvs, valid_from, filled, counts, strict=False):
+            out.append(CachedGroup(kv, row, row + count, start + n))
+            row += count
+        return out
+
+    stacked = StackedCaches()
+    for layer in range(LAYERS):
+        got = cached_attention(layer, q[ends], k, v, groups(caches), DIM**-0.5, stacked, last_only=True)
+        expected = cached_attention_reference(layer, q, k, v, groups(reference), DIM**-0.5)[ends]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for kv, ref in zip(caches, reference, strict=True):
+        torch.testing.assert_close(kv.data[:, : ref.data.shape[1]], ref.data, atol=0, rtol=0)

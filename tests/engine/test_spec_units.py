@@ -13,7 +13,7 @@ from engine.loader import load_model
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.models.mtp import MtpCheckpointError, MtpHead, MtpKv, mtp_canonical
 from engine.models.mtp_attention import CachedGroup
-from engine.speculative.acceptance import accept_greedy, accept_sampled
+from engine.speculative.acceptance import accept_greedy, accept_sampled, greedy_tokens
 from engine.speculative.decoder import SpecMetrics
 from engine.speculative.slots import SpecSlotPool
 from tests.helpers.checkpoints import tiny_checkpoint
@@ -166,7 +166,8 @@ def test_mtp_drafting_form_equals_training_form() -> None:
 
     catch_up = drafting([0, 0], lengths)
     step = drafting(lengths, [1, 1])
-    expected_catch_up = torch.cat([ref[:n] for ref, n in zip(reference, lengths, strict=True)])
+    # A catch-up returns each sequence's last row (its K/V of every row is what the step reads).
+    expected_catch_up = torch.stack([ref[n - 1] for ref, n in zip(reference, lengths, strict=True)])
     torch.testing.assert_close(catch_up, expected_catch_up, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(step, torch.stack([ref[-1] for ref in reference]), atol=1e-5, rtol=1e-5)
 
@@ -187,3 +188,20 @@ def test_acceptance_is_counted_per_draft_position() -> None:
     assert snapshot["spec_acceptance_per_position"] == [2 / 4, 1 / 3]
     assert snapshot["spec_drafted"] == 7 and snapshot["spec_accepted"] == 3
     assert snapshot["spec_mean_acceptance_length"] == (3 + 4) / 4  # accepted + one token per verify
+
+
+def test_greedy_tokens_take_the_first_of_tied_maxima_as_argmax() -> None:
+    """The verify's greedy targets must be the sampler's `argmax` exactly, ties and NaN included
+    (rows of few distinct values tie often), strided rows too."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        rows, vocab = (
+            int(torch.randint(1, 30, (1,), generator=gen)),
+            int(torch.randint(2, 3000, (1,), generator=gen)),
+        )
+        logits = torch.randint(0, 4, (rows, vocab), generator=gen).float()
+        if trial % 5 == 0:
+            logits[0, int(torch.randint(0, vocab, (1,), generator=gen))] = float("nan")
+        if trial % 7 == 0:
+            logits = logits[:, ::2]
+        assert torch.equal(greedy_tokens(logits), logits.argmax(dim=-1))
