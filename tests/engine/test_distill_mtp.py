@@ -4,7 +4,6 @@ checkpoint still loads with its head, and the run is recorded."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from safetensors.torch import load_file
 from engine.loader import load_model
 from engine.models.mtp import PREFIX, MtpHead
 from engine.training.distill_mtp import DistillConfig, distill, distill_losses, load_canonical
-from engine.training.shipped import shipped_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,39 +24,30 @@ def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    source = shipped_checkpoint()
-    if source is None:
-        pytest.skip("no shipped trained checkpoint")
-    shutil.copytree(source, tmp_path / "model", ignore=shutil.ignore_patterns(".baton-*"))
-    return tmp_path / "model"
-
-
-def test_distill_changes_only_the_mtp_head(checkpoint: Path) -> None:
-    before = tensors(checkpoint)
-    runs_before = len(json.loads((checkpoint / "training.json").read_text()).get("mtp_distill", []))
+def test_distill_changes_only_the_mtp_head(shipped_copy: Path) -> None:
+    before = tensors(shipped_copy)
+    runs_before = len(json.loads((shipped_copy / "training.json").read_text()).get("mtp_distill", []))
     distill(
-        checkpoint,
+        shipped_copy,
         DistillConfig(steps=2, batch_size=1, seq_len=32, lr=1e-2),
         progress=False,
         log=lambda _: None,
     )
-    after = tensors(checkpoint)
+    after = tensors(shipped_copy)
     assert after.keys() == before.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(PREFIX) for k in changed)
     assert {k for k in before if k.startswith(PREFIX)} == changed  # every head tensor trained
-    _, model = load_model(checkpoint)
+    _, model = load_model(shipped_copy)
     assert MtpHead.from_model(model) is not None
-    runs = json.loads((checkpoint / "training.json").read_text())["mtp_distill"]
+    runs = json.loads((shipped_copy / "training.json").read_text())["mtp_distill"]
     assert len(runs) == runs_before + 1  # this run appended, earlier ones kept
     assert runs[-1]["steps"] == 2 and len(runs[-1]["history"]) == 2
 
 
-def test_distill_loss_goes_down_when_the_head_trains(checkpoint: Path) -> None:
+def test_distill_loss_goes_down_when_the_head_trains(shipped_copy: Path) -> None:
     """Gradients reach the head through the distillation loss: descent on one batch lowers it."""
-    cfg, _, weights = load_canonical(checkpoint)
+    cfg, _, weights = load_canonical(shipped_copy)
     batch = torch.randint(cfg.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     mtp = [v.requires_grad_() for k, v in weights.items() if k.startswith(PREFIX)]
     optimizer = torch.optim.SGD(mtp, lr=0.05)

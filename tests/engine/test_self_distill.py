@@ -4,7 +4,6 @@ raises its first-draft acceptance on those sequences, measured through the engin
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from engine.training.corpus import load_corpus
 from engine.training.distill_mtp import DistillConfig, distill, load_canonical
 from engine.training.evaluate import draft_acceptance
 from engine.training.self_distill_data import SelfGenConfig, generate_sequences
-from engine.training.shipped import shipped_checkpoint
 from engine.training.train_model import encode
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,30 +23,21 @@ pytestmark = pytest.mark.timeout(300)
 GEN = SelfGenConfig(prompts=8, prompt_tokens=16, new_tokens=48, batch=8, seed=3)
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    source = shipped_checkpoint()
-    if source is None:
-        pytest.skip("no shipped trained checkpoint")
-    shutil.copytree(source, tmp_path / "model", ignore=shutil.ignore_patterns(".baton-*"))
-    return tmp_path / "model"
-
-
 def contains(stream: list[int], window: list[int]) -> bool:
     return any(stream[i : i + len(window)] == window for i in range(len(stream) - len(window) + 1))
 
 
-def test_sequences_are_train_prompts_continued_greedily(checkpoint: Path) -> None:
+def test_sequences_are_train_prompts_continued_greedily(shipped_copy: Path) -> None:
     corpus = load_corpus()
-    sequences = generate_sequences(checkpoint, GEN, corpus)
+    sequences = generate_sequences(shipped_copy, GEN, corpus)
     assert sequences.shape == (GEN.prompts, GEN.length)
-    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(shipped_copy / "tokenizer.json"))
     eot = tokenizer.token_to_id("<|endoftext|>")
     train = encode(tokenizer, corpus.train, eot).tolist()
     for row in sequences.tolist():  # every prompt is a window of the train split
         assert contains(train, row[: GEN.prompt_tokens])
     # the continuation is the main model's argmax, recomputed by the (fp32) training forward
-    cfg, _, weights = load_canonical(checkpoint)
+    cfg, _, weights = load_canonical(shipped_copy)
     with torch.no_grad():
         greedy = F.linear(
             trainable.hidden_states(cfg, weights, sequences), trainable.lm_head(cfg, weights)
@@ -58,17 +47,17 @@ def test_sequences_are_train_prompts_continued_greedily(checkpoint: Path) -> Non
     assert agree > 0.97
 
 
-def test_distilling_on_self_generated_data_raises_acceptance_on_it(checkpoint: Path) -> None:
-    sequences = generate_sequences(checkpoint, GEN, load_corpus()).tolist()
+def test_distilling_on_self_generated_data_raises_acceptance_on_it(shipped_copy: Path) -> None:
+    sequences = generate_sequences(shipped_copy, GEN, load_corpus()).tolist()
     starts = [GEN.prompt_tokens - 1] * len(sequences)
-    before = draft_acceptance(checkpoint, sequences, starts)
+    before = draft_acceptance(shipped_copy, sequences, starts)
     config = DistillConfig(steps=30, batch_size=4, lr=3e-3, self_generated=GEN)
-    distill(checkpoint, config, progress=False, log=lambda _: None)
-    after = draft_acceptance(checkpoint, sequences, starts)
+    distill(shipped_copy, config, progress=False, log=lambda _: None)
+    after = draft_acceptance(shipped_copy, sequences, starts)
     print(f"first-draft acceptance {before:.3f} -> {after:.3f}")
     assert after > before + 0.05, (before, after)
 
 
-def test_bad_generation_config_is_refused(checkpoint: Path) -> None:
+def test_bad_generation_config_is_refused(shipped_copy: Path) -> None:
     with pytest.raises(ValueError, match="new tokens"):
-        generate_sequences(checkpoint, SelfGenConfig(prompts=2, new_tokens=1), load_corpus())
+        generate_sequences(shipped_copy, SelfGenConfig(prompts=2, new_tokens=1), load_corpus())
