@@ -142,8 +142,10 @@ def test_engine_greedy_tokens_equal_the_reference_linears(checkpoints, model_typ
     tokens, logits = run(reference=False)
     expected_tokens, expected_logits = run(reference=True)
     assert tokens == expected_tokens and all(len(t) == 8 for t in tokens.values())
+    # Equal up to float reassociation (~1e-6 after 8 steps, since the small-step dense MoE form
+    # sums each row's experts out of one batched matmul); FP8's own effect is ~0.1 (test above).
     for rid, rows in logits.items():
-        torch.testing.assert_close(rows, expected_logits[rid], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(rows, expected_logits[rid], atol=1e-5, rtol=1e-5)
 
 
 def _headers(model_dir: Path):
