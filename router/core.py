@@ -168,22 +168,29 @@ class RouterCore:
         index_hits = self._index_hits(hashes, candidates)
         hits = self.finished.merge(prepared.session_key, hashes, index_hits, epochs)
         session = self.sessions.get(prepared.session_key)
+        # Handles from the snapshot the decision is made on, by the ids the policy sees: a worker the
+        # registry drops meanwhile (killed, removed) is then tried and fails over like any dead
+        # worker, never a None route.
+        decode_candidates = [_candidate(h) for h in decode_workers]
+        prefill_candidates = [_candidate(h) for h in prefill_workers]
+        handles = (*decode_workers, *prefill_workers)
+        chosen = {c.worker_id: h for c, h in zip((*decode_candidates, *prefill_candidates), handles, strict=True)}
         decision = self._decide(
             prompt_tokens=len(prompt),
             hits=hits,
-            prefill_workers=[_candidate(h) for h in prefill_workers],
-            decode_workers=[_candidate(h) for h in decode_workers],
+            prefill_workers=prefill_candidates,
+            decode_workers=decode_candidates,
             affinity_decode=session.decode_worker if session else "",
             affinity_prefill=session.prefill_worker if session else "",
         )
-        decode = self.registry.by_id(decision.decode_worker)
-        prefill = self.registry.by_id(decision.prefill_worker) if decision.prefill_worker else None
+        decode = chosen[decision.decode_worker]
+        prefill = chosen[decision.prefill_worker] if decision.prefill_worker else None
         fetch = None
         if prefill is not None and decision.fetch_from:
             holder = self.registry.by_id(decision.fetch_from)
             if holder is not None:
                 fetch = worker_pb2.FetchSource(worker_id=holder.worker_id, address=holder.address, blocks=decision.fetch_blocks)
-        verify_with = self.registry.by_id(decision.verify_with) if decision.verify_with else None
+        verify_with = chosen[decision.verify_with] if decision.verify_with else None
         reason = decision.reason
         if hits.get(decision.decode_worker) != index_hits.get(decision.decode_worker):
             reason += "; the decode worker's cache as the session's last finish left it (its KV events not in yet)"

@@ -122,6 +122,23 @@ def test_a_claim_the_worker_no_longer_holds_is_refuted_by_its_reservation(cluste
     assert result.token_ids == greedy_reference(reference_llm, prompt, 6)
 
 
+def test_a_worker_dropped_after_the_snapshot_is_routed_as_a_handle(cluster, monkeypatch):
+    """The chaos test's race: the registry drops a worker (killed) after `route` took its snapshot
+    of routable workers. The route names the snapshot's handles, never None (a None handle made
+    the attempt fail INTERNAL instead of failing over), including the claim's `verify_with`."""
+    core, session = cluster.router.core, "dropped"
+    prompt = _prompt(9, 120)
+    prepared = PreparedRequest("probe", session, "", prompt, None)
+    [decode] = core.registry.workers("decode")
+    core.record_finish(prepared, decode, prompt + [5], attempt_prompt=len(prompt), local=True)
+    monkeypatch.setattr(core.registry, "by_id", lambda worker_id: None)  # gone from the registry
+
+    routed = core.route(prepared, prompt)
+
+    assert routed.decode is decode
+    assert routed.verify_with is not None and routed.verify_with.role == "prefill"
+
+
 def test_a_restarted_decode_worker_voids_the_claim(cluster, reference_llm):
     """Last in this module: it restarts the decode worker."""
     session, first = "restarted", _prompt(11, 40)
