@@ -13,7 +13,7 @@ def test_incremental_hashes_equal_full_hashes_over_a_session():
     hasher = PromptHasher(block_size=16)
     extra = cache_extra("m", "tenant-a")
     prompt: list[int] = []
-    for turn in range(8):
+    for _turn in range(8):
         prompt = prompt + [rng.randrange(1000) for _ in range(rng.randint(1, 90))]
         assert hasher.hashes(prompt, extra, "s1") == block_hashes(prompt, 16, extra=extra)
     assert hasher.reused_blocks > 0

@@ -94,9 +94,9 @@ def test_abort_mid_stream_frees_pages_on_both_workers(cluster):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         loads = [w.load for w in _workers(cluster)]
-        idle = all(l.running_requests == 0 and l.waiting_requests == 0 and l.pending_transfers == 0 for l in loads)
+        idle = all(w.running_requests == 0 and w.waiting_requests == 0 and w.pending_transfers == 0 for w in loads)
         # no request holds a page: every used page belongs to the prefix cache
-        if idle and all(l.total_pages - l.free_pages == l.cached_blocks for l in loads):
+        if idle and all(w.total_pages - w.free_pages == w.cached_blocks for w in loads):
             break
         time.sleep(0.2)
     else:

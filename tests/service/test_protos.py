@@ -6,6 +6,7 @@ import filecmp
 from pathlib import Path
 
 import pytest
+
 from baton_pb import regenerate
 from baton_pb.v1 import admin_pb2, common_pb2, public_pb2, worker_pb2
 
