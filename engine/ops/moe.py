@@ -13,7 +13,9 @@ Four forms with this signature:
 - `moe_grouped_torch`: (token, k) pairs sorted by expert, `torch._grouped_mm` per projection (one
   op over all experts), unsort, weighted sum. The CPU path; on CUDA, torch supports it for bf16.
 - `moe_dense_torch`: every expert over every row in two batched matmuls, then the same pair sum;
-  the CPU form for a speculative verify's few dozen rows of a small model (see its docstring).
+  the CPU form for a few dozen rows of a small model, decode and verify steps (`dense_wins`).
+  (`engine.ops.moe_autograd.experts_dense` computes the same, summing in one matmul instead; its
+  rounding moves the FP8 block path's logits from its reference by >1e-5, so the forms stay two.)
 - `engine.ops.triton.fused_moe.fused_moe_triton`: the GPU kernels (SiLU-and-mul and the routing
   weight fused into the GEMMs).
 `routed_experts` dispatches. Expert counts are computed with `scatter_add_` rather than

@@ -41,11 +41,6 @@ def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
-def accept_greedy(target_logits: torch.Tensor, drafts: list[int]) -> list[int]:
-    """target_logits [k+1, V] at the verified positions → the tokens to emit (1..k+1)."""
-    return accept_greedy_tokens(target_logits.argmax(dim=-1).tolist(), drafts)
-
-
 def accept_greedy_tokens(best: list[int], drafts: list[int]) -> list[int]:
     """best: the target's argmax at the k+1 verified positions → the tokens to emit (1..k+1)."""
     emitted = []

@@ -13,7 +13,7 @@ from engine.loader import load_model
 from engine.model_runner import ModelRunner, SeqChunk
 from engine.models.mtp import MtpCheckpointError, MtpHead, MtpKv, mtp_canonical
 from engine.models.mtp_attention import CachedGroup
-from engine.speculative.acceptance import accept_greedy, accept_sampled, greedy_tokens
+from engine.speculative.acceptance import accept_greedy_tokens, accept_sampled, greedy_tokens
 from engine.speculative.decoder import SpecMetrics
 from engine.speculative.slots import SpecSlotPool
 from tests.helpers.checkpoints import tiny_checkpoint
@@ -53,9 +53,10 @@ def test_greedy_acceptance_is_the_longest_agreeing_prefix() -> None:
     logits = torch.full((4, 10), -1.0)
     for row, best in enumerate([3, 5, 7, 9]):
         logits[row, best] = 1.0
-    assert accept_greedy(logits, [3, 5, 7]) == [3, 5, 7, 9]
-    assert accept_greedy(logits, [3, 6, 7]) == [3, 5]
-    assert accept_greedy(logits, [4, 5, 7]) == [3]
+    best = greedy_tokens(logits).tolist()
+    assert accept_greedy_tokens(best, [3, 5, 7]) == [3, 5, 7, 9]
+    assert accept_greedy_tokens(best, [3, 6, 7]) == [3, 5]
+    assert accept_greedy_tokens(best, [4, 5, 7]) == [3]
 
 
 @pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5_text"])
